@@ -1,0 +1,641 @@
+//! The engine: per-partition state, firing, late side output and top-N.
+
+use crate::dedup::DedupSet;
+use crate::filter::{FilterId, FilterSet};
+use crate::topn::{self, RankedAd};
+use crate::{
+    AdId, Click, Config, ConfigError, EventKey, EventTime, InvalidReason, Offset, Partition,
+    Record, Watermark, WindowSize, WindowStart, parse_record,
+};
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Serialize, Serializer};
+
+pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
+
+pub(crate) fn new_map<K, V>() -> Map<K, V> {
+    // Fixed seeds: iteration order never leaks into outputs (they are
+    // sorted), but fixed seeds keep runs reproducible to the byte.
+    Map::with_hasher(ahash::RandomState::with_seeds(
+        0x6164_7461_6c6c_7901,
+        0x6164_7461_6c6c_7902,
+        0x6164_7461_6c6c_7903,
+        0x6164_7461_6c6c_7904,
+    ))
+}
+
+/// Clicks of one (window, ad, filter, partition), as emitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rollup {
+    /// The window.
+    pub window_start: WindowStart,
+    /// The ad.
+    pub ad_id: AdId,
+    /// The filter the clicks matched.
+    pub filter_id: FilterId,
+    /// The source partition.
+    pub partition: Partition,
+    /// Distinct clicks.
+    pub clicks: u64,
+    /// 1 at the first emission, +1 at each re-emission; the highest wins.
+    pub version: u32,
+}
+
+/// A click that arrived after its window was final.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LateEvent {
+    /// Where it came from.
+    pub partition: Partition,
+    /// Its offset.
+    pub offset: Offset,
+    /// Its event key.
+    pub key: EventKey,
+    /// The window it belongs to.
+    pub window_start: WindowStart,
+    /// `W_p` when it arrived.
+    pub watermark: i64,
+    /// The click.
+    pub click: Click,
+}
+
+/// A record that is not a valid click, with why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvalidEvent {
+    /// Where it came from.
+    pub partition: Partition,
+    /// Its offset.
+    pub offset: Offset,
+    /// Why it is invalid.
+    pub reason: InvalidReason,
+    /// The record as received.
+    #[serde(serialize_with = "lossy_text")]
+    pub payload: Vec<u8>,
+}
+
+/// The top ads of one minute, window size M and filter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopNRow {
+    /// The last window included (the design's `update_time_minute`).
+    pub minute: WindowStart,
+    /// M: how many windows, ending with `minute`, are summed.
+    pub windows: u32,
+    /// The filter.
+    pub filter_id: FilterId,
+    /// 1, or more after a revision; the highest wins.
+    pub version: u32,
+    /// Best first.
+    pub ads: Vec<RankedAd>,
+}
+
+/// Everything an engine call produced, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Outputs {
+    /// Rollup rows.
+    pub rollups: Vec<Rollup>,
+    /// The late side output.
+    pub late: Vec<LateEvent>,
+    /// The invalid side output.
+    pub invalid: Vec<InvalidEvent>,
+    /// Top-N rows.
+    pub top_n: Vec<TopNRow>,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Records skipped because their offset was already processed.
+    pub replayed: u64,
+}
+
+impl Outputs {
+    /// Empties every list and zeroes the counters, keeping allocations.
+    pub fn clear(&mut self) {
+        self.rollups.clear();
+        self.late.clear();
+        self.invalid.clear();
+        self.top_n.clear();
+        self.duplicates = 0;
+        self.replayed = 0;
+    }
+
+    /// Moves `other`'s outputs to the end of these.
+    pub fn append(&mut self, other: &mut Outputs) {
+        self.rollups.append(&mut other.rollups);
+        self.late.append(&mut other.late);
+        self.invalid.append(&mut other.invalid);
+        self.top_n.append(&mut other.top_n);
+        self.duplicates += core::mem::take(&mut other.duplicates);
+        self.replayed += core::mem::take(&mut other.replayed);
+    }
+}
+
+fn lossy_text<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cell {
+    pub(crate) filter: FilterId,
+    pub(crate) clicks: u64,
+    pub(crate) version: u32,
+}
+
+#[derive(Clone)]
+pub(crate) struct WindowState {
+    pub(crate) emitted: bool,
+    pub(crate) cells: Map<AdId, Vec<Cell>>,
+}
+
+impl Default for WindowState {
+    fn default() -> Self {
+        WindowState {
+            emitted: false,
+            cells: new_map(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct PartitionState {
+    pub(crate) watermark: Watermark,
+    pub(crate) last_active_ms: Option<i64>,
+    pub(crate) next_offset: Option<Offset>,
+    pub(crate) dedup: DedupSet,
+    pub(crate) windows: BTreeMap<WindowStart, WindowState>,
+}
+
+impl PartitionState {
+    pub(crate) fn new(config: &Config) -> PartitionState {
+        PartitionState {
+            watermark: Watermark::new(config.out_of_orderness_ms),
+            last_active_ms: None,
+            next_offset: None,
+            dedup: DedupSet::new(config.dedup_horizon_ms),
+            windows: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub(crate) struct TopNState {
+    /// Final counts per minute, summed over the partitions that finalized it.
+    pub(crate) minutes: BTreeMap<WindowStart, Map<FilterId, Map<AdId, u64>>>,
+    /// Every minute with `end <= done_through` has had its rows emitted.
+    pub(crate) done_through: Option<i64>,
+    /// Emitted rows still open to revision: (minute, M, filter) -> (version, ads).
+    pub(crate) emitted: BTreeMap<(WindowStart, u32, FilterId), (u32, Vec<RankedAd>)>,
+}
+
+/// The aggregation engine of one consumer: the state of every partition it
+/// reads, and the top-N over them.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) config: Config,
+    pub(crate) filters: FilterSet,
+    pub(crate) size: WindowSize,
+    pub(crate) partitions: BTreeMap<Partition, PartitionState>,
+    pub(crate) topn: TopNState,
+    pub(crate) now_ms: Option<i64>,
+    scratch: Vec<FilterId>,
+}
+
+impl Engine {
+    /// An engine with no state.
+    pub fn new(config: Config) -> Result<Engine, ConfigError> {
+        let filters = config.check()?;
+        Ok(Engine::from_parts(config, filters))
+    }
+
+    pub(crate) fn from_parts(config: Config, filters: FilterSet) -> Engine {
+        let size = WindowSize::new(config.window_ms).unwrap_or(WindowSize::MINUTE);
+        Engine {
+            config,
+            filters,
+            size,
+            partitions: BTreeMap::new(),
+            topn: TopNState::default(),
+            now_ms: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The window size.
+    pub fn window_size(&self) -> WindowSize {
+        self.size
+    }
+
+    /// The filters.
+    pub fn filters(&self) -> &FilterSet {
+        &self.filters
+    }
+
+    /// The offset after the last record processed from `p`.
+    pub fn position(&self, p: Partition) -> Option<Offset> {
+        self.partitions.get(&p).and_then(|s| s.next_offset)
+    }
+
+    /// The partitions with state, and their watermarks.
+    pub fn watermarks(&self) -> impl Iterator<Item = (Partition, Option<i64>)> + '_ {
+        self.partitions
+            .iter()
+            .map(|(p, s)| (*p, s.watermark.current()))
+    }
+
+    /// Keys remembered and the heap bytes they take, over all partitions.
+    pub fn dedup_usage(&self) -> (usize, usize) {
+        self.partitions.values().fold((0, 0), |(k, b), s| {
+            (k + s.dedup.len(), b + s.dedup.allocated_bytes())
+        })
+    }
+
+    /// Forgets a partition (after it was revoked and handed to another
+    /// consumer). Its open windows are not emitted.
+    pub fn drop_partition(&mut self, p: Partition) {
+        self.partitions.remove(&p);
+    }
+
+    /// Processes one record of partition `p`. `record_time_ms` is the
+    /// record's own timestamp (Kafka's), `now_ms` the processing time.
+    pub fn push_record(
+        &mut self,
+        p: Partition,
+        offset: Offset,
+        payload: &[u8],
+        record_time_ms: Option<i64>,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) {
+        self.set_now(now_ms, out);
+        if self.is_replay(p, offset, out) {
+            return;
+        }
+        match parse_record(payload, record_time_ms, self.config.max_future_skew_ms) {
+            Ok(Record::Click(c)) => self.click(p, offset, c, now_ms, out),
+            Ok(Record::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
+            Err(reason) => {
+                self.state(p).last_active_ms = Some(now_ms);
+                out.invalid.push(InvalidEvent {
+                    partition: p,
+                    offset,
+                    reason,
+                    payload: payload.to_vec(),
+                });
+            }
+        }
+    }
+
+    /// Processes one already parsed and validated click.
+    pub fn push_click(
+        &mut self,
+        p: Partition,
+        offset: Offset,
+        click: Click,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) {
+        self.set_now(now_ms, out);
+        if !self.is_replay(p, offset, out) {
+            self.click(p, offset, click, now_ms, out);
+        }
+    }
+
+    /// Tells the engine the processing time, without records: partitions
+    /// may become idle and top-N rows due.
+    pub fn tick(&mut self, now_ms: i64, out: &mut Outputs) {
+        self.set_now(now_ms, out);
+    }
+
+    fn set_now(&mut self, now_ms: i64, out: &mut Outputs) {
+        if self.now_ms != Some(now_ms) {
+            self.now_ms = Some(now_ms);
+            self.emit_due_top_n(out);
+        }
+    }
+
+    fn state(&mut self, p: Partition) -> &mut PartitionState {
+        let config = &self.config;
+        self.partitions
+            .entry(p)
+            .or_insert_with(|| PartitionState::new(config))
+    }
+
+    fn is_replay(&mut self, p: Partition, offset: Offset, out: &mut Outputs) -> bool {
+        let st = self.state(p);
+        if matches!(st.next_offset, Some(next) if offset < next) {
+            out.replayed += 1;
+            return true;
+        }
+        st.next_offset = Some(Offset(offset.0 + 1));
+        false
+    }
+
+    fn heartbeat(&mut self, p: Partition, t: EventTime, now_ms: i64, out: &mut Outputs) {
+        let st = self.state(p);
+        st.last_active_ms = Some(now_ms);
+        let before = st.watermark.current();
+        if st.watermark.observe(t) {
+            self.advance(p, before, out);
+        }
+    }
+
+    fn click(
+        &mut self,
+        p: Partition,
+        offset: Offset,
+        click: Click,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) {
+        let key = EventKey::of(&click);
+        let size = self.size;
+        let lateness = self.config.allowed_lateness_ms;
+        let config = &self.config;
+        let st = self
+            .partitions
+            .entry(p)
+            .or_insert_with(|| PartitionState::new(config));
+        st.last_active_ms = Some(now_ms);
+        if st.dedup.contains(key) {
+            out.duplicates += 1;
+            return;
+        }
+        let w = size.window_of(click.timestamp);
+        let wm = st.watermark.current();
+        if let Some(wm) = wm.filter(|&wm| w.end(size) + lateness <= wm) {
+            if st.dedup.is_within_horizon(click.timestamp, Some(wm)) {
+                st.dedup.insert(key, click.timestamp);
+            }
+            out.late.push(LateEvent {
+                partition: p,
+                offset,
+                key,
+                window_start: w,
+                watermark: wm,
+                click,
+            });
+            return;
+        }
+        st.dedup.insert(key, click.timestamp);
+        self.filters.matching(&click, &mut self.scratch);
+        let ws = st.windows.entry(w).or_default();
+        let cells = match ws.cells.get_mut(click.ad_id.as_str()) {
+            Some(cells) => cells,
+            None => ws.cells.entry(click.ad_id.clone()).or_default(),
+        };
+        for &f in &self.scratch {
+            let cell = match cells.iter_mut().position(|c| c.filter == f) {
+                Some(i) => &mut cells[i],
+                None => {
+                    cells.push(Cell {
+                        filter: f,
+                        clicks: 0,
+                        version: 0,
+                    });
+                    cells.last_mut().expect("just pushed")
+                }
+            };
+            cell.clicks += 1;
+            if ws.emitted {
+                cell.version += 1;
+                out.rollups.push(Rollup {
+                    window_start: w,
+                    ad_id: click.ad_id.clone(),
+                    filter_id: f,
+                    partition: p,
+                    clicks: cell.clicks,
+                    version: cell.version,
+                });
+            }
+        }
+        let before = st.watermark.current();
+        if st.watermark.observe(click.timestamp) {
+            self.advance(p, before, out);
+        }
+    }
+
+    /// `p`'s watermark moved from `before`: emit, finalize, sweep, and maybe
+    /// emit top-N rows.
+    fn advance(&mut self, p: Partition, before: Option<i64>, out: &mut Outputs) {
+        let size = self.size;
+        let lateness = self.config.allowed_lateness_ms;
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        let Some(wm) = st.watermark.current() else {
+            return;
+        };
+        for (&start, ws) in st.windows.iter_mut() {
+            if start.end(size) > wm {
+                break;
+            }
+            if !ws.emitted {
+                ws.emitted = true;
+                emit_window(p, start, ws, out);
+            }
+        }
+        let mut finalized = false;
+        while let Some(entry) = st.windows.first_entry() {
+            if entry.key().end(size) + lateness > wm {
+                break;
+            }
+            let (start, ws) = entry.remove_entry();
+            self.topn.add_final(start, ws.cells);
+            finalized = true;
+            // A revision is due when this window's top-N rows went out
+            // without this partition (it was idle).
+            if matches!(self.topn.done_through, Some(d) if start.end(size) <= d) {
+                revise_top_n(&self.config, size, &mut self.topn, start, out);
+            }
+        }
+        st.dedup.on_watermark(wm);
+        let crossed = match before {
+            None => true,
+            Some(b) => {
+                (b - lateness).div_euclid(size.ms()) != (wm - lateness).div_euclid(size.ms())
+            }
+        };
+        if crossed || finalized {
+            self.emit_due_top_n(out);
+        }
+    }
+
+    /// The point up to which every minute is final for top-N purposes.
+    fn global_final_point(&self) -> Option<i64> {
+        let lateness = self.config.allowed_lateness_ms;
+        let now = self.now_ms;
+        let mut active_min: Option<i64> = None;
+        let mut any_active = false;
+        let mut all_max: Option<i64> = None;
+        for st in self.partitions.values() {
+            let fp = st.watermark.current().map(|w| w - lateness);
+            all_max = all_max.max(fp);
+            let idle = match (now, st.last_active_ms) {
+                (Some(now), Some(last)) => now - last >= self.config.idle_timeout_ms,
+                _ => false,
+            };
+            if idle {
+                continue;
+            }
+            let fp = fp?; // an active partition with no watermark holds everything back
+            active_min = Some(active_min.map_or(fp, |m: i64| m.min(fp)));
+            any_active = true;
+        }
+        if any_active { active_min } else { all_max }
+    }
+
+    fn emit_due_top_n(&mut self, out: &mut Outputs) {
+        let Some(g) = self.global_final_point() else {
+            return;
+        };
+        let size = self.size;
+        let t = &mut self.topn;
+        if matches!(t.done_through, Some(d) if g <= d) {
+            return;
+        }
+        let mut due: BTreeSet<(WindowStart, u32)> = BTreeSet::new();
+        for &k in t.minutes.keys() {
+            for &m_windows in &self.config.top_n_windows {
+                for i in 0..m_windows as i64 {
+                    let m = WindowStart(k.0 + i * size.ms());
+                    let end = m.end(size);
+                    if end > g {
+                        break;
+                    }
+                    if t.done_through.is_none_or(|d| end > d) {
+                        due.insert((m, m_windows));
+                    }
+                }
+            }
+        }
+        for (m, m_windows) in due {
+            for (filter, ads) in rank(&self.config, size, t, m, m_windows) {
+                if !ads.is_empty() {
+                    out.top_n.push(TopNRow {
+                        minute: m,
+                        windows: m_windows,
+                        filter_id: filter,
+                        version: 1,
+                        ads: ads.clone(),
+                    });
+                    t.emitted.insert((m, m_windows, filter), (1, ads));
+                }
+            }
+        }
+        t.done_through = Some(g);
+        // Forget what can no longer be revised.
+        let max_m = self.config.top_n_windows.iter().copied().max().unwrap_or(1) as i64;
+        let r = self.config.topn_revision_windows as i64;
+        let revisable_after = g - r * size.ms();
+        t.emitted
+            .retain(|(m, _, _), _| m.end(size) > revisable_after);
+        let keep_from = revisable_after - max_m * size.ms();
+        t.minutes.retain(|k, _| k.end(size) > keep_from);
+    }
+}
+
+/// The rows of one window, ordered by ad, then filter.
+fn emit_window(p: Partition, start: WindowStart, ws: &mut WindowState, out: &mut Outputs) {
+    let mut rows: Vec<(&AdId, &mut Cell)> = ws
+        .cells
+        .iter_mut()
+        .flat_map(|(ad, cells)| cells.iter_mut().map(move |c| (ad, c)))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0).then(a.1.filter.cmp(&b.1.filter)));
+    for (ad, cell) in rows {
+        cell.version += 1;
+        out.rollups.push(Rollup {
+            window_start: start,
+            ad_id: ad.clone(),
+            filter_id: cell.filter,
+            partition: p,
+            clicks: cell.clicks,
+            version: cell.version,
+        });
+    }
+}
+
+impl TopNState {
+    fn add_final(&mut self, start: WindowStart, cells: Map<AdId, Vec<Cell>>) {
+        let minute = self.minutes.entry(start).or_insert_with(new_map);
+        for (ad, cells) in cells {
+            for c in cells {
+                *minute
+                    .entry(c.filter)
+                    .or_insert_with(new_map)
+                    .entry(ad.clone())
+                    .or_insert(0) += c.clicks;
+            }
+        }
+    }
+}
+
+/// Top-N of minute `m` over `m_windows` windows, per filter with data.
+fn rank(
+    config: &Config,
+    size: WindowSize,
+    t: &TopNState,
+    m: WindowStart,
+    m_windows: u32,
+) -> Vec<(FilterId, Vec<RankedAd>)> {
+    let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
+    let mut sums: BTreeMap<FilterId, Map<&AdId, u64>> = BTreeMap::new();
+    for (_, per_filter) in t.minutes.range(first..=m) {
+        for (f, ads) in per_filter {
+            let s = sums.entry(*f).or_insert_with(new_map);
+            for (ad, c) in ads {
+                *s.entry(ad).or_insert(0) += c;
+            }
+        }
+    }
+    sums.into_iter()
+        .map(|(f, ads)| {
+            (
+                f,
+                topn::top_n(
+                    ads.into_iter().map(|(a, c)| (a.clone(), c)),
+                    config.top_n as usize,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Re-ranks the emitted minutes that window `start` contributes to, and
+/// emits the rows that changed with a higher version.
+fn revise_top_n(
+    config: &Config,
+    size: WindowSize,
+    t: &mut TopNState,
+    start: WindowStart,
+    out: &mut Outputs,
+) {
+    let Some(done) = t.done_through else { return };
+    let revisable_after = done - config.topn_revision_windows as i64 * size.ms();
+    for &m_windows in &config.top_n_windows {
+        for i in 0..m_windows as i64 {
+            let m = WindowStart(start.0 + i * size.ms());
+            if m.end(size) > done || m.end(size) <= revisable_after {
+                continue;
+            }
+            for (filter, ads) in rank(config, size, t, m, m_windows) {
+                let key = (m, m_windows, filter);
+                let version = match t.emitted.get(&key) {
+                    Some((_, old)) if *old == ads => continue,
+                    Some((v, _)) => v + 1,
+                    None => 1,
+                };
+                out.top_n.push(TopNRow {
+                    minute: m,
+                    windows: m_windows,
+                    filter_id: filter,
+                    version,
+                    ads: ads.clone(),
+                });
+                t.emitted.insert(key, (version, ads));
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The event key: what makes two clicks the same click.
+
+use crate::Click;
+use core::fmt;
+use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3Default;
+
+/// A click's 128-bit identity: XXH3-128 of its `event_id` when it has one,
+/// else of (ad_id, user_id, canonical ip, click time floored to the second).
+/// Displayed as 32 lower-case hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventKey(pub u128);
+
+impl Serialize for EventKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl EventKey {
+    /// The key of a click.
+    ///
+    /// ```
+    /// use adtally_core::{parse_record, EventKey, Record};
+    /// let key = |s: &str| match parse_record(s.as_bytes(), None, 0).unwrap() {
+    ///     Record::Click(c) => EventKey::of(&c),
+    ///     _ => unreachable!(),
+    /// };
+    /// // Same second, same click.
+    /// assert_eq!(key("ad1, 1000, u, 1.1.1.1, USA"), key("ad1, 1999, u, 1.1.1.1, FRA"));
+    /// assert_ne!(key("ad1, 1000, u, 1.1.1.1, USA"), key("ad1, 2000, u, 1.1.1.1, USA"));
+    /// ```
+    pub fn of(click: &Click) -> EventKey {
+        let mut h = Xxh3Default::new();
+        match &click.event_id {
+            Some(id) => {
+                h.update(b"adtally/event_id\0");
+                h.update(id.as_str().as_bytes());
+            }
+            None => {
+                h.update(b"adtally/click\0");
+                h.update(click.ad_id.as_str().as_bytes());
+                h.update(b"\0");
+                h.update(click.user_id.as_str().as_bytes());
+                h.update(b"\0");
+                match click.ip {
+                    crate::IpAddr::V4(v4) => {
+                        h.update(&[4]);
+                        h.update(&v4.octets());
+                    }
+                    crate::IpAddr::V6(v6) => {
+                        h.update(&[6]);
+                        h.update(&v6.octets());
+                    }
+                }
+                h.update(&click.timestamp.0.div_euclid(1000).to_le_bytes());
+            }
+        }
+        EventKey(h.digest128())
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(s: &str) -> Option<EventKey> {
+        if s.len() != 32 {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(EventKey)
+    }
+}
+
+impl fmt::Display for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventKey({self})")
+    }
+}

@@ -1,0 +1,284 @@
+//! Parsing records: JSON objects and the log line format.
+
+use crate::validate::{self, Field, InvalidReason, MAX_RECORD_BYTES};
+use crate::{AdId, Click, EventId, EventTime, IpAddr, UserId};
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+/// What a valid record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An ad click.
+    Click(Click),
+    /// The producer promises no click older than this is coming on this
+    /// partition; it advances the watermark like a click would.
+    Heartbeat(EventTime),
+}
+
+/// Parses and validates one record.
+///
+/// `record_time_ms` is the time the record itself carries (the Kafka
+/// message timestamp); when given, a click more than `max_future_skew_ms`
+/// ahead of it is invalid ([`InvalidReason::TimestampInFuture`]).
+///
+/// ```
+/// use adtally_core::{parse_record, InvalidReason, Field, Record};
+/// let r = parse_record(b"[AdClickEvent] ad001, 2021-01-01 00:00:01, user1, 207.148.22.22, USA", None, 0).unwrap();
+/// let Record::Click(c) = r else { panic!() };
+/// assert_eq!(c.timestamp.0, 1_609_459_201_000);
+/// assert_eq!(
+///     parse_record(br#"{"ad_id":"ad001","user_id":"u","ip":"1.2.3.4","country":"USA"}"#, None, 0),
+///     Err(InvalidReason::MissingField(Field::ClickTimestamp)),
+/// );
+/// ```
+pub fn parse_record(
+    payload: &[u8],
+    record_time_ms: Option<i64>,
+    max_future_skew_ms: i64,
+) -> Result<Record, InvalidReason> {
+    if payload.len() > MAX_RECORD_BYTES {
+        return Err(InvalidReason::OversizeRecord);
+    }
+    let text = core::str::from_utf8(payload).map_err(|_| InvalidReason::NotUtf8)?;
+    let text = text.trim();
+    let record = if text.starts_with('{') {
+        parse_json(text)?
+    } else {
+        parse_line(text)?
+    };
+    if let (Record::Click(c), Some(rt)) = (&record, record_time_ms) {
+        if c.timestamp.0 > rt.saturating_add(max_future_skew_ms) {
+            return Err(InvalidReason::TimestampInFuture);
+        }
+    }
+    Ok(record)
+}
+
+/// The raw text of each field, before its own checks.
+struct Fields<'a> {
+    ad_id: Option<&'a str>,
+    timestamp: Option<Timestamp<'a>>,
+    user_id: Option<&'a str>,
+    ip: Option<&'a str>,
+    country: Option<&'a str>,
+    event_id: Option<&'a str>,
+}
+
+enum Timestamp<'a> {
+    Ms(i64),
+    Text(&'a str),
+}
+
+fn parse_json(text: &str) -> Result<Record, InvalidReason> {
+    let value: Value = serde_json::from_str(text).map_err(|_| InvalidReason::Malformed)?;
+    let Value::Object(map) = value else {
+        return Err(InvalidReason::Malformed);
+    };
+    if let Some(hb) = map.get("heartbeat_ms") {
+        if map.contains_key("ad_id") {
+            return Err(InvalidReason::Malformed);
+        }
+        let ms = hb.as_i64().ok_or(InvalidReason::BadTimestamp)?;
+        validate::timestamp_range(ms)?;
+        return Ok(Record::Heartbeat(EventTime(ms)));
+    }
+    let text_field = |f: Field| -> Result<Option<&str>, InvalidReason> {
+        match map.get(f.name()) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => Err(InvalidReason::WrongType(f)),
+        }
+    };
+    let ad_id = text_field(Field::AdId)?;
+    let timestamp = match map.get(Field::ClickTimestamp.name()) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Timestamp::Text(s.as_str())),
+        Some(Value::Number(n)) => Some(Timestamp::Ms(json_ms(n)?)),
+        Some(_) => return Err(InvalidReason::WrongType(Field::ClickTimestamp)),
+    };
+    let fields = Fields {
+        ad_id,
+        timestamp,
+        user_id: text_field(Field::UserId)?,
+        ip: text_field(Field::Ip)?,
+        country: text_field(Field::Country)?,
+        event_id: text_field(Field::EventId)?,
+    };
+    build(fields).map(Record::Click)
+}
+
+/// A JSON number as milliseconds: integers, and floats without a fraction
+/// (a common producer quirk).
+fn json_ms(n: &serde_json::Number) -> Result<i64, InvalidReason> {
+    if let Some(ms) = n.as_i64() {
+        return Ok(ms);
+    }
+    match n.as_f64() {
+        Some(f) if n.as_u64().is_none() && (f as i64) as f64 == f => Ok(f as i64),
+        Some(_) if n.as_u64().is_some() => Err(InvalidReason::TimestampOutOfRange),
+        _ => Err(InvalidReason::BadTimestamp),
+    }
+}
+
+fn parse_line(text: &str) -> Result<Record, InvalidReason> {
+    if let Some(rest) = text.strip_prefix("[Heartbeat]") {
+        let ms = parse_time_text(rest.trim())?;
+        return Ok(Record::Heartbeat(EventTime(ms)));
+    }
+    let text = text.strip_prefix("[AdClickEvent]").unwrap_or(text);
+    let mut parts = [""; 6];
+    let mut n = 0;
+    for part in text.split(',') {
+        if n == parts.len() {
+            return Err(InvalidReason::Malformed);
+        }
+        parts[n] = part.trim();
+        n += 1;
+    }
+    if n < 5 {
+        return Err(InvalidReason::Malformed);
+    }
+    let fields = Fields {
+        ad_id: Some(parts[0]),
+        timestamp: Some(Timestamp::Text(parts[1])),
+        user_id: Some(parts[2]),
+        ip: Some(parts[3]),
+        country: Some(parts[4]),
+        event_id: (n == 6).then_some(parts[5]),
+    };
+    build(fields).map(Record::Click)
+}
+
+fn build(f: Fields<'_>) -> Result<Click, InvalidReason> {
+    let ad_id = AdId::new(f.ad_id.ok_or(InvalidReason::MissingField(Field::AdId))?)?;
+    let ms = match f.timestamp {
+        None => return Err(InvalidReason::MissingField(Field::ClickTimestamp)),
+        Some(Timestamp::Ms(ms)) => ms,
+        Some(Timestamp::Text("")) => {
+            return Err(InvalidReason::MissingField(Field::ClickTimestamp));
+        }
+        Some(Timestamp::Text(s)) => parse_time_text(s)?,
+    };
+    validate::timestamp_range(ms)?;
+    let user_id = UserId::new(
+        f.user_id
+            .ok_or(InvalidReason::MissingField(Field::UserId))?,
+    )?;
+    let ip = match f.ip {
+        None | Some("") => return Err(InvalidReason::MissingField(Field::Ip)),
+        Some(s) if s.len() > 45 => return Err(InvalidReason::OversizeField(Field::Ip)),
+        Some(s) => s
+            .parse::<IpAddr>()
+            .map_err(|_| InvalidReason::BadIp)?
+            .to_canonical(),
+    };
+    let country = validate::country(f.country.unwrap_or(""))?;
+    let event_id = match f.event_id {
+        None => None,
+        // An empty sixth field or empty JSON string means "no event id".
+        Some("") => None,
+        Some(s) => Some(EventId::new(s)?),
+    };
+    Ok(Click {
+        ad_id,
+        timestamp: EventTime(ms),
+        user_id,
+        ip,
+        country,
+        event_id,
+    })
+}
+
+/// Epoch milliseconds, `YYYY-MM-DD HH:MM:SS[.fff]` (UTC) or RFC 3339.
+fn parse_time_text(s: &str) -> Result<i64, InvalidReason> {
+    if s.is_empty() {
+        return Err(InvalidReason::MissingField(Field::ClickTimestamp));
+    }
+    if s.len() > 40 {
+        return Err(InvalidReason::OversizeField(Field::ClickTimestamp));
+    }
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<i64>()
+            .map_err(|_| InvalidReason::TimestampOutOfRange);
+    }
+    let plain = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let fraction = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]");
+    let ms_of = |ns: i128| (ns.div_euclid(1_000_000)) as i64;
+    if let Ok(t) = time::PrimitiveDateTime::parse(s, plain) {
+        return Ok(ms_of(t.assume_utc().unix_timestamp_nanos()));
+    }
+    if let Ok(t) = time::PrimitiveDateTime::parse(s, fraction) {
+        return Ok(ms_of(t.assume_utc().unix_timestamp_nanos()));
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(ms_of(t.unix_timestamp_nanos()));
+    }
+    Err(InvalidReason::BadTimestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    fn click(s: &str) -> Result<Click, InvalidReason> {
+        match parse_record(s.as_bytes(), None, 0)? {
+            Record::Click(c) => Ok(c),
+            Record::Heartbeat(_) => panic!("heartbeat"),
+        }
+    }
+
+    #[test]
+    fn line_and_json_agree() {
+        let a =
+            click("[AdClickEvent] ad001, 2021-01-01 00:00:01, user1, 207.148.22.22, USA").unwrap();
+        let b = click(r#"{"ad_id":"ad001","click_timestamp":"2021-01-01T00:00:01Z","user_id":"user1","ip":"207.148.22.22","country":"US"}"#).unwrap();
+        let c = click(r#"{"ad_id":"ad001","click_timestamp":1609459201000,"user_id":"user1","ip":"207.148.22.22","country":"usa"}"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time_text("1970-01-01 00:00:00.5"), Ok(500));
+        assert_eq!(parse_time_text("1969-12-31 23:59:59"), Ok(-1000));
+        assert_eq!(parse_time_text("-1"), Ok(-1));
+        assert_eq!(
+            parse_time_text("2021-13-01 00:00:00"),
+            Err(InvalidReason::BadTimestamp)
+        );
+        assert_eq!(
+            click("ad1, 2300-01-01 00:00:00, u, 1.1.1.1, USA"),
+            Err(InvalidReason::TimestampOutOfRange)
+        );
+    }
+
+    #[test]
+    fn reasons() {
+        use InvalidReason::*;
+        assert_eq!(click("ad1, 0, u, 1.1.1.1"), Err(Malformed));
+        assert_eq!(click("ad 1, 0, u, 1.1.1.1, USA"), Err(BadAdId));
+        assert_eq!(click("ad1, 0, u, 1.1.1.x, USA"), Err(BadIp));
+        assert_eq!(
+            click("ad1, 0, u, ::ffff:1.1.1.1, USA")
+                .unwrap()
+                .ip
+                .to_string(),
+            "1.1.1.1"
+        );
+        assert_eq!(
+            click("ad1, 0, , 1.1.1.1, USA"),
+            Err(MissingField(Field::UserId))
+        );
+        assert_eq!(click(r#"{"ad_id":1}"#), Err(WrongType(Field::AdId)));
+        assert_eq!(click("[1,2]"), Err(Malformed));
+        assert_eq!(
+            parse_record(b"ad1, 100000, u, 1.1.1.1, USA", Some(0), 1000),
+            Err(TimestampInFuture)
+        );
+        assert_eq!(parse_record(&[0xff, 0xfe], None, 0), Err(NotUtf8));
+    }
+}

@@ -1,0 +1,260 @@
+//! Snapshots: the whole engine state as bytes, and back.
+//!
+//! # Format (version 1)
+//!
+//! | bytes | content |
+//! |---|---|
+//! | 0..8 | magic `ADTSNAP\0` |
+//! | 8..10 | format version, u16 little-endian (1) |
+//! | 10.. | a [postcard](https://docs.rs/postcard) encoding of the body below |
+//!
+//! Body, in field order: `semantics_version: u32`, `config_json: String`
+//! (the [`Config`](crate::Config) as JSON), `now_ms: Option<i64>`, the
+//! partitions (each: `partition: u32`, `max_seen: Option<i64>`,
+//! `last_active_ms`, `next_offset`, `dedup_last_sweep: Option<i64>`,
+//! `dedup_slots: Vec<u128>` sorted, and its windows, each with `start: i64`,
+//! `emitted: bool` and its cells `(ad_id, filter, clicks, version)` sorted by
+//! ad then filter), then the top-N state (`done_through`, final minute
+//! counts, and the rows open to revision). Everything is sorted, so equal
+//! states give equal bytes.
+//!
+//! A snapshot restores only into the same semantics version; the host
+//! replays from the snapshot's offsets otherwise.
+
+use crate::engine::{Cell, Engine, PartitionState, TopNState, WindowState, new_map};
+use crate::filter::FilterId;
+use crate::topn::RankedAd;
+use crate::{
+    AdId, Config, ConfigError, EventTime, Offset, Partition, SEMANTICS_VERSION, WindowStart,
+};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 8] = b"ADTSNAP\0";
+const FORMAT_VERSION: u16 = 1;
+
+/// Why bytes could not be restored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The bytes do not start with the snapshot magic.
+    NotASnapshot,
+    /// A format version this build cannot read.
+    UnsupportedFormat(u16),
+    /// Made under other semantics.
+    SemanticsMismatch {
+        /// The snapshot's.
+        found: u32,
+        /// This build's.
+        expected: u32,
+    },
+    /// The body does not decode.
+    Corrupt(String),
+    /// The configuration inside is not valid.
+    Config(ConfigError),
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::NotASnapshot => f.write_str("not an adtally snapshot (bad magic)"),
+            SnapshotError::UnsupportedFormat(v) => write!(
+                f,
+                "snapshot format version {v} is not supported (this build reads {FORMAT_VERSION})"
+            ),
+            SnapshotError::SemanticsMismatch { found, expected } => write!(
+                f,
+                "snapshot made under semantics version {found}, this module has {expected}"
+            ),
+            SnapshotError::Corrupt(e) => write!(f, "snapshot body does not decode: {e}"),
+            SnapshotError::Config(e) => write!(f, "snapshot config: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SnapshotError {}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    semantics_version: u32,
+    config_json: String,
+    now_ms: Option<i64>,
+    partitions: Vec<PartitionSnap>,
+    done_through: Option<i64>,
+    minutes: Vec<(i64, Vec<(u32, String, u64)>)>,
+    emitted: Vec<(i64, u32, u32, u32, Vec<(String, u64)>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PartitionSnap {
+    partition: u32,
+    max_seen: Option<i64>,
+    last_active_ms: Option<i64>,
+    next_offset: Option<i64>,
+    dedup_last_sweep: Option<i64>,
+    dedup_slots: Vec<u128>,
+    windows: Vec<(i64, bool, Vec<(String, u32, u64, u32)>)>,
+}
+
+impl Engine {
+    /// The whole state as bytes (see [the format](self)).
+    pub fn snapshot(&self) -> Vec<u8> {
+        let partitions = self
+            .partitions
+            .iter()
+            .map(|(p, st)| PartitionSnap {
+                partition: p.0,
+                max_seen: st.watermark.max_seen().map(|t| t.0),
+                last_active_ms: st.last_active_ms,
+                next_offset: st.next_offset.map(|o| o.0),
+                dedup_last_sweep: st.dedup.last_sweep(),
+                dedup_slots: st.dedup.to_slots(),
+                windows: st
+                    .windows
+                    .iter()
+                    .map(|(start, ws)| {
+                        let mut cells: Vec<_> = ws
+                            .cells
+                            .iter()
+                            .flat_map(|(ad, cs)| {
+                                cs.iter().map(move |c| {
+                                    (String::from(ad.as_str()), c.filter.0, c.clicks, c.version)
+                                })
+                            })
+                            .collect();
+                        cells.sort();
+                        (start.0, ws.emitted, cells)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let t = &self.topn;
+        let minutes = t
+            .minutes
+            .iter()
+            .map(|(k, per_filter)| {
+                let mut v: Vec<_> = per_filter
+                    .iter()
+                    .flat_map(|(f, ads)| {
+                        ads.iter()
+                            .map(move |(a, c)| (f.0, String::from(a.as_str()), *c))
+                    })
+                    .collect();
+                v.sort();
+                (k.0, v)
+            })
+            .collect();
+        let emitted = t
+            .emitted
+            .iter()
+            .map(|((m, w, f), (v, ads))| {
+                (
+                    m.0,
+                    *w,
+                    f.0,
+                    *v,
+                    ads.iter()
+                        .map(|r| (String::from(r.ad_id.as_str()), r.clicks))
+                        .collect(),
+                )
+            })
+            .collect();
+        let body = Body {
+            semantics_version: SEMANTICS_VERSION,
+            config_json: self.config.to_json(),
+            now_ms: self.now_ms,
+            partitions,
+            done_through: t.done_through,
+            minutes,
+            emitted,
+        };
+        let mut out = Vec::from(&MAGIC[..]);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        // Encoding plain data into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(&body).unwrap_or_default());
+        out
+    }
+
+    /// An engine in the state `bytes` describes.
+    pub fn restore(bytes: &[u8]) -> Result<Engine, SnapshotError> {
+        if bytes.len() < 10 || &bytes[..8] != MAGIC {
+            return Err(SnapshotError::NotASnapshot);
+        }
+        let v = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if v != FORMAT_VERSION {
+            return Err(SnapshotError::UnsupportedFormat(v));
+        }
+        let body: Body = postcard::from_bytes(&bytes[10..])
+            .map_err(|e| SnapshotError::Corrupt(alloc::format!("{e}")))?;
+        if body.semantics_version != SEMANTICS_VERSION {
+            return Err(SnapshotError::SemanticsMismatch {
+                found: body.semantics_version,
+                expected: SEMANTICS_VERSION,
+            });
+        }
+        let config = Config::from_json(&body.config_json).map_err(SnapshotError::Config)?;
+        let filters = config.check().map_err(SnapshotError::Config)?;
+        let ad = |s: String| {
+            AdId::new(&s).map_err(|r| SnapshotError::Corrupt(alloc::format!("ad_id {s:?}: {r}")))
+        };
+        let mut engine = Engine::from_parts(config, filters);
+        engine.now_ms = body.now_ms;
+        for ps in body.partitions {
+            let mut st = PartitionState::new(&engine.config);
+            if let Some(t) = ps.max_seen {
+                st.watermark.observe(EventTime(t));
+            }
+            st.last_active_ms = ps.last_active_ms;
+            st.next_offset = ps.next_offset.map(Offset);
+            st.dedup = crate::dedup::DedupSet::from_slots(
+                engine.config.dedup_horizon_ms,
+                &ps.dedup_slots,
+                ps.dedup_last_sweep,
+            );
+            for (start, emitted, cells) in ps.windows {
+                let mut ws = WindowState {
+                    emitted,
+                    cells: new_map(),
+                };
+                for (a, f, clicks, version) in cells {
+                    ws.cells.entry(ad(a)?).or_default().push(Cell {
+                        filter: FilterId(f),
+                        clicks,
+                        version,
+                    });
+                }
+                st.windows.insert(WindowStart(start), ws);
+            }
+            engine.partitions.insert(Partition(ps.partition), st);
+        }
+        let mut t = TopNState {
+            done_through: body.done_through,
+            ..TopNState::default()
+        };
+        for (k, entries) in body.minutes {
+            let minute = t.minutes.entry(WindowStart(k)).or_insert_with(new_map);
+            for (f, a, c) in entries {
+                minute
+                    .entry(FilterId(f))
+                    .or_insert_with(new_map)
+                    .insert(ad(a)?, c);
+            }
+        }
+        for (m, w, f, v, ads) in body.emitted {
+            let ads = ads
+                .into_iter()
+                .map(|(a, clicks)| {
+                    Ok(RankedAd {
+                        ad_id: ad(a)?,
+                        clicks,
+                    })
+                })
+                .collect::<Result<_, SnapshotError>>()?;
+            t.emitted.insert((WindowStart(m), w, FilterId(f)), (v, ads));
+        }
+        engine.topn = t;
+        Ok(engine)
+    }
+}

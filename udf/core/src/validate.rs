@@ -1,0 +1,331 @@
+//! Field checks and the reasons a record is invalid.
+
+use crate::Country;
+use crate::country_codes::ISO_3166;
+use core::fmt;
+
+/// Largest record accepted, in bytes.
+pub const MAX_RECORD_BYTES: usize = 4096;
+/// Largest `ad_id`, in bytes.
+pub const MAX_AD_ID_BYTES: usize = 64;
+/// Largest `user_id`, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 128;
+/// Largest `event_id`, in bytes.
+pub const MAX_EVENT_ID_BYTES: usize = 128;
+/// Earliest accepted click time: 1900-01-01T00:00:00Z.
+pub const MIN_TIMESTAMP_MS: i64 = -2_208_988_800_000;
+/// First rejected click time: 2200-01-01T00:00:00Z.
+pub const END_TIMESTAMP_MS: i64 = 7_258_118_400_000;
+
+/// A field of a click record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Field {
+    AdId,
+    ClickTimestamp,
+    UserId,
+    Ip,
+    Country,
+    EventId,
+}
+
+impl Field {
+    /// The field's name in records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::AdId => "ad_id",
+            Field::ClickTimestamp => "click_timestamp",
+            Field::UserId => "user_id",
+            Field::Ip => "ip",
+            Field::Country => "country",
+            Field::EventId => "event_id",
+        }
+    }
+
+    const ALL: [Field; 6] = [
+        Field::AdId,
+        Field::ClickTimestamp,
+        Field::UserId,
+        Field::Ip,
+        Field::Country,
+        Field::EventId,
+    ];
+}
+
+/// Why a record is not a valid click. Checks run in this order, and the
+/// first that fails names the reason:
+/// size → UTF-8 → shape → each field in record order (missing, wrong type,
+/// oversize, then its own check) → timestamp against the record time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvalidReason {
+    /// The record is larger than [`MAX_RECORD_BYTES`].
+    OversizeRecord,
+    /// The record is not UTF-8.
+    NotUtf8,
+    /// Not a JSON object, or a line without 5 or 6 comma-separated fields.
+    Malformed,
+    /// A required field is absent or empty.
+    MissingField(Field),
+    /// A field has the wrong JSON type.
+    WrongType(Field),
+    /// A field is longer than its limit.
+    OversizeField(Field),
+    /// `ad_id` has a character outside `[A-Za-z0-9._:-]`.
+    BadAdId,
+    /// `user_id` has a control character.
+    BadUserId,
+    /// `event_id` has a control character.
+    BadEventId,
+    /// `click_timestamp` is not a time in a known format.
+    BadTimestamp,
+    /// `click_timestamp` is before 1900 or from 2200 on.
+    TimestampOutOfRange,
+    /// `click_timestamp` is further ahead of the record's own time than
+    /// `max_future_skew_ms` allows.
+    TimestampInFuture,
+    /// `ip` is not an IPv4 or IPv6 address.
+    BadIp,
+    /// `country` is not an ISO 3166-1 alpha-2 or alpha-3 code.
+    UnknownCountry,
+}
+
+impl InvalidReason {
+    /// Every reason, for tests and documentation.
+    pub fn all() -> impl Iterator<Item = InvalidReason> {
+        use InvalidReason::*;
+        let fixed = [
+            OversizeRecord,
+            NotUtf8,
+            Malformed,
+            BadAdId,
+            BadUserId,
+            BadEventId,
+            BadTimestamp,
+            TimestampOutOfRange,
+            TimestampInFuture,
+            BadIp,
+            UnknownCountry,
+        ];
+        fixed.into_iter().chain(
+            Field::ALL
+                .into_iter()
+                .flat_map(|f| [MissingField(f), WrongType(f), OversizeField(f)]),
+        )
+    }
+
+    /// A stable machine-readable code, e.g. `missing_field:ad_id`. This is
+    /// what the invalid-events table stores.
+    pub fn code(&self) -> CodeDisplay {
+        CodeDisplay(*self)
+    }
+
+    /// Parses a [`code`](Self::code) back.
+    pub fn from_code(code: &str) -> Option<InvalidReason> {
+        InvalidReason::all().find(|r| {
+            use core::fmt::Write;
+            let mut buf = heapless_buf::Buf::new();
+            write!(buf, "{}", r.code()).is_ok() && buf.as_str() == code
+        })
+    }
+}
+
+/// Displays an [`InvalidReason`]'s code.
+pub struct CodeDisplay(InvalidReason);
+
+impl fmt::Display for CodeDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use InvalidReason::*;
+        match self.0 {
+            OversizeRecord => f.write_str("oversize_record"),
+            NotUtf8 => f.write_str("not_utf8"),
+            Malformed => f.write_str("malformed"),
+            MissingField(x) => write!(f, "missing_field:{}", x.name()),
+            WrongType(x) => write!(f, "wrong_type:{}", x.name()),
+            OversizeField(x) => write!(f, "oversize_field:{}", x.name()),
+            BadAdId => f.write_str("bad_ad_id"),
+            BadUserId => f.write_str("bad_user_id"),
+            BadEventId => f.write_str("bad_event_id"),
+            BadTimestamp => f.write_str("bad_timestamp"),
+            TimestampOutOfRange => f.write_str("timestamp_out_of_range"),
+            TimestampInFuture => f.write_str("timestamp_in_future"),
+            BadIp => f.write_str("bad_ip"),
+            UnknownCountry => f.write_str("unknown_country"),
+        }
+    }
+}
+
+impl fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use InvalidReason::*;
+        match self {
+            OversizeRecord => write!(f, "record is larger than {MAX_RECORD_BYTES} bytes"),
+            NotUtf8 => f.write_str("record is not UTF-8"),
+            Malformed => f.write_str(
+                "record is neither a JSON object nor a line of 5 or 6 comma-separated fields",
+            ),
+            MissingField(x) => write!(f, "field `{}` is missing or empty", x.name()),
+            WrongType(x) => write!(f, "field `{}` has the wrong JSON type", x.name()),
+            OversizeField(x) => write!(f, "field `{}` is too long", x.name()),
+            BadAdId => f.write_str("`ad_id` may only hold A-Z a-z 0-9 . _ : -"),
+            BadUserId => f.write_str("`user_id` holds a control character"),
+            BadEventId => f.write_str("`event_id` holds a control character"),
+            BadTimestamp => f.write_str(
+                "`click_timestamp` is neither epoch milliseconds, `YYYY-MM-DD HH:MM:SS[.fff]` nor RFC 3339",
+            ),
+            TimestampOutOfRange => {
+                f.write_str("`click_timestamp` is before 1900-01-01 or not before 2200-01-01")
+            }
+            TimestampInFuture => f.write_str(
+                "`click_timestamp` is further ahead of the record time than max_future_skew_ms",
+            ),
+            BadIp => f.write_str("`ip` is not an IPv4 or IPv6 address"),
+            UnknownCountry => f.write_str("`country` is not an ISO 3166-1 code"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for InvalidReason {}
+
+impl serde::Serialize for InvalidReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.code())
+    }
+}
+
+mod heapless_buf {
+    /// A small fixed buffer for formatting codes without allocating.
+    pub struct Buf {
+        bytes: [u8; 48],
+        len: usize,
+    }
+    impl Buf {
+        pub fn new() -> Buf {
+            Buf {
+                bytes: [0; 48],
+                len: 0,
+            }
+        }
+        pub fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+        }
+    }
+    impl core::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            let end = self.len + s.len();
+            if end > self.bytes.len() {
+                return Err(core::fmt::Error);
+            }
+            self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+}
+
+fn non_empty(s: &str, field: Field, max: usize) -> Result<(), InvalidReason> {
+    if s.is_empty() {
+        Err(InvalidReason::MissingField(field))
+    } else if s.len() > max {
+        Err(InvalidReason::OversizeField(field))
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn ad_id(s: &str) -> Result<(), InvalidReason> {
+    non_empty(s, Field::AdId, MAX_AD_ID_BYTES)?;
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(InvalidReason::BadAdId)
+    }
+}
+
+pub(crate) fn user_id(s: &str) -> Result<(), InvalidReason> {
+    non_empty(s, Field::UserId, MAX_USER_ID_BYTES)?;
+    if s.chars().any(char::is_control) {
+        Err(InvalidReason::BadUserId)
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn event_id(s: &str) -> Result<(), InvalidReason> {
+    non_empty(s, Field::EventId, MAX_EVENT_ID_BYTES)?;
+    if s.chars().any(char::is_control) {
+        Err(InvalidReason::BadEventId)
+    } else {
+        Ok(())
+    }
+}
+
+pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
+    let upper = |s: &str| -> Option<[u8; 3]> {
+        let b = s.as_bytes();
+        let mut out = [0u8; 3];
+        for (o, c) in out.iter_mut().zip(b) {
+            *o = c.to_ascii_uppercase();
+        }
+        Some(out)
+    };
+    match s.len() {
+        0 => Err(InvalidReason::MissingField(Field::Country)),
+        3 => {
+            let code = upper(s).ok_or(InvalidReason::UnknownCountry)?;
+            ISO_3166
+                .binary_search_by(|(a3, _)| a3.as_bytes().cmp(&code[..]))
+                .map(|_| Country::from_alpha3(code))
+                .map_err(|_| InvalidReason::UnknownCountry)
+        }
+        2 => {
+            let code = upper(s).ok_or(InvalidReason::UnknownCountry)?;
+            ISO_3166
+                .iter()
+                .find(|(_, a2)| a2.as_bytes() == &code[..2])
+                .map(|(a3, _)| {
+                    let b = a3.as_bytes();
+                    Country::from_alpha3([b[0], b[1], b[2]])
+                })
+                .ok_or(InvalidReason::UnknownCountry)
+        }
+        _ => Err(InvalidReason::UnknownCountry),
+    }
+}
+
+pub(crate) fn timestamp_range(ms: i64) -> Result<(), InvalidReason> {
+    if (MIN_TIMESTAMP_MS..END_TIMESTAMP_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(InvalidReason::TimestampOutOfRange)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let codes: std::vec::Vec<_> = InvalidReason::all().map(|r| r.code().to_string()).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), codes.len());
+        for r in InvalidReason::all() {
+            assert_eq!(InvalidReason::from_code(&r.code().to_string()), Some(r));
+        }
+    }
+
+    #[test]
+    fn countries() {
+        assert_eq!(country("USA").unwrap().as_str(), "USA");
+        assert_eq!(country("us").unwrap().as_str(), "USA");
+        assert_eq!(country("gb").unwrap().as_str(), "GBR");
+        assert_eq!(country("XXX"), Err(InvalidReason::UnknownCountry));
+        assert_eq!(country("GPB"), Err(InvalidReason::UnknownCountry));
+    }
+}

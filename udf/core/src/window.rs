@@ -1,0 +1,48 @@
+//! Event-time tumbling windows.
+
+use crate::EventTime;
+use serde::{Deserialize, Serialize};
+
+/// The length of a tumbling window in milliseconds (at least 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowSize(i64);
+
+impl WindowSize {
+    /// One minute, the default.
+    pub const MINUTE: WindowSize = WindowSize(60_000);
+
+    /// A window size of `ms` milliseconds; `None` unless `ms >= 1`.
+    pub fn new(ms: i64) -> Option<WindowSize> {
+        (ms >= 1).then_some(WindowSize(ms))
+    }
+
+    /// The size in milliseconds.
+    pub fn ms(self) -> i64 {
+        self.0
+    }
+
+    /// The window that holds `t`: `[floor(t / size) * size, + size)`, with
+    /// floored division so that negative times land in the window before 0.
+    ///
+    /// ```
+    /// use adtally_core::{EventTime, WindowSize, WindowStart};
+    /// let w = WindowSize::MINUTE;
+    /// assert_eq!(w.window_of(EventTime(59_999)), WindowStart(0));
+    /// assert_eq!(w.window_of(EventTime(60_000)), WindowStart(60_000));
+    /// assert_eq!(w.window_of(EventTime(-1)), WindowStart(-60_000));
+    /// ```
+    pub fn window_of(self, t: EventTime) -> WindowStart {
+        WindowStart(t.0.div_euclid(self.0) * self.0)
+    }
+}
+
+/// The first millisecond of a window (event time, UTC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WindowStart(pub i64);
+
+impl WindowStart {
+    /// The first millisecond after the window.
+    pub fn end(self, size: WindowSize) -> i64 {
+        self.0 + size.0
+    }
+}
