@@ -268,22 +268,24 @@ impl Engine {
         now_ms: i64,
         out: &mut Outputs,
     ) {
-        self.set_now(now_ms, out);
-        if self.is_replay(p, offset, out) {
-            return;
-        }
-        match parse_record(payload, record_time_ms, self.config.max_future_skew_ms) {
-            Ok(Record::Click(c)) => self.click(p, offset, c, now_ms, out),
-            Ok(Record::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
-            Err(reason) => {
-                self.state(p).last_active_ms = Some(now_ms);
-                out.invalid.push(InvalidEvent {
-                    partition: p,
-                    offset,
-                    reason,
-                    payload: payload.to_vec(),
-                });
+        let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
+        if !self.is_replay(p, offset, out) {
+            match parse_record(payload, record_time_ms, self.config.max_future_skew_ms) {
+                Ok(Record::Click(c)) => self.click(p, offset, c, now_ms, out),
+                Ok(Record::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
+                Err(reason) => {
+                    self.state(p).last_active_ms = Some(now_ms);
+                    out.invalid.push(InvalidEvent {
+                        partition: p,
+                        offset,
+                        reason,
+                        payload: payload.to_vec(),
+                    });
+                }
             }
+        }
+        if now_changed {
+            self.emit_due_top_n(out);
         }
     }
 
@@ -296,21 +298,20 @@ impl Engine {
         now_ms: i64,
         out: &mut Outputs,
     ) {
-        self.set_now(now_ms, out);
+        let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         if !self.is_replay(p, offset, out) {
             self.click(p, offset, click, now_ms, out);
+        }
+        if now_changed {
+            self.emit_due_top_n(out);
         }
     }
 
     /// Tells the engine the processing time, without records: partitions
-    /// may become idle and top-N rows due.
+    /// may become idle and top-N rows due. (A record's partition is active
+    /// at the record's `now_ms`, so idleness is judged after the record.)
     pub fn tick(&mut self, now_ms: i64, out: &mut Outputs) {
-        self.set_now(now_ms, out);
-    }
-
-    fn set_now(&mut self, now_ms: i64, out: &mut Outputs) {
-        if self.now_ms != Some(now_ms) {
-            self.now_ms = Some(now_ms);
+        if self.now_ms.replace(now_ms) != Some(now_ms) {
             self.emit_due_top_n(out);
         }
     }

@@ -1,0 +1,422 @@
+//! The conformance vectors: loading them, running them natively, and
+//! comparing any build's results with the expected ones.
+//!
+//! This crate owns the vector format; it never decides semantics (the core
+//! does) and never talks to the builds itself beyond running them.
+//!
+//! # Vector format (`tests/vectors/*.json`)
+//!
+//! ```json
+//! {
+//!   "description": "what the vector shows",
+//!   "config": { "window_ms": 10000 },        // overrides of Config::default()
+//!   "steps": [
+//!     { "now": 0, "records": [ { "p": 0, "v": "ad1, 1000, u, 1.1.1.1, USA", "o": 7, "t": 0 } ] },
+//!     { "tick": 61000 },
+//!     { "snapshot_restore": true }
+//!   ],
+//!   "merges": [ { "lists": [[["a", 9]]], "n": 3, "expect": [["a", 9]] } ],
+//!   "expected": { "records": [...], "outputs": {...}, "merges": [...] }
+//! }
+//! ```
+//!
+//! A record's `v` is the payload: a string as is, or a JSON object sent as
+//! compact JSON (`x` instead gives the payload's bytes in hex); `p` is the partition (default 0), `o` the offset (default:
+//! one after the previous record of the partition), `t` the record time.
+//! `expected.outputs` is every output of the run, concatenated in order;
+//! `expected.records` is, for each record, what the stateless functions say
+//! of it (kind, reason, key, window, filters), which is what the ClickHouse
+//! UDFs compute.
+
+use adtally_core::topn::{self, RankedAd};
+use adtally_core::{
+    AdId, Config, Engine, EventKey, Offset, Outputs, Partition, Record, parse_record,
+};
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One record of a vector.
+#[derive(Clone, Debug)]
+pub struct Rec {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: i64,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Record (Kafka) time.
+    pub record_time: Option<i64>,
+}
+
+/// One step of a vector.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// Records pushed at processing time `now`.
+    Batch {
+        /// Processing time.
+        now: i64,
+        /// The records.
+        records: Vec<Rec>,
+    },
+    /// Processing time passes.
+    Tick(i64),
+    /// The state is snapshotted and a new engine restored from it.
+    SnapshotRestore,
+}
+
+/// A top-N merge case.
+#[derive(Clone, Debug, Deserialize)]
+pub struct MergeCase {
+    /// Lists of `[ad_id, clicks]`.
+    pub lists: Vec<Vec<(String, u64)>>,
+    /// How many to keep.
+    pub n: u32,
+}
+
+/// A loaded vector.
+#[derive(Clone, Debug)]
+pub struct Vector {
+    /// File stem.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The raw JSON (kept so that blessing rewrites only `expected`).
+    pub raw: Value,
+    /// Configuration.
+    pub config: Config,
+    /// Steps.
+    pub steps: Vec<Step>,
+    /// Merge cases.
+    pub merges: Vec<MergeCase>,
+}
+
+/// What a build produced for a vector, as canonical JSON.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Actual {
+    /// Per-record annotations, if the build computes them.
+    pub records: Option<Value>,
+    /// The concatenated outputs, if the build runs the engine.
+    pub outputs: Option<Value>,
+    /// Merge results, if the build merges.
+    pub merges: Option<Value>,
+}
+
+/// The directory of the vectors.
+pub fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../vectors")
+}
+
+/// Loads every vector, sorted by name.
+pub fn load_all(dir: &Path) -> Result<Vec<Vector>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| load(p)).collect()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+/// Loads one vector.
+pub fn load(path: &Path) -> Result<Vector> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let raw: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("?")
+        .to_string();
+    let config_json = raw.get("config").cloned().unwrap_or(json!({})).to_string();
+    let config = Config::from_json(&config_json).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let mut next: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut steps = Vec::new();
+    for (i, s) in raw["steps"]
+        .as_array()
+        .context("`steps` must be a list")?
+        .iter()
+        .enumerate()
+    {
+        if let Some(t) = s.get("tick") {
+            steps.push(Step::Tick(t.as_i64().context("tick must be an integer")?));
+        } else if s.get("snapshot_restore").is_some() {
+            steps.push(Step::SnapshotRestore);
+        } else if let Some(recs) = s.get("records") {
+            let now = s["now"]
+                .as_i64()
+                .with_context(|| format!("{name}: step {i} needs `now`"))?;
+            let mut records = Vec::new();
+            for r in recs.as_array().context("records must be a list")? {
+                let partition = r.get("p").and_then(Value::as_u64).unwrap_or(0) as u32;
+                let offset = match r.get("o").and_then(Value::as_i64) {
+                    Some(o) => o,
+                    None => *next.get(&partition).unwrap_or(&0),
+                };
+                next.insert(partition, offset + 1);
+                let payload = match (&r["v"], r.get("x").and_then(Value::as_str)) {
+                    (_, Some(hex)) => {
+                        decode_hex(hex).with_context(|| format!("{name}: bad hex payload {hex}"))?
+                    }
+                    (Value::String(s), None) => s.clone().into_bytes(),
+                    (other, None) => other.to_string().into_bytes(),
+                };
+                records.push(Rec {
+                    partition,
+                    offset,
+                    payload,
+                    record_time: r.get("t").and_then(Value::as_i64),
+                });
+            }
+            steps.push(Step::Batch { now, records });
+        } else {
+            bail!("{name}: step {i} is neither records, tick nor snapshot_restore");
+        }
+    }
+    let merges = match raw.get("merges") {
+        Some(m) => serde_json::from_value(m.clone()).with_context(|| format!("{name}: merges"))?,
+        None => Vec::new(),
+    };
+    Ok(Vector {
+        name,
+        path: path.to_path_buf(),
+        raw,
+        config,
+        steps,
+        merges,
+    })
+}
+
+impl Vector {
+    /// The expected results stored in the file.
+    pub fn expected(&self) -> Option<&Value> {
+        self.raw.get("expected")
+    }
+
+    /// Every record in order.
+    pub fn records(&self) -> impl Iterator<Item = &Rec> {
+        self.steps.iter().flat_map(|s| match s {
+            Step::Batch { records, .. } => records.as_slice(),
+            _ => &[],
+        })
+    }
+
+    /// Writes `actual` as the expected results.
+    pub fn bless(&self, actual: &Actual) -> Result<()> {
+        let mut raw = self.raw.clone();
+        raw["expected"] = json!({
+            "records": actual.records,
+            "outputs": actual.outputs,
+            "merges": actual.merges,
+        });
+        let text = serde_json::to_string_pretty(&raw)? + "\n";
+        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// What the stateless functions say of one record: the row the ClickHouse
+/// path computes for it.
+pub fn annotate_record(config: &Config, rec: &Rec) -> Value {
+    let filters = config.check().expect("checked at load");
+    let size = adtally_core::WindowSize::new(config.window_ms).expect("checked at load");
+    let base = json!({"p": rec.partition, "o": rec.offset});
+    let mut v = base;
+    match parse_record(&rec.payload, rec.record_time, config.max_future_skew_ms) {
+        Err(reason) => {
+            v["kind"] = json!("invalid");
+            v["reason"] = json!(reason.code().to_string());
+        }
+        Ok(Record::Heartbeat(t)) => {
+            v["kind"] = json!("heartbeat");
+            v["time"] = json!(t.0);
+        }
+        Ok(Record::Click(c)) => {
+            let mut ids = Vec::new();
+            filters.matching(&c, &mut ids);
+            v["kind"] = json!("click");
+            v["key"] = json!(EventKey::of(&c).to_string());
+            v["time"] = json!(c.timestamp.0);
+            v["window_start"] = json!(size.window_of(c.timestamp).0);
+            v["filters"] = json!(ids.iter().map(|f| f.0).collect::<Vec<_>>());
+        }
+    }
+    v
+}
+
+/// Annotations of every record.
+pub fn annotate(v: &Vector) -> Value {
+    Value::Array(v.records().map(|r| annotate_record(&v.config, r)).collect())
+}
+
+/// Runs the merge cases with the native core.
+pub fn run_merges(v: &Vector) -> Value {
+    Value::Array(
+        v.merges
+            .iter()
+            .map(|m| {
+                let lists: Vec<Vec<RankedAd>> = m
+                    .lists
+                    .iter()
+                    .map(|l| {
+                        l.iter()
+                            .map(|(a, c)| RankedAd {
+                                ad_id: AdId::new(a).expect("vector ad id"),
+                                clicks: *c,
+                            })
+                            .collect()
+                    })
+                    .collect();
+                merge_result_json(topn::merge(&lists, m.n as usize).map_err(|e| e.to_string()))
+            })
+            .collect(),
+    )
+}
+
+/// The canonical JSON of a merge result: a list of `[ad, clicks]`, or `"error"`.
+pub fn merge_result_json(r: Result<Vec<RankedAd>, String>) -> Value {
+    match r {
+        Ok(l) => Value::Array(
+            l.iter()
+                .map(|r| json!([r.ad_id.as_str(), r.clicks]))
+                .collect(),
+        ),
+        Err(_) => json!("error"),
+    }
+}
+
+/// Runs a vector's steps on anything that behaves like an engine.
+pub trait EngineLike {
+    /// Pushes a batch.
+    fn push(&mut self, now: i64, records: &[Rec]) -> Result<Value>;
+    /// Processing time passes.
+    fn tick(&mut self, now: i64) -> Result<Value>;
+    /// Snapshot, drop, restore.
+    fn snapshot_restore(&mut self) -> Result<()>;
+}
+
+/// Runs the steps and concatenates the outputs (canonical JSON).
+pub fn run_steps(v: &Vector, engine: &mut dyn EngineLike) -> Result<Value> {
+    let mut all = json!({"rollups": [], "late": [], "invalid": [], "top_n": [], "duplicates": 0, "replayed": 0});
+    for step in &v.steps {
+        let out = match step {
+            Step::Batch { now, records } => engine.push(*now, records)?,
+            Step::Tick(now) => engine.tick(*now)?,
+            Step::SnapshotRestore => {
+                engine.snapshot_restore()?;
+                continue;
+            }
+        };
+        append_outputs(&mut all, out);
+    }
+    Ok(all)
+}
+
+fn append_outputs(all: &mut Value, out: Value) {
+    for k in ["rollups", "late", "invalid", "top_n"] {
+        if let (Some(a), Some(b)) = (all[k].as_array_mut(), out[k].as_array()) {
+            a.extend(b.iter().cloned());
+        }
+    }
+    for k in ["duplicates", "replayed"] {
+        all[k] = json!(all[k].as_u64().unwrap_or(0) + out[k].as_u64().unwrap_or(0));
+    }
+}
+
+/// The native engine.
+pub struct Native(pub Engine);
+
+impl EngineLike for Native {
+    fn push(&mut self, now: i64, records: &[Rec]) -> Result<Value> {
+        let mut out = Outputs::default();
+        for r in records {
+            self.0.push_record(
+                Partition(r.partition),
+                Offset(r.offset),
+                &r.payload,
+                r.record_time,
+                now,
+                &mut out,
+            );
+        }
+        Ok(serde_json::to_value(&out)?)
+    }
+    fn tick(&mut self, now: i64) -> Result<Value> {
+        let mut out = Outputs::default();
+        self.0.tick(now, &mut out);
+        Ok(serde_json::to_value(&out)?)
+    }
+    fn snapshot_restore(&mut self) -> Result<()> {
+        let bytes = self.0.snapshot();
+        self.0 = Engine::restore(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    }
+}
+
+/// Runs a vector on the native core: every part.
+pub fn run_native(v: &Vector) -> Result<Actual> {
+    let mut engine = Native(Engine::new(v.config.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(Actual {
+        records: Some(annotate(v)),
+        outputs: Some(run_steps(v, &mut engine)?),
+        merges: Some(run_merges(v)),
+    })
+}
+
+/// Compares what a build produced with what is expected; the parts a
+/// build does not produce are not compared. Returns the first difference.
+pub fn compare(v: &Vector, actual: &Actual) -> Result<(), String> {
+    let Some(expected) = v.expected() else {
+        return Err("no expected results: run with --bless".into());
+    };
+    let parts = [
+        ("records", &actual.records),
+        ("outputs", &actual.outputs),
+        ("merges", &actual.merges),
+    ];
+    let mut compared = 0;
+    for (name, got) in parts {
+        let Some(got) = got else { continue };
+        compared += 1;
+        let want = &expected[name];
+        if want != got {
+            return Err(format!("{name}: {}", first_difference(want, got, name)));
+        }
+    }
+    if compared == 0 {
+        return Err("the build produced nothing to compare".into());
+    }
+    Ok(())
+}
+
+fn first_difference(want: &Value, got: &Value, path: &str) -> String {
+    match (want, got) {
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                if x != y {
+                    return first_difference(x, y, &format!("{path}[{i}]"));
+                }
+            }
+            format!("{path}: expected {} items, got {}", a.len(), b.len())
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, x) in a {
+                let y = b.get(k).unwrap_or(&Value::Null);
+                if x != y {
+                    return first_difference(x, y, &format!("{path}.{k}"));
+                }
+            }
+            format!("{path}: unexpected keys in {got}")
+        }
+        _ => format!("{path}: expected {want}, got {got}"),
+    }
+}

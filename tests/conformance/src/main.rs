@@ -1,0 +1,190 @@
+//! `conformance`: runs the vectors against the builds and prints a table of
+//! vector x build.
+//!
+//! ```text
+//! conformance                       # native only
+//! conformance --builds native,component,clickhouse,js
+//! conformance --bless               # rewrite expected results from the native core
+//! ```
+
+use adtally_conformance::{Actual, Vector, compare, load_all, run_native, vectors_dir};
+use anyhow::{Result, bail};
+use clap::Parser;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(about = "Run adtally's conformance vectors against its builds")]
+struct Args {
+    /// Comma-separated builds: native, component, clickhouse, js.
+    #[arg(long, default_value = "native", value_delimiter = ',')]
+    builds: Vec<String>,
+    /// Rewrite each vector's expected results from the native core.
+    #[arg(long)]
+    bless: bool,
+    /// The vectors directory.
+    #[arg(long)]
+    vectors: Option<PathBuf>,
+    /// The component (wasm32-wasip2) build.
+    #[arg(long, default_value = "target/wasm/adtally_component.wasm")]
+    component: PathBuf,
+    /// The ClickHouse UDF module (wasm32-unknown-unknown) build.
+    #[arg(long, default_value = "target/wasm/adtally_clickhouse.wasm")]
+    clickhouse_module: PathBuf,
+    /// The Python interpreter with chdb-core installed.
+    #[arg(long, env = "ADTALLY_PYTHON", default_value = "python3")]
+    python: String,
+    /// The wasm-bindgen (nodejs) output directory.
+    #[arg(long, default_value = "target/wasm/js")]
+    js_pkg: PathBuf,
+}
+
+type Results = BTreeMap<String, Result<Actual, String>>;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = args.vectors.clone().unwrap_or_else(vectors_dir);
+    let vectors = load_all(&dir)?;
+    if args.bless {
+        for v in &vectors {
+            v.bless(&run_native(v)?)?;
+        }
+        println!("blessed {} vectors from the native core", vectors.len());
+        return Ok(());
+    }
+    let mut table: Vec<(String, Results)> = Vec::new();
+    for build in &args.builds {
+        let results = match build.as_str() {
+            "native" => vectors
+                .iter()
+                .map(|v| (v.name.clone(), run_native(v).map_err(|e| format!("{e:#}"))))
+                .collect(),
+            "component" => component::run(&args.component, &vectors),
+            "clickhouse" => external(
+                Command::new(&args.python)
+                    .arg("clickhouse/conformance.py")
+                    .arg(&dir)
+                    .arg(&args.clickhouse_module),
+                &vectors,
+            ),
+            "js" => external(
+                Command::new("node")
+                    .arg("udf/js/conformance.mjs")
+                    .arg(&dir)
+                    .arg(&args.js_pkg),
+                &vectors,
+            ),
+            other => bail!("unknown build `{other}`: use native, component, clickhouse or js"),
+        };
+        table.push((build.clone(), results));
+    }
+    print_table(&vectors, &table)
+}
+
+/// Runs an external runner that prints one JSON object per vector:
+/// `{"name": ..., "records"?: ..., "outputs"?: ..., "merges"?: ..., "error"?: ...}`.
+fn external(cmd: &mut Command, vectors: &[Vector]) -> Results {
+    let failed = |msg: String| {
+        vectors
+            .iter()
+            .map(|v| (v.name.clone(), Err(msg.clone())))
+            .collect()
+    };
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => return failed(format!("could not start {cmd:?}: {e}")),
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return failed(format!(
+            "{cmd:?} failed: {}",
+            err.lines().last().unwrap_or("")
+        ));
+    }
+    let mut results: Results = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+    {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let name = v["name"].as_str().unwrap_or("?").to_string();
+        let r = match v.get("error").and_then(Value::as_str) {
+            Some(e) => Err(e.to_string()),
+            None => Ok(Actual {
+                records: v.get("records").cloned(),
+                outputs: v.get("outputs").cloned(),
+                merges: v.get("merges").cloned(),
+            }),
+        };
+        results.insert(name, r);
+    }
+    results
+}
+
+fn print_table(vectors: &[Vector], table: &[(String, Results)]) -> Result<()> {
+    let width = vectors
+        .iter()
+        .map(|v| v.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    print!("{:width$}", "vector");
+    for (b, _) in table {
+        print!("  {b:>10}");
+    }
+    println!();
+    let mut failures = Vec::new();
+    let (mut passed, mut failed) = (0, 0);
+    for v in vectors {
+        print!("{:width$}", v.name);
+        for (b, results) in table {
+            let verdict = match results.get(&v.name) {
+                None => Err("no result".to_string()),
+                Some(Err(e)) => Err(e.clone()),
+                Some(Ok(actual)) => compare(v, actual),
+            };
+            match verdict {
+                Ok(()) => {
+                    passed += 1;
+                    print!("  {:>10}", "pass");
+                }
+                Err(e) => {
+                    failed += 1;
+                    print!("  {:>10}", "FAIL");
+                    failures.push(format!("{} on {b}: {e}", v.name));
+                }
+            }
+        }
+        println!();
+    }
+    for f in &failures {
+        println!("  {f}");
+    }
+    println!("conformance: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} vector x build cells failed");
+    }
+    Ok(())
+}
+
+mod component {
+    use super::Results;
+    use adtally_conformance::Vector;
+    use std::path::Path;
+
+    pub fn run(_path: &Path, vectors: &[Vector]) -> Results {
+        vectors
+            .iter()
+            .map(|v| {
+                (
+                    v.name.clone(),
+                    Err("component runner not built yet".to_string()),
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,95 @@
+//! The vectors hold for the native core, and the properties users rely on
+//! hold on every vector: snapshots and batch boundaries are invisible.
+
+use adtally_conformance::{
+    Native, Step, Vector, compare, load_all, run_native, run_steps, vectors_dir,
+};
+use adtally_core::{Engine, InvalidReason};
+use std::collections::BTreeSet;
+
+fn vectors() -> Vec<Vector> {
+    load_all(&vectors_dir()).expect("vectors load")
+}
+
+fn outputs_with(v: &Vector, steps: Vec<Step>) -> serde_json::Value {
+    let mut v = v.clone();
+    v.steps = steps;
+    let mut engine = Native(Engine::new(v.config.clone()).unwrap());
+    run_steps(&v, &mut engine).unwrap()
+}
+
+#[test]
+fn every_vector_passes_natively() {
+    for v in vectors() {
+        let actual = run_native(&v).unwrap();
+        if let Err(e) = compare(&v, &actual) {
+            panic!("{}: {e}", v.name);
+        }
+    }
+}
+
+#[test]
+fn snapshot_restore_is_invisible() {
+    for v in vectors() {
+        let plain: Vec<Step> = v
+            .steps
+            .iter()
+            .filter(|s| !matches!(s, Step::SnapshotRestore))
+            .cloned()
+            .collect();
+        let everywhere: Vec<Step> = plain
+            .iter()
+            .flat_map(|s| [s.clone(), Step::SnapshotRestore])
+            .collect();
+        let a = outputs_with(&v, plain);
+        let b = outputs_with(&v, everywhere);
+        assert_eq!(
+            a, b,
+            "{}: snapshot/restore after every step changed the outputs",
+            v.name
+        );
+        assert_eq!(&a, &v.expected().unwrap()["outputs"], "{}", v.name);
+    }
+}
+
+#[test]
+fn batch_boundaries_are_invisible() {
+    for v in vectors() {
+        let split: Vec<Step> = v
+            .steps
+            .iter()
+            .flat_map(|s| match s {
+                Step::Batch { now, records } => records
+                    .iter()
+                    .map(|r| Step::Batch {
+                        now: *now,
+                        records: vec![r.clone()],
+                    })
+                    .collect::<Vec<_>>(),
+                other => vec![other.clone()],
+            })
+            .collect();
+        assert_eq!(
+            outputs_with(&v, split),
+            v.expected().unwrap()["outputs"],
+            "{}",
+            v.name
+        );
+    }
+}
+
+#[test]
+fn every_invalid_reason_is_covered() {
+    let seen: BTreeSet<String> = vectors()
+        .iter()
+        .flat_map(|v| v.expected().unwrap()["records"].as_array().unwrap().clone())
+        .filter_map(|r| r["reason"].as_str().map(String::from))
+        .collect();
+    for r in InvalidReason::all() {
+        assert!(
+            seen.contains(&r.code().to_string()),
+            "no vector covers {}",
+            r.code()
+        );
+    }
+}
