@@ -172,19 +172,96 @@ fn print_table(vectors: &[Vector], table: &[(String, Results)]) -> Result<()> {
 }
 
 mod component {
+    //! The component build, run in-process through wasmtime (adtally-runtime).
     use super::Results;
-    use adtally_conformance::Vector;
+    use adtally_conformance::{Actual, EngineLike, Rec, Vector, merge_result_json, run_steps};
+    use adtally_core::AdId;
+    use adtally_core::topn::RankedAd;
+    use adtally_runtime::{Aggregator, Limits, Module, RecordIn, Runtime};
+    use anyhow::Result;
+    use serde_json::Value;
     use std::path::Path;
 
-    pub fn run(_path: &Path, vectors: &[Vector]) -> Results {
-        vectors
-            .iter()
-            .map(|v| {
-                (
-                    v.name.clone(),
-                    Err("component runner not built yet".to_string()),
-                )
-            })
-            .collect()
+    struct Component<'m> {
+        module: &'m Module,
+        agg: Option<Aggregator<'m>>,
+    }
+
+    impl EngineLike for Component<'_> {
+        fn push(&mut self, now: i64, records: &[Rec]) -> Result<Value> {
+            let recs: Vec<RecordIn> = records
+                .iter()
+                .map(|r| RecordIn {
+                    partition: r.partition,
+                    offset: r.offset,
+                    payload: &r.payload,
+                    record_time_ms: r.record_time,
+                })
+                .collect();
+            Ok(serde_json::to_value(
+                self.agg.as_mut().expect("live").push(&recs, now)?,
+            )?)
+        }
+        fn tick(&mut self, now: i64) -> Result<Value> {
+            Ok(serde_json::to_value(
+                self.agg.as_mut().expect("live").tick(now)?,
+            )?)
+        }
+        fn snapshot_restore(&mut self) -> Result<()> {
+            let mut old = self.agg.take().expect("live");
+            let bytes = old.snapshot()?;
+            drop(old);
+            self.agg = Some(self.module.restore(&bytes)?);
+            Ok(())
+        }
+    }
+
+    fn run_one(module: &Module, v: &Vector) -> Result<Actual> {
+        let agg = module.create(&serde_json::to_string(&v.config)?)?;
+        let mut c = Component {
+            module,
+            agg: Some(agg),
+        };
+        let outputs = run_steps(v, &mut c)?;
+        let mut merges = Vec::new();
+        for m in &v.merges {
+            let lists: Vec<Vec<RankedAd>> = m
+                .lists
+                .iter()
+                .map(|l| {
+                    l.iter()
+                        .map(|(a, n)| RankedAd {
+                            ad_id: AdId::new(a).expect("vector ad"),
+                            clicks: *n,
+                        })
+                        .collect()
+                })
+                .collect();
+            merges.push(merge_result_json(module.merge_top_n(&lists, m.n)?));
+        }
+        Ok(Actual {
+            records: None,
+            outputs: Some(outputs),
+            merges: Some(Value::Array(merges)),
+        })
+    }
+
+    pub fn run(path: &Path, vectors: &[Vector]) -> Results {
+        let loaded = Runtime::new(Limits::default()).and_then(|rt| Ok((rt.load_file(path)?, rt)));
+        match loaded {
+            Err(e) => vectors
+                .iter()
+                .map(|v| (v.name.clone(), Err(format!("{e:#}"))))
+                .collect(),
+            Ok((module, _rt)) => vectors
+                .iter()
+                .map(|v| {
+                    (
+                        v.name.clone(),
+                        run_one(&module, v).map_err(|e| format!("{e:#}")),
+                    )
+                })
+                .collect(),
+        }
     }
 }

@@ -158,6 +158,7 @@ mod event;
 pub mod filter;
 mod key;
 mod parse;
+mod selftest;
 pub mod snapshot;
 pub mod topn;
 mod validate;
@@ -170,6 +171,7 @@ pub use event::{AdId, Click, Country, EventId, EventTime, IpAddr, Offset, Partit
 pub use filter::{FilterId, FilterSet, FilterSpec};
 pub use key::EventKey;
 pub use parse::{Record, parse_record};
+pub use selftest::self_test;
 pub use snapshot::SnapshotError;
 pub use topn::RankedAd;
 pub use validate::{Field, InvalidReason};

@@ -1,0 +1,541 @@
+//! Runs the adtally core component (`udf/component`) inside wasmtime.
+//!
+//! This crate owns the sandbox: the component is compiled once per
+//! [`Runtime`], instantiated from a pooling allocator, capped in memory and
+//! interrupted when a call runs past its deadline (epoch interruption). A
+//! trap or timeout comes back as an [`Error`](anyhow::Error) naming the
+//! call; the instance is then discarded and the caller restores a new one
+//! from its last snapshot. It never reads Kafka or writes ClickHouse.
+//!
+//! Every [`Module`] carries the SHA-256 of its bytes, so every number a
+//! host writes can be traced to the module that produced it.
+//!
+//! ```no_run
+//! use adtally_runtime::{Limits, Runtime};
+//! let rt = Runtime::new(Limits::default())?;
+//! let module = rt.load_file("target/wasm/adtally_component.wasm".as_ref())?;
+//! let mut agg = module.create("{}")?;
+//! let out = agg.push(&[], 0)?;
+//! assert!(out.rollups.is_empty());
+//! # anyhow::Ok(())
+//! ```
+
+use adtally_core::topn::RankedAd;
+use adtally_core::{
+    AdId, Click, Country, EventId, EventKey, EventTime, FilterId, InvalidEvent, InvalidReason,
+    LateEvent, Offset, Outputs, Partition, Rollup, TopNRow, UserId, WindowStart,
+};
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceAny};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "aggregator-module",
+});
+
+use exports::adtally::core::aggregate as wit;
+
+/// Sandbox limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest linear memory of one instance.
+    pub max_memory_bytes: usize,
+    /// How long one call may run.
+    pub call_deadline: Duration,
+    /// Instances the pooling allocator keeps ready.
+    pub max_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_memory_bytes: 2 << 30,
+            call_deadline: Duration::from_secs(10),
+            max_instances: 16,
+        }
+    }
+}
+
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A wasmtime engine configured for adtally modules, with its epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    limits: Limits,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// A runtime with the given limits.
+    pub fn new(limits: Limits) -> Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.max_instances);
+        pool.total_core_instances(limits.max_instances * 4);
+        pool.total_memories(limits.max_instances * 4);
+        pool.total_tables(limits.max_instances * 4);
+        pool.max_memory_size(limits.max_memory_bytes);
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).ctx("configuring wasmtime")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("adtally-epoch".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })
+            .context("starting the epoch thread")?;
+        Ok(Runtime {
+            engine,
+            limits,
+            stop,
+        })
+    }
+
+    /// Compiles a component from a file.
+    pub fn load_file(&self, path: &Path) -> Result<Module> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading module {}", path.display()))?;
+        self.load(&bytes)
+            .with_context(|| format!("loading module {}", path.display()))
+    }
+
+    /// Compiles a component, checks its interface and runs its self-test.
+    /// A module that fails any of this is refused.
+    pub fn load(&self, bytes: &[u8]) -> Result<Module> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component = Component::new(&self.engine, bytes).ctx("not a valid adtally component")?;
+        let mut linker: Linker<State> = Linker::new(&self.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).ctx("linking WASI")?;
+        let pre = AggregatorModulePre::new(
+            linker
+                .instantiate_pre(&component)
+                .ctx("the component does not fit the adtally world")?,
+        )
+        .ctx("the component does not export adtally:core/aggregate")?;
+        let mut module = Module {
+            runtime_engine: self.engine.clone(),
+            limits: self.limits,
+            pre,
+            sha256,
+            info: None,
+        };
+        let (mut store, bindings) = module.instantiate()?;
+        let api = bindings.adtally_core_aggregate();
+        let info = api.call_info(&mut store).ctx("calling info")?;
+        api.call_self_test(&mut store)
+            .ctx("calling self-test")?
+            .map_err(|e| anyhow!("module {} refused: self-test failed: {e}", module.sha256))?;
+        module.info = Some(ModuleInfo {
+            name: info.name,
+            version: info.version,
+            semantics_version: info.semantics_version,
+            default_config: info.default_config,
+        });
+        Ok(module)
+    }
+}
+
+/// Adds what the host was doing to a wasmtime error.
+trait Ctx<T> {
+    fn ctx(self, what: &'static str) -> Result<T>;
+}
+
+impl<T> Ctx<T> for std::result::Result<T, wasmtime::Error> {
+    fn ctx(self, what: &'static str) -> Result<T> {
+        self.map_err(|e| anyhow::Error::from(e).context(what))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What a module says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleInfo {
+    /// Its name.
+    pub name: String,
+    /// Semver of its core.
+    pub version: String,
+    /// Semantics version of its core.
+    pub semantics_version: u32,
+    /// Its default configuration, as JSON.
+    pub default_config: String,
+}
+
+/// A compiled, self-tested component.
+pub struct Module {
+    runtime_engine: Engine,
+    limits: Limits,
+    pre: AggregatorModulePre<State>,
+    sha256: String,
+    info: Option<ModuleInfo>,
+}
+
+impl Module {
+    /// SHA-256 of the module bytes, lower-case hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// What the module says about itself.
+    pub fn info(&self) -> &ModuleInfo {
+        self.info.as_ref().expect("set at load")
+    }
+
+    fn instantiate(&self) -> Result<(Store<State>, AggregatorModule)> {
+        // No files, no network, no environment: the core needs none.
+        let state = State {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.max_memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.runtime_engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .ctx("instantiating the module")?;
+        Ok((store, bindings))
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
+    /// A new aggregator with this configuration (JSON; defaults fill gaps).
+    pub fn create(&self, config_json: &str) -> Result<Aggregator<'_>> {
+        let (mut store, bindings) = self.instantiate()?;
+        let handle = bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_create(&mut store, config_json)
+            .ctx("calling create")?
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(Aggregator {
+            module: self,
+            store,
+            bindings,
+            handle,
+        })
+    }
+
+    /// An aggregator continuing from a snapshot.
+    pub fn restore(&self, snapshot: &[u8]) -> Result<Aggregator<'_>> {
+        let (mut store, bindings) = self.instantiate()?;
+        let handle = bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_restore(&mut store, snapshot)
+            .ctx("calling restore")?
+            .map_err(|e| anyhow!("restoring a snapshot: {e}"))?;
+        Ok(Aggregator {
+            module: self,
+            store,
+            bindings,
+            handle,
+        })
+    }
+
+    /// Merges top-N lists over disjoint ad sets with the module's merge.
+    pub fn merge_top_n(
+        &self,
+        lists: &[Vec<RankedAd>],
+        n: u32,
+    ) -> Result<Result<Vec<RankedAd>, String>> {
+        let (mut store, bindings) = self.instantiate()?;
+        let lists: Vec<Vec<wit::RankedAd>> = lists
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|r| wit::RankedAd {
+                        ad_id: r.ad_id.as_str().into(),
+                        clicks: r.clicks,
+                    })
+                    .collect()
+            })
+            .collect();
+        let r = bindings
+            .adtally_core_aggregate()
+            .call_merge_top_n(&mut store, &lists, n)
+            .ctx("calling merge-top-n")?;
+        Ok(match r {
+            Ok(l) => Ok(l.into_iter().map(ranked).collect::<Result<_>>()?),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// One aggregator instance. After an error (trap, timeout, out of memory)
+/// it must be dropped; restore a new one from the last snapshot.
+pub struct Aggregator<'m> {
+    module: &'m Module,
+    store: Store<State>,
+    bindings: AggregatorModule,
+    handle: ResourceAny,
+}
+
+impl Aggregator<'_> {
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(self.module.deadline_ticks());
+    }
+
+    /// Pushes a batch of records.
+    pub fn push(&mut self, records: &[RecordIn<'_>], now_ms: i64) -> Result<Outputs> {
+        self.arm();
+        let records: Vec<wit::RecordIn> = records
+            .iter()
+            .map(|r| wit::RecordIn {
+                partition: r.partition,
+                offset: r.offset,
+                payload: r.payload.to_vec(),
+                record_time_ms: r.record_time_ms,
+            })
+            .collect();
+        let api = self.bindings.adtally_core_aggregate().aggregator();
+        let out = api
+            .call_push(&mut self.store, self.handle, &records, now_ms)
+            .ctx("module trapped in push")?;
+        from_wit(out)
+    }
+
+    /// Pushes parsed clicks of one partition at consecutive offsets.
+    pub fn push_clicks(
+        &mut self,
+        partition: u32,
+        first_offset: i64,
+        clicks: &[Click],
+        now_ms: i64,
+    ) -> Result<Outputs> {
+        self.arm();
+        let clicks: Vec<wit::Click> = clicks.iter().map(to_wit_click).collect();
+        let api = self.bindings.adtally_core_aggregate().aggregator();
+        let out = api
+            .call_push_clicks(
+                &mut self.store,
+                self.handle,
+                partition,
+                first_offset,
+                &clicks,
+                now_ms,
+            )
+            .ctx("module trapped in push-clicks")?
+            .map_err(|e| anyhow!("{e}"))?;
+        from_wit(out)
+    }
+
+    /// Processing time passes.
+    pub fn tick(&mut self, now_ms: i64) -> Result<Outputs> {
+        self.arm();
+        let out = self
+            .bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_tick(&mut self.store, self.handle, now_ms)
+            .ctx("module trapped in tick")?;
+        from_wit(out)
+    }
+
+    /// The whole state.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>> {
+        self.arm();
+        self.bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_snapshot(&mut self.store, self.handle)
+            .ctx("module trapped in snapshot")
+    }
+
+    /// Positions and watermarks per partition: (partition, next offset, watermark).
+    pub fn positions(&mut self) -> Result<Vec<(u32, Option<i64>, Option<i64>)>> {
+        self.arm();
+        let v = self
+            .bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_positions(&mut self.store, self.handle)
+            .ctx("module trapped in positions")?;
+        Ok(v.into_iter()
+            .map(|p| (p.partition, p.next_offset, p.watermark))
+            .collect())
+    }
+
+    /// Forgets a revoked partition.
+    pub fn drop_partition(&mut self, partition: u32) -> Result<()> {
+        self.arm();
+        self.bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_drop_partition(&mut self.store, self.handle, partition)
+            .ctx("module trapped in drop-partition")
+    }
+
+    /// (remembered keys, heap bytes).
+    pub fn dedup_usage(&mut self) -> Result<(u64, u64)> {
+        self.arm();
+        self.bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_dedup_usage(&mut self.store, self.handle)
+            .ctx("module trapped in dedup-usage")
+    }
+
+    /// The module this aggregator runs.
+    pub fn module(&self) -> &Module {
+        self.module
+    }
+}
+
+/// One record to push.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordIn<'a> {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: i64,
+    /// Payload bytes.
+    pub payload: &'a [u8],
+    /// Kafka's timestamp.
+    pub record_time_ms: Option<i64>,
+}
+
+fn ranked(r: wit::RankedAd) -> Result<RankedAd> {
+    Ok(RankedAd {
+        ad_id: AdId::new(&r.ad_id)
+            .map_err(|e| anyhow!("module returned ad_id {:?}: {e}", r.ad_id))?,
+        clicks: r.clicks,
+    })
+}
+
+fn to_wit_click(c: &Click) -> wit::Click {
+    wit::Click {
+        ad_id: c.ad_id.as_str().into(),
+        timestamp_ms: c.timestamp.0,
+        user_id: c.user_id.as_str().into(),
+        ip: c.ip.to_string(),
+        country: c.country.as_str().into(),
+        event_id: c.event_id.as_ref().map(|e| e.as_str().into()),
+    }
+}
+
+fn from_wit_click(c: wit::Click) -> Result<Click> {
+    let bad = |f: &str, v: &str| anyhow!("module returned an invalid {f}: {v:?}");
+    Ok(Click {
+        ad_id: AdId::new(&c.ad_id).map_err(|_| bad("ad_id", &c.ad_id))?,
+        timestamp: EventTime(c.timestamp_ms),
+        user_id: UserId::new(&c.user_id).map_err(|_| bad("user_id", &c.user_id))?,
+        ip: c.ip.parse().map_err(|_| bad("ip", &c.ip))?,
+        country: Country::new(&c.country).map_err(|_| bad("country", &c.country))?,
+        event_id: match c.event_id {
+            Some(e) => Some(EventId::new(&e).map_err(|_| bad("event_id", &e))?),
+            None => None,
+        },
+    })
+}
+
+/// Converts a module's outputs into the core's types, checking them.
+fn from_wit(o: wit::Outputs) -> Result<Outputs> {
+    let ad = |s: &str| AdId::new(s).map_err(|_| anyhow!("module returned an invalid ad_id: {s:?}"));
+    Ok(Outputs {
+        rollups: o
+            .rollups
+            .into_iter()
+            .map(|r| {
+                Ok(Rollup {
+                    window_start: WindowStart(r.window_start),
+                    ad_id: ad(&r.ad_id)?,
+                    filter_id: FilterId(r.filter_id),
+                    partition: Partition(r.partition),
+                    clicks: r.clicks,
+                    version: r.version,
+                })
+            })
+            .collect::<Result<_>>()?,
+        late: o
+            .late
+            .into_iter()
+            .map(|l| {
+                Ok(LateEvent {
+                    partition: Partition(l.partition),
+                    offset: Offset(l.offset),
+                    key: EventKey::from_hex(&l.key)
+                        .ok_or_else(|| anyhow!("module returned an invalid key: {:?}", l.key))?,
+                    window_start: WindowStart(l.window_start),
+                    watermark: l.watermark,
+                    click: from_wit_click(l.click)?,
+                })
+            })
+            .collect::<Result<_>>()?,
+        invalid: o
+            .invalid
+            .into_iter()
+            .map(|i| {
+                let Some(reason) = InvalidReason::from_code(&i.reason) else {
+                    bail!("module returned an unknown invalid reason: {:?}", i.reason);
+                };
+                Ok(InvalidEvent {
+                    partition: Partition(i.partition),
+                    offset: Offset(i.offset),
+                    reason,
+                    payload: i.payload,
+                })
+            })
+            .collect::<Result<_>>()?,
+        top_n: o
+            .top_n
+            .into_iter()
+            .map(|t| {
+                Ok(TopNRow {
+                    minute: WindowStart(t.minute),
+                    windows: t.windows,
+                    filter_id: FilterId(t.filter_id),
+                    version: t.version,
+                    ads: t.ads.into_iter().map(ranked).collect::<Result<_>>()?,
+                })
+            })
+            .collect::<Result<_>>()?,
+        duplicates: o.duplicates,
+        replayed: o.replayed,
+    })
+}

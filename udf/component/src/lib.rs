@@ -1,0 +1,265 @@
+//! The adtally core as a WebAssembly component.
+//!
+//! This crate owns only the translation between the WIT interface
+//! (`wit/adtally.wit`) and `adtally-core`; it holds no semantics of its own
+//! and does no I/O. Build it with
+//! `cargo build -p adtally-component --target wasm32-wasip2 --profile wasm`.
+
+use adtally_core::{
+    AdId, Click, Config, Country, Engine, EventId, EventTime, Offset, Outputs, Partition, UserId,
+    topn::{self, RankedAd},
+};
+use core::cell::RefCell;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "aggregator-module",
+});
+
+use exports::adtally::core::aggregate as wit;
+
+struct Module;
+
+/// The aggregator resource: an engine and a reusable output buffer.
+struct Aggregator {
+    engine: RefCell<Engine>,
+    out: RefCell<Outputs>,
+}
+
+impl Aggregator {
+    fn wrap(engine: Engine) -> wit::Aggregator {
+        wit::Aggregator::new(Aggregator {
+            engine: RefCell::new(engine),
+            out: RefCell::new(Outputs::default()),
+        })
+    }
+
+    fn take_outputs(&self) -> wit::Outputs {
+        let mut out = self.out.borrow_mut();
+        let o = to_wit(&out);
+        out.clear();
+        o
+    }
+}
+
+impl wit::Guest for Module {
+    type Aggregator = Aggregator;
+
+    fn info() -> wit::ModuleInfo {
+        wit::ModuleInfo {
+            name: "adtally-core".into(),
+            version: adtally_core::VERSION.into(),
+            semantics_version: adtally_core::SEMANTICS_VERSION,
+            default_config: Config::default().to_json(),
+        }
+    }
+
+    fn self_test() -> Result<(), String> {
+        adtally_core::self_test()
+    }
+
+    fn merge_top_n(lists: Vec<Vec<wit::RankedAd>>, n: u32) -> Result<Vec<wit::RankedAd>, String> {
+        let lists = lists
+            .into_iter()
+            .map(|l| {
+                l.into_iter()
+                    .map(|r| {
+                        Ok(RankedAd {
+                            ad_id: AdId::new(&r.ad_id)
+                                .map_err(|e| format!("ad_id {:?}: {e}", r.ad_id))?,
+                            clicks: r.clicks,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let merged = topn::merge(&lists, n as usize).map_err(|e| e.to_string())?;
+        Ok(merged.iter().map(ranked).collect())
+    }
+}
+
+impl wit::GuestAggregator for Aggregator {
+    fn create(config_json: String) -> Result<wit::Aggregator, String> {
+        let config = Config::from_json(&config_json).map_err(|e| e.to_string())?;
+        Engine::new(config)
+            .map(Aggregator::wrap)
+            .map_err(|e| e.to_string())
+    }
+
+    fn restore(snapshot: Vec<u8>) -> Result<wit::Aggregator, String> {
+        Engine::restore(&snapshot)
+            .map(Aggregator::wrap)
+            .map_err(|e| e.to_string())
+    }
+
+    fn push(&self, records: Vec<wit::RecordIn>, now_ms: i64) -> wit::Outputs {
+        {
+            let mut engine = self.engine.borrow_mut();
+            let mut out = self.out.borrow_mut();
+            for r in &records {
+                engine.push_record(
+                    Partition(r.partition),
+                    Offset(r.offset),
+                    &r.payload,
+                    r.record_time_ms,
+                    now_ms,
+                    &mut out,
+                );
+            }
+        }
+        self.take_outputs()
+    }
+
+    fn push_clicks(
+        &self,
+        partition: u32,
+        first_offset: i64,
+        clicks: Vec<wit::Click>,
+        now_ms: i64,
+    ) -> Result<wit::Outputs, String> {
+        {
+            let mut engine = self.engine.borrow_mut();
+            let mut out = self.out.borrow_mut();
+            for (i, c) in clicks.into_iter().enumerate() {
+                let click = from_wit_click(c)?;
+                engine.push_click(
+                    Partition(partition),
+                    Offset(first_offset + i as i64),
+                    click,
+                    now_ms,
+                    &mut out,
+                );
+            }
+        }
+        Ok(self.take_outputs())
+    }
+
+    fn tick(&self, now_ms: i64) -> wit::Outputs {
+        self.engine
+            .borrow_mut()
+            .tick(now_ms, &mut self.out.borrow_mut());
+        self.take_outputs()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.engine.borrow().snapshot()
+    }
+
+    fn config(&self) -> String {
+        self.engine.borrow().config().to_json()
+    }
+
+    fn positions(&self) -> Vec<wit::PartitionPosition> {
+        let engine = self.engine.borrow();
+        engine
+            .watermarks()
+            .map(|(p, wm)| wit::PartitionPosition {
+                partition: p.0,
+                next_offset: engine.position(p).map(|o| o.0),
+                watermark: wm,
+            })
+            .collect()
+    }
+
+    fn drop_partition(&self, partition: u32) {
+        self.engine
+            .borrow_mut()
+            .drop_partition(Partition(partition));
+    }
+
+    fn dedup_usage(&self) -> (u64, u64) {
+        let (k, b) = self.engine.borrow().dedup_usage();
+        (k as u64, b as u64)
+    }
+}
+
+fn from_wit_click(c: wit::Click) -> Result<Click, String> {
+    let field = |name: &str, v: &str, e: adtally_core::InvalidReason| format!("{name} {v:?}: {e}");
+    Ok(Click {
+        ad_id: AdId::new(&c.ad_id).map_err(|e| field("ad_id", &c.ad_id, e))?,
+        timestamp: EventTime(c.timestamp_ms),
+        user_id: UserId::new(&c.user_id).map_err(|e| field("user_id", &c.user_id, e))?,
+        ip: c
+            .ip
+            .parse::<adtally_core::IpAddr>()
+            .map_err(|_| format!("ip {:?}: not an IP address", c.ip))?
+            .to_canonical(),
+        country: Country::new(&c.country).map_err(|e| field("country", &c.country, e))?,
+        event_id: c
+            .event_id
+            .map(|e| EventId::new(&e).map_err(|r| field("event_id", &e, r)))
+            .transpose()?,
+    })
+}
+
+fn ranked(r: &RankedAd) -> wit::RankedAd {
+    wit::RankedAd {
+        ad_id: r.ad_id.as_str().into(),
+        clicks: r.clicks,
+    }
+}
+
+fn click(c: &Click) -> wit::Click {
+    wit::Click {
+        ad_id: c.ad_id.as_str().into(),
+        timestamp_ms: c.timestamp.0,
+        user_id: c.user_id.as_str().into(),
+        ip: c.ip.to_string(),
+        country: c.country.as_str().into(),
+        event_id: c.event_id.as_ref().map(|e| e.as_str().into()),
+    }
+}
+
+fn to_wit(o: &Outputs) -> wit::Outputs {
+    wit::Outputs {
+        rollups: o
+            .rollups
+            .iter()
+            .map(|r| wit::Rollup {
+                window_start: r.window_start.0,
+                ad_id: r.ad_id.as_str().into(),
+                filter_id: r.filter_id.0,
+                partition: r.partition.0,
+                clicks: r.clicks,
+                version: r.version,
+            })
+            .collect(),
+        late: o
+            .late
+            .iter()
+            .map(|l| wit::LateEvent {
+                partition: l.partition.0,
+                offset: l.offset.0,
+                key: l.key.to_string(),
+                window_start: l.window_start.0,
+                watermark: l.watermark,
+                click: click(&l.click),
+            })
+            .collect(),
+        invalid: o
+            .invalid
+            .iter()
+            .map(|i| wit::InvalidEvent {
+                partition: i.partition.0,
+                offset: i.offset.0,
+                reason: i.reason.code().to_string(),
+                payload: i.payload.clone(),
+            })
+            .collect(),
+        top_n: o
+            .top_n
+            .iter()
+            .map(|t| wit::TopNRow {
+                minute: t.minute.0,
+                windows: t.windows,
+                filter_id: t.filter_id.0,
+                version: t.version,
+                ads: t.ads.iter().map(ranked).collect(),
+            })
+            .collect(),
+        duplicates: o.duplicates,
+        replayed: o.replayed,
+    }
+}
+
+export!(Module);

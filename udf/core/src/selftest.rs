@@ -1,0 +1,43 @@
+//! A built-in check that a build computes what the semantics say, run by
+//! every module's `self-test` before a host swaps it in.
+
+use crate::{Config, Engine, Offset, Outputs, Partition, SEMANTICS_VERSION};
+use alloc::format;
+use alloc::string::String;
+
+/// Runs a short stream with known outputs (a duplicate, an on-time click, a
+/// late click, a snapshot round trip) and reports the first mismatch.
+pub fn self_test() -> Result<(), String> {
+    let mut e = Engine::new(Config::default()).map_err(|e| format!("{e}"))?;
+    let mut out = Outputs::default();
+    let p = Partition(0);
+    let recs: [&[u8]; 5] = [
+        b"ad1, 1000, u1, 1.1.1.1, USA",
+        br#"{"ad_id":"ad1","click_timestamp":1999,"user_id":"u1","ip":"1.1.1.1","country":"USA"}"#,
+        b"ad1, 80000, u2, 1.1.1.1, USA",
+        b"ad1, 2000, u3, 1.1.1.1, USA",
+        b"ad1, 1000, u1, 1.1.1.1",
+    ];
+    for (i, r) in recs.iter().enumerate().take(3) {
+        e.push_record(p, Offset(i as i64), r, None, 0, &mut out);
+    }
+    e = Engine::restore(&e.snapshot()).map_err(|e| format!("snapshot round trip: {e}"))?;
+    for (i, r) in recs.iter().enumerate().skip(3) {
+        e.push_record(p, Offset(i as i64), r, None, 0, &mut out);
+    }
+    let check = |what: &str, got: u64, want: u64| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "self-test (semantics {SEMANTICS_VERSION}): {what} = {got}, expected {want}"
+            ))
+        }
+    };
+    check("duplicates", out.duplicates, 1)?;
+    check("rollups", out.rollups.len() as u64, 1)?;
+    check("clicks", out.rollups[0].clicks, 1)?;
+    check("late", out.late.len() as u64, 1)?;
+    check("invalid", out.invalid.len() as u64, 1)?;
+    check("top-n rows", out.top_n.len() as u64, 2)
+}
