@@ -161,6 +161,7 @@ fn print_table(vectors: &[Vector], table: &[(String, Results)]) -> Result<()> {
         }
         println!();
     }
+    failures.dedup_by(|a, b| a.split_once(": ").map(|x| x.1) == b.split_once(": ").map(|x| x.1));
     for f in &failures {
         println!("  {f}");
     }
