@@ -1,0 +1,42 @@
+# adtally: `make demo` and `make test` are all a new user needs.
+ADTALLY_HOME ?= $(HOME)/.cache/adtally
+export ADTALLY_HOME
+export ADTALLY_PYTHON ?= $(ADTALLY_HOME)/venv/bin/python
+WASM_DIR := target/wasm
+
+.PHONY: setup wasm test conformance bench demo lint clean
+
+setup:
+	@scripts/setup.sh
+
+# The three WebAssembly builds of the core, under target/wasm/.
+wasm:
+	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm
+	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm
+	cargo build -p adtally-js --target wasm32-unknown-unknown --profile wasm
+	@mkdir -p $(WASM_DIR)
+	cp target/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/
+	cp target/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/
+	wasm-bindgen --target nodejs --out-dir $(WASM_DIR)/js target/wasm32-unknown-unknown/wasm/adtally_js.wasm
+
+# Every vector against every build: a table of vector x build.
+conformance: wasm
+	cargo run --release -q -p adtally-conformance -- --builds native,component,clickhouse,js
+
+test: setup wasm
+	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse-udf --exclude adtally-js
+	$(MAKE) --no-print-directory conformance
+
+bench: setup wasm
+	cargo bench -p adtally-bench --bench core -- --noplot
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+demo: setup
+	@echo "adtally demo: not yet. The host (Kafka -> WASM core -> ClickHouse) is being built;"
+	@echo "meanwhile 'make conformance' shows the core agreeing across all four builds."
+
+clean:
+	cargo clean

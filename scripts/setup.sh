@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what adtally's builds and tests need, idempotently. A fresh machine
+# has none of it; a machine that kept an earlier install skips each step.
+#   - Rust targets wasm32-unknown-unknown and wasm32-wasip2
+#   - wasm-bindgen-cli, the exact version of the wasm-bindgen crate
+#   - a Python virtual environment with chdb-core (embedded ClickHouse 26.9)
+#   - Node.js (for the JS build's conformance run)
+#   - the Tansu Kafka broker (unless ADTALLY_SKIP_TANSU=1)
+set -euo pipefail
+ADTALLY_HOME=${ADTALLY_HOME:-$HOME/.cache/adtally}
+WASM_BINDGEN_VERSION=0.2.130
+CHDB_VERSION=26.9.0
+mkdir -p "$ADTALLY_HOME"
+say() { echo "setup: $*"; }
+
+installed_targets=$(rustup target list --installed)
+for t in wasm32-unknown-unknown wasm32-wasip2; do
+  grep -qx "$t" <<<"$installed_targets" || { say "adding Rust target $t"; rustup target add "$t"; }
+done
+
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  say "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION (a few minutes)"
+  # Not --locked: its lock file pins a webpki-roots release the registry no longer serves.
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+
+VENV=$ADTALLY_HOME/venv
+if ! "$VENV/bin/python" -c "import chdb, importlib.metadata as m; assert m.version('chdb-core') == '$CHDB_VERSION'" 2>/dev/null; then
+  say "creating $VENV with chdb-core==$CHDB_VERSION"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet "chdb-core==$CHDB_VERSION"
+fi
+
+if ! command -v node >/dev/null 2>&1; then
+  say "installing Node.js"
+  apt-get update -qq && apt-get install -y -qq nodejs
+fi
+
+if [ "${ADTALLY_SKIP_TANSU:-0}" != 1 ] && ! command -v tansu >/dev/null 2>&1; then
+  say "installing the Tansu broker (11-15 minutes on 2 cores)"
+  cargo install tansu --locked --features dynostore,libsql
+fi
+say "ready (ADTALLY_HOME=$ADTALLY_HOME)"
