@@ -381,7 +381,13 @@ impl Engine {
         }
         st.dedup.insert(key, click.timestamp);
         self.filters.matching(&click, &mut self.scratch);
-        let ws = st.windows.entry(w).or_default();
+        // A window whose end W_p passed while it had no clicks was emitted
+        // empty: its first click (within lateness) emits at once.
+        let passed = wm.is_some_and(|wm| w.end(size) <= wm);
+        let ws = st.windows.entry(w).or_insert_with(|| WindowState {
+            emitted: passed,
+            ..WindowState::default()
+        });
         let cells = match ws.cells.get_mut(click.ad_id.as_str()) {
             Some(cells) => cells,
             None => ws.cells.entry(click.ad_id.clone()).or_default(),

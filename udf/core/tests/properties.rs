@@ -1,0 +1,245 @@
+//! The core against a naive, obviously correct model of the semantics, on
+//! random streams with duplicates, disorder, lateness and several partitions.
+
+use adtally_core::topn::{RankedAd, merge, top_n};
+use adtally_core::{AdId, Config, Engine, Offset, Outputs, Partition};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const WINDOW: i64 = 10_000;
+
+#[derive(Clone, Debug)]
+struct Ev {
+    p: u32,
+    ad: u8,
+    user: u8,
+    country_us: bool,
+    t: i64,
+}
+
+impl Ev {
+    fn line(&self) -> String {
+        let c = if self.country_us { "USA" } else { "FRA" };
+        format!(
+            "ad{}, {}, u{}, 10.0.0.{}, {c}",
+            self.ad, self.t, self.user, self.user
+        )
+    }
+    /// The dedup identity: (ad, user, ip, second); the ip follows the user.
+    fn key(&self) -> (u8, u8, i64) {
+        (self.ad, self.user, self.t.div_euclid(1000))
+    }
+}
+
+/// Streams: a random walk in time with jitter (disorder), exact repeats of
+/// earlier events (duplicates, possibly much later), far-behind events (late).
+fn stream() -> impl Strategy<Value = Vec<Ev>> {
+    prop::collection::vec(
+        (
+            0u32..3,
+            0u8..6,
+            0u8..4,
+            any::<bool>(),
+            0i64..3_000,
+            -8_000i64..2_000,
+            0u8..10,
+        ),
+        1..200,
+    )
+    .prop_map(|steps| {
+        let mut t = 0i64;
+        let mut out: Vec<Ev> = Vec::new();
+        for (p, ad, user, us, step, jitter, kind) in steps {
+            t += step;
+            match kind {
+                0 if !out.is_empty() => {
+                    let prev = out[(t as usize) % out.len()].clone();
+                    out.push(prev);
+                }
+                1 => out.push(Ev {
+                    p,
+                    ad,
+                    user,
+                    country_us: us,
+                    t: t - 40_000,
+                }),
+                _ => out.push(Ev {
+                    p,
+                    ad,
+                    user,
+                    country_us: us,
+                    t: t + jitter,
+                }),
+            }
+        }
+        out
+    })
+}
+
+type RollupKey = (u32, i64, String, u32);
+
+#[derive(Debug, Default, PartialEq)]
+struct Final {
+    /// (partition, window, ad, filter) -> clicks, for emitted windows.
+    rollups: BTreeMap<RollupKey, u64>,
+    /// (partition, offset) of late clicks.
+    late: BTreeSet<(u32, i64)>,
+    duplicates: u64,
+}
+
+/// The model: per partition, a list of seen keys (never forgotten: the
+/// horizon is longer than any stream here), the max time, and counts.
+fn model(events: &[Ev], ooo: i64, lateness: i64) -> Final {
+    let mut f = Final::default();
+    let mut seen: BTreeMap<u32, Vec<(u8, u8, i64)>> = BTreeMap::new();
+    let mut max: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut counts: BTreeMap<RollupKey, u64> = BTreeMap::new();
+    let mut offsets: BTreeMap<u32, i64> = BTreeMap::new();
+    for e in events {
+        let offset = {
+            let o = offsets.entry(e.p).or_insert(0);
+            *o += 1;
+            *o - 1
+        };
+        let keys = seen.entry(e.p).or_default();
+        if keys.contains(&e.key()) {
+            f.duplicates += 1;
+            continue;
+        }
+        keys.push(e.key());
+        let w = e.t.div_euclid(WINDOW) * WINDOW;
+        if max
+            .get(&e.p)
+            .is_some_and(|m| w + WINDOW + lateness <= m - ooo)
+        {
+            f.late.insert((e.p, offset));
+            continue;
+        }
+        let ad = format!("ad{}", e.ad);
+        *counts.entry((e.p, w, ad.clone(), 0)).or_default() += 1;
+        if e.country_us {
+            *counts.entry((e.p, w, ad, 1)).or_default() += 1;
+        }
+        let m = max.entry(e.p).or_insert(e.t);
+        *m = (*m).max(e.t);
+    }
+    f.rollups = counts
+        .into_iter()
+        .filter(|((p, w, _, _), _)| w + WINDOW <= max[p] - ooo)
+        .collect();
+    f
+}
+
+fn config(ooo: i64, lateness: i64, horizon: i64) -> Config {
+    Config::from_json(&format!(
+        r#"{{"window_ms":{WINDOW},"out_of_orderness_ms":{ooo},"allowed_lateness_ms":{lateness},
+            "dedup_horizon_ms":{horizon},"top_n_windows":[1,3],"top_n":3,
+            "filters":[{{"id":1,"country":["USA"]}}]}}"#
+    ))
+    .unwrap()
+}
+
+/// Runs the engine, snapshotting and restoring before the records `cuts`
+/// names, and optionally flushing every partition with a far heartbeat.
+fn run(engine: &mut Engine, events: &[Ev], cuts: &[usize], flush: bool) -> Outputs {
+    let mut out = Outputs::default();
+    let mut next: BTreeMap<u32, i64> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        if cuts.contains(&i) {
+            *engine = Engine::restore(&engine.snapshot()).unwrap();
+        }
+        let o = next.entry(e.p).or_insert(0);
+        engine.push_record(
+            Partition(e.p),
+            Offset(*o),
+            e.line().as_bytes(),
+            None,
+            0,
+            &mut out,
+        );
+        *o += 1;
+    }
+    if flush {
+        for (p, o) in next {
+            engine.push_record(
+                Partition(p),
+                Offset(o),
+                br#"{"heartbeat_ms": 100000000}"#,
+                None,
+                0,
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+fn final_of(out: &Outputs) -> Final {
+    let mut best: BTreeMap<RollupKey, (u32, u64)> = BTreeMap::new();
+    for r in &out.rollups {
+        let k = (
+            r.partition.0,
+            r.window_start.0,
+            r.ad_id.to_string(),
+            r.filter_id.0,
+        );
+        let e = best.entry(k).or_insert((0, 0));
+        assert!(r.version > e.0, "versions increase: {r:?}");
+        *e = (r.version, r.clicks);
+    }
+    Final {
+        rollups: best.into_iter().map(|(k, (_, c))| (k, c)).collect(),
+        late: out
+            .late
+            .iter()
+            .map(|l| (l.partition.0, l.offset.0))
+            .collect(),
+        duplicates: out.duplicates,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// With a horizon longer than the stream, the engine equals the model,
+    /// snapshots anywhere included.
+    #[test]
+    fn engine_equals_model(events in stream(), ooo in 0i64..6_000, lateness in prop::sample::select(vec![0i64, 5_000, 20_000]),
+                           cuts in prop::collection::vec(0usize..200, 0..4)) {
+        let mut engine = Engine::new(config(ooo, lateness, 8 * 3_600_000)).unwrap();
+        let out = run(&mut engine, &events, &cuts, false);
+        prop_assert_eq!(final_of(&out), model(&events, ooo, lateness));
+    }
+
+    /// With the shortest horizon the config accepts, keys are forgotten, yet
+    /// every record is accounted for exactly once and no (partition, window,
+    /// ad) ever counts more clicks than it has distinct keys.
+    #[test]
+    fn short_horizon_never_double_counts(events in stream(), ooo in 0i64..3_000, cuts in prop::collection::vec(0usize..200, 0..3)) {
+        let mut engine = Engine::new(config(ooo, 0, WINDOW + ooo)).unwrap();
+        let out = run(&mut engine, &events, &cuts, true);
+        let f = final_of(&out);
+        let counted: u64 = f.rollups.iter().filter(|(k, _)| k.3 == 0).map(|(_, c)| c).sum();
+        prop_assert_eq!(counted + out.late.len() as u64 + out.duplicates, events.len() as u64);
+        let mut distinct: BTreeMap<(u32, i64, String), BTreeSet<(u8, u8, i64)>> = BTreeMap::new();
+        for e in &events {
+            distinct.entry((e.p, e.t.div_euclid(WINDOW) * WINDOW, format!("ad{}", e.ad))).or_default().insert(e.key());
+        }
+        for ((p, w, ad, filter), c) in &f.rollups {
+            if *filter == 0 {
+                let keys = distinct[&(*p, *w, ad.clone())].len() as u64;
+                prop_assert!(*c <= keys, "{p} {w} {ad}: {c} clicks from {keys} distinct keys");
+            }
+        }
+    }
+
+    /// Merging per-set top-N lists of disjoint ad sets equals ranking the union.
+    #[test]
+    fn merge_equals_union_ranking(counts in prop::collection::btree_map(0u16..500, 1u64..20, 0..120), sets in 1usize..5, n in 1usize..15) {
+        let all: Vec<(AdId, u64)> = counts.iter().map(|(a, c)| (AdId::new(&format!("ad{a}")).unwrap(), *c)).collect();
+        let lists: Vec<Vec<RankedAd>> = (0..sets)
+            .map(|s| top_n(all.iter().enumerate().filter(|(i, _)| i % sets == s).map(|(_, x)| x.clone()), n))
+            .collect();
+        prop_assert_eq!(merge(&lists, n).unwrap(), top_n(all, n));
+    }
+}
