@@ -27,12 +27,15 @@ test: setup wasm
 	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse-udf --exclude adtally-js
 	$(MAKE) --no-print-directory conformance
 
+# Figures and how to read them: docs/benchmarks.md.
 bench: setup wasm
-	cargo bench -p adtally-bench --bench core -- --noplot
+	cargo bench -p adtally-bench --bench core
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --exclude adtally-component --exclude adtally-clickhouse-udf --exclude adtally-js --all-targets -- -D warnings
+	cargo clippy -p adtally-component --target wasm32-wasip2 -- -D warnings
+	cargo clippy -p adtally-clickhouse-udf -p adtally-js --target wasm32-unknown-unknown -- -D warnings
 
 demo: setup
 	@echo "adtally demo: not yet. The host (Kafka -> WASM core -> ClickHouse) is being built;"

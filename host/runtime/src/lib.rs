@@ -94,6 +94,10 @@ impl Runtime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `ADTALLY_WASM_PERFMAP=1` names JIT code for `perf` (profiling only).
+        if std::env::var_os("ADTALLY_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).ctx("configuring wasmtime")?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
@@ -387,8 +391,8 @@ impl Aggregator<'_> {
             .ctx("module trapped in snapshot")
     }
 
-    /// Positions and watermarks per partition: (partition, next offset, watermark).
-    pub fn positions(&mut self) -> Result<Vec<(u32, Option<i64>, Option<i64>)>> {
+    /// Position and watermark of every partition with state.
+    pub fn positions(&mut self) -> Result<Vec<Position>> {
         self.arm();
         let v = self
             .bindings
@@ -397,7 +401,11 @@ impl Aggregator<'_> {
             .call_positions(&mut self.store, self.handle)
             .ctx("module trapped in positions")?;
         Ok(v.into_iter()
-            .map(|p| (p.partition, p.next_offset, p.watermark))
+            .map(|p| Position {
+                partition: p.partition,
+                next_offset: p.next_offset,
+                watermark: p.watermark,
+            })
             .collect())
     }
 
@@ -425,6 +433,17 @@ impl Aggregator<'_> {
     pub fn module(&self) -> &Module {
         self.module
     }
+}
+
+/// Where an aggregator stands in one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// The partition.
+    pub partition: u32,
+    /// The offset after the last record processed.
+    pub next_offset: Option<i64>,
+    /// `W_p`, once the partition has event time.
+    pub watermark: Option<i64>,
 }
 
 /// One record to push.

@@ -71,6 +71,22 @@ impl DedupSet {
             .insert_unique(hash_of(key.0), Self::slot(key, t), |s| hash_of(*s));
     }
 
+    /// Remembers `key` unless it is already remembered; returns whether it
+    /// was new. One probe of the table.
+    pub fn insert_new(&mut self, key: EventKey, t: EventTime) -> bool {
+        let id = identity(key.0);
+        match self
+            .table
+            .entry(hash_of(key.0), |s| identity(*s) == id, |s| hash_of(*s))
+        {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Self::slot(key, t));
+                true
+            }
+        }
+    }
+
     /// Whether a key seen at `t` may still be inserted under watermark `wm`,
     /// i.e. it would not already be due for eviction.
     pub fn is_within_horizon(&self, t: EventTime, wm: Option<i64>) -> bool {

@@ -2,6 +2,7 @@
 
 use crate::dedup::DedupSet;
 use crate::filter::{FilterId, FilterSet};
+use crate::intern::{Ad, Interner};
 use crate::topn::{self, RankedAd};
 use crate::{
     AdId, Click, Config, ConfigError, EventKey, EventTime, InvalidReason, Offset, Partition,
@@ -141,7 +142,7 @@ pub(crate) struct Cell {
 #[derive(Clone)]
 pub(crate) struct WindowState {
     pub(crate) emitted: bool,
-    pub(crate) cells: Map<AdId, Vec<Cell>>,
+    pub(crate) cells: Map<Ad, Vec<Cell>>,
 }
 
 impl Default for WindowState {
@@ -176,8 +177,9 @@ impl PartitionState {
 
 #[derive(Clone, Default)]
 pub(crate) struct TopNState {
-    /// Final counts per minute, summed over the partitions that finalized it.
-    pub(crate) minutes: BTreeMap<WindowStart, Map<FilterId, Map<AdId, u64>>>,
+    /// Final counts per minute and ad (per filter), summed over the
+    /// partitions that finalized the minute.
+    pub(crate) minutes: BTreeMap<WindowStart, Map<Ad, Vec<Cell>>>,
     /// Every minute with `end <= done_through` has had its rows emitted.
     pub(crate) done_through: Option<i64>,
     /// Emitted rows still open to revision: (minute, M, filter) -> (version, ads).
@@ -194,6 +196,7 @@ pub struct Engine {
     pub(crate) partitions: BTreeMap<Partition, PartitionState>,
     pub(crate) topn: TopNState,
     pub(crate) now_ms: Option<i64>,
+    pub(crate) interner: Interner,
     scratch: Vec<FilterId>,
 }
 
@@ -213,6 +216,7 @@ impl Engine {
             partitions: BTreeMap::new(),
             topn: TopNState::default(),
             now_ms: None,
+            interner: Interner::default(),
             scratch: Vec::new(),
         }
     }
@@ -359,16 +363,22 @@ impl Engine {
             .entry(p)
             .or_insert_with(|| PartitionState::new(config));
         st.last_active_ms = Some(now_ms);
-        if st.dedup.contains(key) {
+        let w = size.window_of(click.timestamp);
+        let wm = st.watermark.current();
+        let late = wm.filter(|&wm| w.end(size) + lateness <= wm);
+        // A late click older than the horizon is only looked up: remembering
+        // it would be undone by the next sweep anyway.
+        let new = match late {
+            Some(wm) if !st.dedup.is_within_horizon(click.timestamp, Some(wm)) => {
+                !st.dedup.contains(key)
+            }
+            _ => st.dedup.insert_new(key, click.timestamp),
+        };
+        if !new {
             out.duplicates += 1;
             return;
         }
-        let w = size.window_of(click.timestamp);
-        let wm = st.watermark.current();
-        if let Some(wm) = wm.filter(|&wm| w.end(size) + lateness <= wm) {
-            if st.dedup.is_within_horizon(click.timestamp, Some(wm)) {
-                st.dedup.insert(key, click.timestamp);
-            }
+        if let Some(wm) = late {
             out.late.push(LateEvent {
                 partition: p,
                 offset,
@@ -379,7 +389,7 @@ impl Engine {
             });
             return;
         }
-        st.dedup.insert(key, click.timestamp);
+        let t = click.timestamp;
         self.filters.matching(&click, &mut self.scratch);
         // A window whose end W_p passed while it had no clicks was emitted
         // empty: its first click (within lateness) emits at once.
@@ -388,10 +398,9 @@ impl Engine {
             emitted: passed,
             ..WindowState::default()
         });
-        let cells = match ws.cells.get_mut(click.ad_id.as_str()) {
-            Some(cells) => cells,
-            None => ws.cells.entry(click.ad_id.clone()).or_default(),
-        };
+        let ad = self.interner.intern(click.ad_id);
+        let ad_id = ws.emitted.then(|| ad.0.clone());
+        let cells = ws.cells.entry(ad).or_default();
         for &f in &self.scratch {
             let cell = match cells.iter_mut().position(|c| c.filter == f) {
                 Some(i) => &mut cells[i],
@@ -405,11 +414,11 @@ impl Engine {
                 }
             };
             cell.clicks += 1;
-            if ws.emitted {
+            if let Some(ad_id) = &ad_id {
                 cell.version += 1;
                 out.rollups.push(Rollup {
                     window_start: w,
-                    ad_id: click.ad_id.clone(),
+                    ad_id: ad_id.clone(),
                     filter_id: f,
                     partition: p,
                     clicks: cell.clicks,
@@ -418,7 +427,7 @@ impl Engine {
             }
         }
         let before = st.watermark.current();
-        if st.watermark.observe(click.timestamp) {
+        if st.watermark.observe(t) {
             self.advance(p, before, out);
         }
     }
@@ -540,22 +549,28 @@ impl Engine {
             .retain(|(m, _, _), _| m.end(size) > revisable_after);
         let keep_from = revisable_after - max_m * size.ms();
         t.minutes.retain(|k, _| k.end(size) > keep_from);
+        self.interner.sweep();
     }
 }
 
 /// The rows of one window, ordered by ad, then filter.
 fn emit_window(p: Partition, start: WindowStart, ws: &mut WindowState, out: &mut Outputs) {
-    let mut rows: Vec<(&AdId, &mut Cell)> = ws
+    let mut rows: Vec<(&Ad, &mut Cell)> = ws
         .cells
         .iter_mut()
         .flat_map(|(ad, cells)| cells.iter_mut().map(move |c| (ad, c)))
         .collect();
-    rows.sort_by(|a, b| a.0.cmp(b.0).then(a.1.filter.cmp(&b.1.filter)));
+    // (ad, filter) pairs are unique, so an unstable sort is deterministic.
+    rows.sort_unstable_by(|a, b| {
+        a.0.as_str()
+            .cmp(b.0.as_str())
+            .then(a.1.filter.cmp(&b.1.filter))
+    });
     for (ad, cell) in rows {
         cell.version += 1;
         out.rollups.push(Rollup {
             window_start: start,
-            ad_id: ad.clone(),
+            ad_id: ad.0.clone(),
             filter_id: cell.filter,
             partition: p,
             clicks: cell.clicks,
@@ -565,15 +580,26 @@ fn emit_window(p: Partition, start: WindowStart, ws: &mut WindowState, out: &mut
 }
 
 impl TopNState {
-    fn add_final(&mut self, start: WindowStart, cells: Map<AdId, Vec<Cell>>) {
+    fn add_final(&mut self, start: WindowStart, cells: Map<Ad, Vec<Cell>>) {
         let minute = self.minutes.entry(start).or_insert_with(new_map);
+        if minute.is_empty() {
+            // The common case: one partition per minute per engine moves in whole.
+            *minute = cells;
+            return;
+        }
         for (ad, cells) in cells {
-            for c in cells {
-                *minute
-                    .entry(c.filter)
-                    .or_insert_with(new_map)
-                    .entry(ad.clone())
-                    .or_insert(0) += c.clicks;
+            match minute.get_mut(&ad) {
+                None => {
+                    minute.insert(ad, cells);
+                }
+                Some(have) => {
+                    for c in cells {
+                        match have.iter_mut().find(|h| h.filter == c.filter) {
+                            Some(h) => h.clicks += c.clicks,
+                            None => have.push(c),
+                        }
+                    }
+                }
             }
         }
     }
@@ -588,24 +614,38 @@ fn rank(
     m_windows: u32,
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
-    let mut sums: BTreeMap<FilterId, Map<&AdId, u64>> = BTreeMap::new();
-    for (_, per_filter) in t.minutes.range(first..=m) {
-        for (f, ads) in per_filter {
-            let s = sums.entry(*f).or_insert_with(new_map);
-            for (ad, c) in ads {
-                *s.entry(ad).or_insert(0) += c;
-            }
-        }
+    let minutes: Vec<&Map<Ad, Vec<Cell>>> = t.minutes.range(first..=m).map(|(_, v)| v).collect();
+    let mut filters: BTreeSet<FilterId> = BTreeSet::new();
+    for cells in minutes.iter().flat_map(|m| m.values()) {
+        filters.extend(cells.iter().map(|c| c.filter));
     }
-    sums.into_iter()
-        .map(|(f, ads)| {
-            (
-                f,
-                topn::top_n(
-                    ads.into_iter().map(|(a, c)| (a.clone(), c)),
-                    config.top_n as usize,
-                ),
-            )
+    let n = config.top_n as usize;
+    let clicks_of = |cells: &Vec<Cell>, f: FilterId| {
+        cells.iter().find(|c| c.filter == f).map_or(0, |c| c.clicks)
+    };
+    filters
+        .into_iter()
+        .map(|f| {
+            let ranked = if let [only] = minutes.as_slice() {
+                topn::top_n_ref(
+                    only.iter()
+                        .map(|(a, cells)| (&a.0, clicks_of(cells, f)))
+                        .filter(|(_, c)| *c > 0),
+                    n,
+                )
+            } else {
+                let mut sums: Map<&Ad, u64> = new_map();
+                for minute in &minutes {
+                    for (a, cells) in minute.iter() {
+                        let c = clicks_of(cells, f);
+                        if c > 0 {
+                            *sums.entry(a).or_insert(0) += c;
+                        }
+                    }
+                }
+                topn::top_n_ref(sums.into_iter().map(|(a, c)| (&a.0, c)), n)
+            };
+            (f, ranked)
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! The domain types of a click.
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use core::fmt;
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +22,11 @@ pub struct Offset(pub i64);
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        ///
+        /// Shared and immutable: cloning copies a pointer, not the text.
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(pub(crate) Arc<str>);
 
         impl $name {
             /// The identifier as text.
@@ -62,21 +65,21 @@ string_id!(
 impl AdId {
     /// Checks and wraps an ad id.
     pub fn new(s: &str) -> Result<AdId, crate::InvalidReason> {
-        crate::validate::ad_id(s).map(|()| AdId(String::from(s)))
+        crate::validate::ad_id(s).map(|()| AdId(Arc::from(s)))
     }
 }
 
 impl UserId {
     /// Checks and wraps a user id.
     pub fn new(s: &str) -> Result<UserId, crate::InvalidReason> {
-        crate::validate::user_id(s).map(|()| UserId(String::from(s)))
+        crate::validate::user_id(s).map(|()| UserId(Arc::from(s)))
     }
 }
 
 impl EventId {
     /// Checks and wraps an event id.
     pub fn new(s: &str) -> Result<EventId, crate::InvalidReason> {
-        crate::validate::event_id(s).map(|()| EventId(String::from(s)))
+        crate::validate::event_id(s).map(|()| EventId(Arc::from(s)))
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::Click;
 use core::fmt;
 use serde::Serialize;
-use xxhash_rust::xxh3::Xxh3Default;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// A click's 128-bit identity: XXH3-128 of its `event_id` when it has one,
 /// else of (ad_id, user_id, canonical ip, click time floored to the second).
@@ -31,32 +31,39 @@ impl EventKey {
     /// assert_ne!(key("ad1, 1000, u, 1.1.1.1, USA"), key("ad1, 2000, u, 1.1.1.1, USA"));
     /// ```
     pub fn of(click: &Click) -> EventKey {
-        let mut h = Xxh3Default::new();
+        // One-shot hashing of a stack buffer: every field is bounded (see
+        // the validation limits), so the buffer always fits.
+        let mut buf = [0u8; 320];
+        let mut n = 0;
+        let mut put = |bytes: &[u8]| {
+            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        };
         match &click.event_id {
             Some(id) => {
-                h.update(b"adtally/event_id\0");
-                h.update(id.as_str().as_bytes());
+                put(b"adtally/event_id\0");
+                put(id.as_str().as_bytes());
             }
             None => {
-                h.update(b"adtally/click\0");
-                h.update(click.ad_id.as_str().as_bytes());
-                h.update(b"\0");
-                h.update(click.user_id.as_str().as_bytes());
-                h.update(b"\0");
+                put(b"adtally/click\0");
+                put(click.ad_id.as_str().as_bytes());
+                put(b"\0");
+                put(click.user_id.as_str().as_bytes());
+                put(b"\0");
                 match click.ip {
                     crate::IpAddr::V4(v4) => {
-                        h.update(&[4]);
-                        h.update(&v4.octets());
+                        put(&[4]);
+                        put(&v4.octets());
                     }
                     crate::IpAddr::V6(v6) => {
-                        h.update(&[6]);
-                        h.update(&v6.octets());
+                        put(&[6]);
+                        put(&v6.octets());
                     }
                 }
-                h.update(&click.timestamp.0.div_euclid(1000).to_le_bytes());
+                put(&click.timestamp.0.div_euclid(1000).to_le_bytes());
             }
         }
-        EventKey(h.digest128())
+        EventKey(xxh3_128(&buf[..n]))
     }
 
     /// Parses 32 hex digits.

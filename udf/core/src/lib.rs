@@ -156,6 +156,7 @@ pub mod dedup;
 mod engine;
 mod event;
 pub mod filter;
+mod intern;
 mod key;
 mod parse;
 mod selftest;

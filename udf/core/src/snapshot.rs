@@ -76,6 +76,13 @@ impl fmt::Display for SnapshotError {
 #[cfg(feature = "std")]
 impl std::error::Error for SnapshotError {}
 
+/// (window start, emitted, cells as (ad, filter, clicks, version)).
+type WindowSnap = (i64, bool, Vec<(String, u32, u64, u32)>);
+/// (minute, final counts as (filter, ad, clicks)).
+type MinuteSnap = (i64, Vec<(u32, String, u64)>);
+/// (minute, M, filter, version, ranked (ad, clicks)).
+type EmittedSnap = (i64, u32, u32, u32, Vec<(String, u64)>);
+
 #[derive(Serialize, Deserialize)]
 struct Body {
     semantics_version: u32,
@@ -83,8 +90,8 @@ struct Body {
     now_ms: Option<i64>,
     partitions: Vec<PartitionSnap>,
     done_through: Option<i64>,
-    minutes: Vec<(i64, Vec<(u32, String, u64)>)>,
-    emitted: Vec<(i64, u32, u32, u32, Vec<(String, u64)>)>,
+    minutes: Vec<MinuteSnap>,
+    emitted: Vec<EmittedSnap>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -95,7 +102,7 @@ struct PartitionSnap {
     next_offset: Option<i64>,
     dedup_last_sweep: Option<i64>,
     dedup_slots: Vec<u128>,
-    windows: Vec<(i64, bool, Vec<(String, u32, u64, u32)>)>,
+    windows: Vec<WindowSnap>,
 }
 
 impl Engine {
@@ -134,12 +141,13 @@ impl Engine {
         let minutes = t
             .minutes
             .iter()
-            .map(|(k, per_filter)| {
-                let mut v: Vec<_> = per_filter
+            .map(|(k, per_ad)| {
+                let mut v: Vec<_> = per_ad
                     .iter()
-                    .flat_map(|(f, ads)| {
-                        ads.iter()
-                            .map(move |(a, c)| (f.0, String::from(a.as_str()), *c))
+                    .flat_map(|(a, cells)| {
+                        cells
+                            .iter()
+                            .map(move |c| (c.filter.0, String::from(a.as_str()), c.clicks))
                     })
                     .collect();
                 v.sort();
@@ -219,11 +227,14 @@ impl Engine {
                     cells: new_map(),
                 };
                 for (a, f, clicks, version) in cells {
-                    ws.cells.entry(ad(a)?).or_default().push(Cell {
-                        filter: FilterId(f),
-                        clicks,
-                        version,
-                    });
+                    ws.cells
+                        .entry(engine.interner.intern(ad(a)?))
+                        .or_default()
+                        .push(Cell {
+                            filter: FilterId(f),
+                            clicks,
+                            version,
+                        });
                 }
                 st.windows.insert(WindowStart(start), ws);
             }
@@ -235,11 +246,15 @@ impl Engine {
         };
         for (k, entries) in body.minutes {
             let minute = t.minutes.entry(WindowStart(k)).or_insert_with(new_map);
-            for (f, a, c) in entries {
+            for (f, a, clicks) in entries {
                 minute
-                    .entry(FilterId(f))
-                    .or_insert_with(new_map)
-                    .insert(ad(a)?, c);
+                    .entry(engine.interner.intern(ad(a)?))
+                    .or_default()
+                    .push(Cell {
+                        filter: FilterId(f),
+                        clicks,
+                        version: 0,
+                    });
             }
         }
         for (m, w, f, v, ads) in body.emitted {

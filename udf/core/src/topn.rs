@@ -23,24 +23,6 @@ pub fn rank_order(a: &RankedAd, b: &RankedAd) -> Ordering {
     b.clicks.cmp(&a.clicks).then_with(|| a.ad_id.cmp(&b.ad_id))
 }
 
-struct ByRank(RankedAd);
-impl PartialEq for ByRank {
-    fn eq(&self, o: &Self) -> bool {
-        rank_order(&self.0, &o.0) == Ordering::Equal
-    }
-}
-impl Eq for ByRank {}
-impl PartialOrd for ByRank {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for ByRank {
-    fn cmp(&self, o: &Self) -> Ordering {
-        rank_order(&self.0, &o.0)
-    }
-}
-
 /// The best `n` ads of `ads` (each ad at most once), best first.
 ///
 /// ```
@@ -51,25 +33,56 @@ impl Ord for ByRank {
 /// assert_eq!(ids, ["c", "a", "b"]);
 /// ```
 pub fn top_n(ads: impl IntoIterator<Item = (AdId, u64)>, n: usize) -> Vec<RankedAd> {
+    let ads: Vec<(AdId, u64)> = ads.into_iter().collect();
+    top_n_ref(ads.iter().map(|(a, c)| (a, *c)), n)
+}
+
+/// [`top_n`] over borrowed ids: only the winners are cloned.
+pub fn top_n_ref<'a>(ads: impl IntoIterator<Item = (&'a AdId, u64)>, n: usize) -> Vec<RankedAd> {
     if n == 0 {
         return Vec::new();
     }
-    // A max-heap on rank order keeps the worst of the best n on top.
-    let mut heap: BinaryHeap<ByRank> = BinaryHeap::with_capacity(n + 1);
-    for (ad_id, clicks) in ads {
-        let cand = RankedAd { ad_id, clicks };
+    // Better ranks compare as Less, so a max-heap keeps the worst of the
+    // best n on top, ready to be replaced.
+    let better = |a: &(&AdId, u64), b: &(&AdId, u64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0));
+    let mut heap: BinaryHeap<Ranked<'a>> = BinaryHeap::with_capacity(n + 1);
+    for cand in ads {
         if heap.len() < n {
-            heap.push(ByRank(cand));
+            heap.push(Ranked(cand));
         } else if let Some(worst) = heap.peek() {
-            if rank_order(&cand, &worst.0) == Ordering::Less {
+            // Cheap test first: fewer clicks can never enter.
+            if cand.1 >= worst.0.1 && better(&cand, &worst.0) == Ordering::Less {
                 heap.pop();
-                heap.push(ByRank(cand));
+                heap.push(Ranked(cand));
             }
         }
     }
-    let mut v: Vec<RankedAd> = heap.into_iter().map(|b| b.0).collect();
-    v.sort_by(rank_order);
-    v
+    let mut v: Vec<(&AdId, u64)> = heap.into_iter().map(|r| r.0).collect();
+    v.sort_by(better);
+    v.into_iter()
+        .map(|(a, clicks)| RankedAd {
+            ad_id: a.clone(),
+            clicks,
+        })
+        .collect()
+}
+
+struct Ranked<'a>((&'a AdId, u64));
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Ranked<'_> {}
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ranked<'_> {
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.0.1.cmp(&self.0.1).then_with(|| self.0.0.cmp(o.0.0))
+    }
 }
 
 /// Two lists given to [`merge`] name the same ad: the lists were not

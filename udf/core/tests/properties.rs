@@ -77,6 +77,7 @@ fn stream() -> impl Strategy<Value = Vec<Ev>> {
 }
 
 type RollupKey = (u32, i64, String, u32);
+type DedupIdentity = (u8, u8, i64);
 
 #[derive(Debug, Default, PartialEq)]
 struct Final {
@@ -221,7 +222,7 @@ proptest! {
         let f = final_of(&out);
         let counted: u64 = f.rollups.iter().filter(|(k, _)| k.3 == 0).map(|(_, c)| c).sum();
         prop_assert_eq!(counted + out.late.len() as u64 + out.duplicates, events.len() as u64);
-        let mut distinct: BTreeMap<(u32, i64, String), BTreeSet<(u8, u8, i64)>> = BTreeMap::new();
+        let mut distinct: BTreeMap<(u32, i64, String), BTreeSet<DedupIdentity>> = BTreeMap::new();
         for e in &events {
             distinct.entry((e.p, e.t.div_euclid(WINDOW) * WINDOW, format!("ad{}", e.ad))).or_default().insert(e.key());
         }

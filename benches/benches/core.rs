@@ -1,0 +1,200 @@
+//! Core throughput: the native engine vs the same engine as a component in
+//! wasmtime, on one stream, in one run; plus dedup memory per key.
+//!
+//! `cargo bench -p adtally-bench --bench core` (needs `make wasm` first).
+//! Prints events/s for each, their time ratio, and bytes per remembered key.
+
+use adtally_bench::{Shape, batches, stream};
+use adtally_core::Click;
+use adtally_core::{Config, Engine, Offset, Outputs, Partition};
+use adtally_runtime::{Limits, RecordIn, Runtime};
+use std::time::{Duration, Instant};
+
+// The allocator the adtally host binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const RUNS: usize = 5;
+const BATCH: usize = 1024;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// A click in the log line format.
+fn line(c: &Click) -> Vec<u8> {
+    let mut s = format!(
+        "{}, {}, {}, {}, {}",
+        c.ad_id, c.timestamp.0, c.user_id, c.ip, c.country
+    );
+    if let Some(e) = &c.event_id {
+        s.push_str(", ");
+        s.push_str(e.as_str());
+    }
+    s.into_bytes()
+}
+
+fn main() -> anyhow::Result<()> {
+    let shape = Shape::default();
+    let events = stream(shape, 42);
+    let batches = batches(&events, BATCH);
+    println!(
+        "workload: {} events, Zipf over {} ads, {:.0}% duplicates, {:.0}% out of order, {} partitions, batches of <= {BATCH}",
+        shape.events,
+        shape.ads,
+        shape.duplicates * 100.0,
+        shape.out_of_order * 100.0,
+        shape.partitions
+    );
+
+    let component_only = std::env::var_os("ADTALLY_BENCH_COMPONENT_ONLY").is_some();
+    // Native: the clicks are cloned before the clock starts.
+    let mut native_times = Vec::new();
+    let mut bytes_per_key = 0.0;
+    let mut keys = 0;
+    let mut native_counts = (0usize, 0u64);
+    for _ in 0..if component_only { 1 } else { RUNS } {
+        let input = batches.clone();
+        let mut engine = Engine::new(Config::default())?;
+        let mut out = Outputs::default();
+        let mut offsets = [0i64; 64];
+        let (mut rollups, mut dups) = (0usize, 0u64);
+        let start = Instant::now();
+        for (p, clicks) in input {
+            for c in clicks {
+                engine.push_click(Partition(p), Offset(offsets[p as usize]), c, 0, &mut out);
+                offsets[p as usize] += 1;
+            }
+            rollups += out.rollups.len();
+            dups += out.duplicates;
+            out.clear();
+        }
+        native_times.push(start.elapsed());
+        let (k, b) = engine.dedup_usage();
+        keys = k;
+        bytes_per_key = b as f64 / k as f64;
+        native_counts = (rollups, dups);
+    }
+
+    if std::env::var_os("ADTALLY_BENCH_NATIVE_ONLY").is_some() {
+        println!(
+            "native core: {:.0} events/s",
+            shape.events as f64 / median(native_times).as_secs_f64()
+        );
+        return Ok(());
+    }
+
+    // Component: the same batches through wasmtime (the canonical ABI copies them in).
+    let rt = Runtime::new(Limits::default())?;
+    let path = std::env::var("ADTALLY_COMPONENT").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/wasm/adtally_component.wasm"
+        )
+        .into()
+    });
+    let module = rt.load_file(path.as_ref())?;
+    let mut wasm_times = Vec::new();
+    let mut wasm_counts = (0usize, 0u64);
+    for _ in 0..RUNS {
+        let mut agg = module.create("{}")?;
+        let mut offsets = [0i64; 64];
+        let (mut rollups, mut dups) = (0usize, 0u64);
+        let start = Instant::now();
+        for (p, clicks) in &batches {
+            let out = agg.push_clicks(*p, offsets[*p as usize], clicks, 0)?;
+            offsets[*p as usize] += clicks.len() as i64;
+            rollups += out.rollups.len();
+            dups += out.duplicates;
+        }
+        wasm_times.push(start.elapsed());
+        wasm_counts = (rollups, dups);
+    }
+    assert_eq!(
+        native_counts, wasm_counts,
+        "both builds must compute the same outputs"
+    );
+
+    // The production path: raw records (log lines), parsed inside the core.
+    let lines: Vec<(u32, Vec<Vec<u8>>)> = batches
+        .iter()
+        .map(|(p, clicks)| (*p, clicks.iter().map(line).collect()))
+        .collect();
+    let mut raw_native = Vec::new();
+    let mut raw_wasm = Vec::new();
+    for _ in 0..RUNS {
+        let mut engine = Engine::new(Config::default())?;
+        let mut out = Outputs::default();
+        let mut offsets = [0i64; 64];
+        let start = Instant::now();
+        for (p, recs) in &lines {
+            for r in recs {
+                engine.push_record(
+                    Partition(*p),
+                    Offset(offsets[*p as usize]),
+                    r,
+                    None,
+                    0,
+                    &mut out,
+                );
+                offsets[*p as usize] += 1;
+            }
+            out.clear();
+        }
+        raw_native.push(start.elapsed());
+        let mut agg = module.create("{}")?;
+        let mut offsets = [0i64; 64];
+        let start = Instant::now();
+        for (p, recs) in &lines {
+            let batch: Vec<RecordIn> = recs
+                .iter()
+                .map(|r| {
+                    let o = offsets[*p as usize];
+                    offsets[*p as usize] += 1;
+                    RecordIn {
+                        partition: *p,
+                        offset: o,
+                        payload: r,
+                        record_time_ms: None,
+                    }
+                })
+                .collect();
+            agg.push(&batch, 0)?;
+        }
+        raw_wasm.push(start.elapsed());
+    }
+
+    let (n, w) = (median(native_times), median(wasm_times));
+    let rate = |d: Duration| shape.events as f64 / d.as_secs_f64();
+    println!(
+        "native core      : {:>12.0} events/s  (median of {RUNS}: {:.3} s)",
+        rate(n),
+        n.as_secs_f64()
+    );
+    println!(
+        "component (wasm) : {:>12.0} events/s  (median of {RUNS}: {:.3} s)",
+        rate(w),
+        w.as_secs_f64()
+    );
+    println!(
+        "component / native time ratio: {:.2}x",
+        w.as_secs_f64() / n.as_secs_f64()
+    );
+    let (rn, rw) = (median(raw_native), median(raw_wasm));
+    println!(
+        "raw lines, native: {:>12.0} events/s  (parse + validate + aggregate)",
+        rate(rn)
+    );
+    println!("raw lines, wasm  : {:>12.0} events/s", rate(rw));
+    println!(
+        "raw lines component / native time ratio: {:.2}x",
+        rw.as_secs_f64() / rn.as_secs_f64()
+    );
+    println!("dedup: {keys} keys remembered, {bytes_per_key:.1} bytes per key");
+    println!(
+        "outputs: {} rollup rows, {} duplicates dropped (same in both builds)",
+        native_counts.0, native_counts.1
+    );
+    Ok(())
+}
