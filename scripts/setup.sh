@@ -25,11 +25,13 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGE
 fi
 
 VENV=$ADTALLY_HOME/venv
-if ! "$VENV/bin/python" -c "import chdb, importlib.metadata as m; assert m.version('chdb-core') == '$CHDB_VERSION'" 2>/dev/null; then
+# chdb-core is the engine; lz4 and clickhouse-cityhash let the embedded HTTP
+# server read the LZ4-framed bodies the clickhouse crate sends by default.
+if ! "$VENV/bin/python" -c "import chdb, lz4.block, clickhouse_cityhash, importlib.metadata as m; assert m.version('chdb-core') == '$CHDB_VERSION'" 2>/dev/null; then
   say "creating $VENV with chdb-core==$CHDB_VERSION"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet "chdb-core==$CHDB_VERSION"
+  "$VENV/bin/pip" install --quiet "chdb-core==$CHDB_VERSION" "lz4==4.4.5" "clickhouse-cityhash==1.0.2.6"
 fi
 
 if ! command -v node >/dev/null 2>&1; then
