@@ -12,9 +12,11 @@ setup:
 # The three WebAssembly builds of the core, under target/wasm/.
 wasm:
 	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm
+	@mkdir -p $(WASM_DIR)
+	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm --features upgrade-test-marker
+	cp target/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/adtally_clickhouse_marker.wasm
 	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm
 	cargo build -p adtally-js --target wasm32-unknown-unknown --profile wasm
-	@mkdir -p $(WASM_DIR)
 	cp target/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/
 	cp target/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/
 	wasm-bindgen --target nodejs --out-dir $(WASM_DIR)/js target/wasm32-unknown-unknown/wasm/adtally_js.wasm
@@ -25,6 +27,7 @@ conformance: wasm
 
 test: setup wasm
 	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse-udf --exclude adtally-js
+	$(ADTALLY_PYTHON) -m pytest -q clickhouse/tests
 	$(MAKE) --no-print-directory conformance
 
 # Figures and how to read them: docs/benchmarks.md.

@@ -28,7 +28,8 @@ def module_name(sha256):
 def statements(path, **params):
     """The SQL statements of a file, with {name} parameters filled in."""
     text = open(path).read()
-    text = "\n".join(l for l in text.splitlines() if not l.strip().startswith("--"))
+    # Drop `--` comments (adtally's SQL files have no `--` inside strings).
+    text = "\n".join(l.split("--", 1)[0].rstrip() for l in text.splitlines())
     for k, v in params.items():
         text = text.replace("{" + k + "}", str(v))
     return [s.strip() for s in text.split(";") if s.strip()]

@@ -27,11 +27,11 @@ fi
 VENV=$ADTALLY_HOME/venv
 # chdb-core is the engine; lz4 and clickhouse-cityhash let the embedded HTTP
 # server read the LZ4-framed bodies the clickhouse crate sends by default.
-if ! "$VENV/bin/python" -c "import chdb, lz4.block, clickhouse_cityhash, importlib.metadata as m; assert m.version('chdb-core') == '$CHDB_VERSION'" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import chdb, lz4.block, clickhouse_cityhash, pytest, importlib.metadata as m; assert m.version('chdb-core') == '$CHDB_VERSION'" 2>/dev/null; then
   say "creating $VENV with chdb-core==$CHDB_VERSION"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet "chdb-core==$CHDB_VERSION" "lz4==4.4.5" "clickhouse-cityhash==1.0.2.6"
+  "$VENV/bin/pip" install --quiet "chdb-core==$CHDB_VERSION" "lz4==4.4.5" "clickhouse-cityhash==1.0.2.6" "pytest==9.2.0"
 fi
 
 if ! command -v node >/dev/null 2>&1; then

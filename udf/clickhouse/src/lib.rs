@@ -97,7 +97,11 @@ pub extern "C" fn adtally_window_start(time_ms: i64, window_ms: i64) -> i64 {
 /// The semantics version of the core in this module.
 #[unsafe(no_mangle)]
 pub extern "C" fn adtally_semantics_version(_x: u32) -> u32 {
-    adtally_core::SEMANTICS_VERSION
+    if cfg!(feature = "upgrade-test-marker") {
+        adtally_core::SEMANTICS_VERSION + 1000
+    } else {
+        adtally_core::SEMANTICS_VERSION
+    }
 }
 
 thread_local! {

@@ -1,0 +1,142 @@
+"""Installs adtally into ClickHouse, or upgrades its UDF module while views run.
+
+usage:
+  python clickhouse/install.py install --wasm MODULE.wasm (--data DIR | --url URL)
+         [--db adtally] [--config core.json] [--kafka-brokers H:P --kafka-topic T --kafka-group G]
+  python clickhouse/install.py upgrade --wasm MODULE.wasm (--data DIR | --url URL) [--db adtally]
+
+install: puts the module into system.webassembly_modules under a name derived
+from its SHA-256, declares every adtally function over exactly that hash,
+creates the tables (sql/schema.sql), the ClickHouse-native pipeline
+(sql/pipeline.sql, configured from the core's config: window, skew, filters),
+the filters table's rows and, with --kafka-*, the Kafka source (sql/kafka.sql).
+Every step is idempotent.
+
+upgrade: inserts the new module under its own name, re-points every function
+at it with CREATE OR REPLACE FUNCTION (views keep running and compute with the
+new module from their next block), then deletes the old module and records
+the change in module_history.
+"""
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import adtally_ch  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = {"window_ms": 60000, "max_future_skew_ms": 3600000, "filters": []}
+
+
+class HttpClickHouse:
+    """Runs statements against a ClickHouse server's HTTP interface."""
+
+    def __init__(self, url):
+        self.url = url.rstrip("/") + "/"
+
+    def __call__(self, sql, fmt="TabSeparated"):
+        req = urllib.request.Request(self.url + "?default_format=" + fmt, data=sql.encode(), method="POST")
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(e.read().decode(errors="replace").strip()) from None
+
+
+def session_query(session):
+    def query(sql, fmt="TabSeparated"):
+        r = session.query(sql, fmt)
+        return r.bytes() if r is not None else b""
+
+    return query
+
+
+def current_module(query):
+    """The module the adtally functions point at, or None."""
+    out = query("SELECT create_query FROM system.functions WHERE name = 'adtally_parse'").decode()
+    for token in out.replace("\\'", "'").split("'"):
+        if token.startswith("adtally_") and len(token) == len("adtally_") + 16:
+            return token
+    return None
+
+
+def record_module(query, db, module, sha):
+    version = int(query("SELECT adtally_semantics_version(0::UInt32)").decode().strip())
+    query(f"INSERT INTO {db}.module_history (module, sha256, semantics_version) VALUES ('{module}', '{sha}', {version})")
+
+
+def install(query, wasm, db="adtally", config=None, kafka=None):
+    config = dict(DEFAULT_CONFIG, **(config or {}))
+    module, sha = adtally_ch.install(query, wasm)
+    for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "schema.sql"), db=db):
+        query(stmt)
+    has_tiered = query("SELECT count() FROM system.storage_policies WHERE policy_name = 'adtally_tiered' AND volume_name = 'cold'")
+    if has_tiered.decode().strip() not in ("", "0"):
+        query(f"ALTER TABLE {db}.raw_events MODIFY SETTING storage_policy = 'adtally_tiered'")
+        query(f"ALTER TABLE {db}.raw_events MODIFY TTL toDateTime(ingested_at) + INTERVAL 30 DAY TO VOLUME 'cold', "
+              f"toDateTime(ingested_at) + INTERVAL 400 DAY DELETE")
+    filters_json = json.dumps(config.get("filters", []), separators=(",", ":"))
+    for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "pipeline.sql"), db=db,
+                                      window_ms=config["window_ms"], max_future_skew_ms=config["max_future_skew_ms"],
+                                      filters_json=adtally_ch.sql_string(filters_json)):
+        query(stmt)
+    for f in config.get("filters", []):
+        query(f"INSERT INTO {db}.filters (filter_id, name, spec) VALUES ({int(f['id'])}, "
+              f"{adtally_ch.sql_string(f.get('name', ''))}, {adtally_ch.sql_string(json.dumps(f))})")
+    if kafka:
+        for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "kafka.sql"), db=db, **kafka):
+            query(stmt)
+    if query(f"SELECT count() FROM {db}.module_history WHERE sha256 = '{sha}'").decode().strip() == "0":
+        record_module(query, db, module, sha)
+    return module, sha
+
+
+def upgrade(query, wasm, db="adtally"):
+    old = current_module(query)
+    with open(wasm, "rb") as f:
+        module, sha = adtally_ch.install_module(query, f.read())
+    if module == old:
+        return module, sha
+    adtally_ch.create_functions(query, module, sha)
+    if old:
+        query(f"DELETE FROM system.webassembly_modules WHERE name = '{old}'")
+    record_module(query, db, module, sha)
+    return module, sha
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["install", "upgrade"])
+    ap.add_argument("--wasm", required=True, help="the adtally ClickHouse UDF module")
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", help="an embedded ClickHouse data directory")
+    where.add_argument("--url", help="a ClickHouse server's HTTP URL")
+    ap.add_argument("--db", default="adtally")
+    ap.add_argument("--config", help="the core's config as a JSON file (window, skew, filters)")
+    ap.add_argument("--kafka-brokers")
+    ap.add_argument("--kafka-topic")
+    ap.add_argument("--kafka-group", default="adtally-clickhouse")
+    args = ap.parse_args()
+    if args.data:
+        session = adtally_ch.open_session(args.data)
+        query = session_query(session)
+    else:
+        query = HttpClickHouse(args.url)
+    if args.command == "install":
+        config = json.load(open(args.config)) if args.config else None
+        kafka = None
+        if args.kafka_brokers:
+            if not args.kafka_topic:
+                ap.error("--kafka-brokers needs --kafka-topic")
+            kafka = {"brokers": args.kafka_brokers, "topic": args.kafka_topic, "group": args.kafka_group}
+        module, sha = install(query, args.wasm, args.db, config, kafka)
+    else:
+        module, sha = upgrade(query, args.wasm, args.db)
+    print(f"{args.command}: module {module} sha256 {sha}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+-- The ClickHouse-native path, on the same WASM core: records -> parse (once)
+-- -> raw, invalid and per-minute tables. It has no watermark: it is the
+-- batch truth the host's rollups reconcile against.
+-- {db}, {window_ms}, {max_future_skew_ms} and {filters_json} come from the core's config.
+
+-- Records from any source land here (the Kafka table's view, or plain INSERTs).
+CREATE TABLE IF NOT EXISTS {db}.ingest
+(
+    topic            String,
+    source_partition UInt32,
+    source_offset    Int64,
+    record_time_ms   Nullable(Int64),
+    payload          String
+)
+ENGINE = Null;
+
+CREATE TABLE IF NOT EXISTS {db}.parsed
+(
+    topic String, source_partition UInt32, source_offset Int64, payload String,
+    kind String, reason String, event_key String, ad_id String, time_ms Int64,
+    user_id String, ip String, country String, event_id String,
+    window_start_ms Int64, filter_ids Array(UInt32), semantics_version UInt32
+)
+ENGINE = Null;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.parse_mv TO {db}.parsed AS
+SELECT topic, source_partition, source_offset, payload,
+       r.kind AS kind, r.reason AS reason, r.key AS event_key, r.ad_id AS ad_id, r.time_ms AS time_ms,
+       r.user_id AS user_id, r.ip AS ip, r.country AS country, r.event_id AS event_id,
+       adtally_window_start(r.time_ms, {window_ms}::Int64) AS window_start_ms,
+       if(r.kind = 'click', adtally_filter_ids({filters_json}, r.country, r.ip, r.user_id), []) AS filter_ids,
+       adtally_semantics_version(0::UInt32) AS semantics_version
+FROM
+(
+    SELECT *, if(isNull(record_time_ms), adtally_parse(payload),
+                 adtally_parse_at(payload, assumeNotNull(record_time_ms), {max_future_skew_ms}::Int64)) AS r
+    FROM {db}.ingest
+);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.raw_mv TO {db}.raw_events AS
+SELECT toFixedString(event_key, 32) AS event_key, ad_id, fromUnixTimestamp64Milli(time_ms, 'UTC') AS click_ts,
+       user_id, ip, country, event_id, fromUnixTimestamp64Milli(window_start_ms, 'UTC') AS window_start,
+       filter_ids, semantics_version, topic, source_partition, source_offset
+FROM {db}.parsed WHERE kind = 'click';
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.invalid_mv TO {db}.invalid_events AS
+SELECT topic, source_partition, source_offset, reason, payload
+FROM {db}.parsed WHERE kind = 'invalid';
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.batch_counts_mv TO {db}.batch_minute_counts AS
+SELECT fromUnixTimestamp64Milli(window_start_ms, 'UTC') AS window_start, ad_id, arrayJoin(filter_ids) AS filter_id,
+       uniqExactState(toFixedString(event_key, 32)) AS event_keys
+FROM {db}.parsed WHERE kind = 'click'
+GROUP BY window_start, ad_id, filter_id;
+
+CREATE VIEW IF NOT EXISTS {db}.batch_clicks_per_minute AS
+SELECT window_start, ad_id, filter_id, uniqExactMerge(event_keys) AS clicks
+FROM {db}.batch_minute_counts
+GROUP BY window_start, ad_id, filter_id;

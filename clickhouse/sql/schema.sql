@@ -1,0 +1,152 @@
+-- adtally's tables. Applied idempotently by clickhouse/install.py:
+-- {db} is the database (default `adtally`).
+-- Times are DateTime64(3, 'UTC'): event time in milliseconds, as the core uses.
+
+CREATE DATABASE IF NOT EXISTS {db};
+
+-- Filters (the star schema's dimensions). Filter 0, all clicks, is built in.
+CREATE TABLE IF NOT EXISTS {db}.filters
+(
+    filter_id  UInt32,                                   -- 1 or more; the id rollups carry
+    name       String,                                   -- for people
+    spec       String,                                   -- the core's FilterSpec as JSON (country / ip / user_id lists)
+    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)     -- the newest spec of an id wins
+)
+ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY filter_id;
+
+-- Raw events: every valid click once, deduplicated by event key (the batch truth).
+-- Retention counts from arrival (old clicks may be backfilled): rows move to
+-- the `cold` volume after 30 days where the storage policy `adtally_tiered`
+-- exists (see install.py), and are deleted after 400 days.
+CREATE TABLE IF NOT EXISTS {db}.raw_events
+(
+    event_key         FixedString(32),                   -- the core's EventKey, 32 hex digits
+    ad_id             String,
+    click_ts          DateTime64(3, 'UTC'),              -- event time
+    user_id           String,
+    ip                String,                            -- canonical text (IPv4-mapped IPv6 as IPv4)
+    country           LowCardinality(String),            -- ISO 3166-1 alpha-3
+    event_id          String,                            -- the producer's id, '' when none
+    window_start      DateTime64(3, 'UTC'),              -- the core's window of click_ts
+    filter_ids        Array(UInt32),                     -- every filter the click matches, 0 first
+    semantics_version UInt32,                            -- of the module that parsed it
+    topic             LowCardinality(String),
+    source_partition  UInt32,
+    source_offset     Int64,
+    ingested_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(ingested_at)
+PARTITION BY toDate(click_ts)
+ORDER BY (ad_id, window_start, event_key)
+TTL toDateTime(ingested_at) + INTERVAL 400 DAY DELETE;
+
+-- Per-minute rollups written by the host: one row per (window, ad, filter,
+-- source partition) and version. A window re-emitted after a late click has
+-- a higher version and replaces the earlier row; read through
+-- clicks_per_minute (argMax) to be exact before and after merges.
+CREATE TABLE IF NOT EXISTS {db}.rollups
+(
+    window_start     DateTime64(3, 'UTC'),
+    ad_id            String,
+    filter_id        UInt32,
+    source_partition UInt32,
+    clicks           UInt64,                             -- distinct clicks
+    version          UInt32,                             -- the highest is the count
+    module_sha256    FixedString(64),                    -- the module that computed it
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (ad_id, window_start, filter_id, source_partition);
+
+CREATE VIEW IF NOT EXISTS {db}.clicks_per_minute AS
+SELECT window_start, ad_id, filter_id, sum(clicks) AS clicks, groupUniqArray(module_sha256) AS modules
+FROM
+(
+    SELECT window_start, ad_id, filter_id, source_partition,
+           argMax(clicks, version) AS clicks, argMax(module_sha256, version) AS module_sha256
+    FROM {db}.rollups
+    GROUP BY window_start, ad_id, filter_id, source_partition
+)
+GROUP BY window_start, ad_id, filter_id;
+
+-- Top-N (the design's most_clicked_ads), one list per host; lists of hosts
+-- reading disjoint ad sets merge exactly with adtally_merge_top_n.
+CREATE TABLE IF NOT EXISTS {db}.most_clicked_ads
+(
+    window_minutes     UInt32,                           -- M
+    update_time_minute DateTime64(3, 'UTC'),             -- the last minute included
+    filter_id          UInt32,
+    host               String,                           -- the consumer that ranked it
+    version            UInt32,                           -- revisions after an idle partition caught up
+    most_clicked_ads   Array(Tuple(String, UInt64)),     -- (ad_id, clicks), best first
+    module_sha256      FixedString(64),
+    written_at         DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (window_minutes, update_time_minute, filter_id, host);
+
+-- Where each consumer stands: written only after the rows they cover were acknowledged.
+CREATE TABLE IF NOT EXISTS {db}.consumer_offsets
+(
+    topic       String,
+    partition   UInt32,
+    next_offset Int64,                                   -- the first offset not yet covered
+    committed_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(next_offset)
+ORDER BY (topic, partition);
+
+-- Clicks that arrived after their window was final (kept for reconciliation).
+CREATE TABLE IF NOT EXISTS {db}.late_events
+(
+    topic            LowCardinality(String),
+    source_partition UInt32,
+    source_offset    Int64,
+    event_key        FixedString(32),
+    ad_id            String,
+    click_ts         DateTime64(3, 'UTC'),
+    window_start     DateTime64(3, 'UTC'),
+    watermark        DateTime64(3, 'UTC'),               -- W_p when it arrived
+    module_sha256    FixedString(64),
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (topic, source_partition, source_offset);
+
+-- Records that are not valid clicks, with the core's reason code and the payload as received.
+CREATE TABLE IF NOT EXISTS {db}.invalid_events
+(
+    topic            LowCardinality(String),
+    source_partition UInt32,
+    source_offset    Int64,
+    reason           LowCardinality(String),             -- e.g. missing_field:ad_id
+    payload          String,
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (topic, source_partition, source_offset);
+
+-- The batch path's per-minute counts: exact distinct event keys per
+-- (window, ad, filter), deduplicated across every partition and replay.
+CREATE TABLE IF NOT EXISTS {db}.batch_minute_counts
+(
+    window_start DateTime64(3, 'UTC'),
+    ad_id        String,
+    filter_id    UInt32,
+    event_keys   AggregateFunction(uniqExact, FixedString(32))
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (ad_id, window_start, filter_id);
+
+-- Which module was in force when: every row can be traced to a module hash.
+CREATE TABLE IF NOT EXISTS {db}.module_history
+(
+    installed_at DateTime64(3, 'UTC') DEFAULT now64(3),
+    module       String,
+    sha256       FixedString(64),
+    semantics_version UInt32
+)
+ENGINE = MergeTree
+ORDER BY installed_at;

@@ -1,0 +1,176 @@
+"""The ClickHouse-native path on the same WASM core.
+
+- every record gets the same validation result, event key, window and filter
+  ids in ClickHouse as in the native core (the vectors' annotations);
+- per-minute counts of the batch path equal the core's final counts plus the
+  late clicks the core side-lined (those it had not counted already);
+- the module can be upgraded while the views run, and they then compute
+  with the new module.
+"""
+import json
+import os
+from collections import defaultdict
+
+import adtally_ch
+import install as installer
+from conftest import VECTORS, WASM, WASM_MARKER
+
+
+def ingest(ch, rows, db="adtally"):
+    """rows: (partition, offset, payload bytes, record time or None)."""
+    if not rows:
+        return
+    values = ",".join(
+        f"('clicks', {p}, {o}, {'NULL' if t is None else t}, unhex('{payload.hex()}'))" for p, o, payload, t in rows
+    )
+    ch(f"INSERT INTO {db}.ingest VALUES {values}")
+
+
+def vector_records(vector):
+    """(partition, offset, payload, record time) in order, without replayed offsets
+    (Kafka never delivers an offset twice to the ClickHouse path)."""
+    nxt = {}
+    out = []
+    for step in vector["steps"]:
+        for r in step.get("records", []):
+            p = r.get("p", 0)
+            o = r.get("o", nxt.get(p, 0))
+            replay = p in nxt and o < nxt[p]
+            nxt[p] = max(nxt.get(p, 0), o + 1)
+            if "x" in r:
+                payload = bytes.fromhex(r["x"])
+            elif isinstance(r["v"], str):
+                payload = r["v"].encode()
+            else:
+                payload = json.dumps(r["v"], separators=(",", ":")).encode()
+            out.append(((p, o, payload, r.get("t")), replay))
+    return out
+
+
+def load_vectors():
+    for name in sorted(os.listdir(VECTORS)):
+        if name.endswith(".json"):
+            yield name[:-5], json.load(open(os.path.join(VECTORS, name)))
+
+
+def test_every_record_matches_the_native_core_and_counts_reconcile(ch):
+    checked_windows = 0
+    for i, (name, vector) in enumerate(load_vectors()):
+        db = f"v{i}"
+        installer.install(ch, WASM, db=db, config=vector.get("config", {}))
+        recs = vector_records(vector)
+        ingest(ch, [r for r, replay in recs if not replay], db)
+        annotations = vector["expected"]["records"]
+        by_pos = {}
+        for a, (r, replay) in zip(annotations, recs):
+            if not replay:
+                by_pos[(r[0], r[1])] = a
+
+        # 1. Per record: the same verdict, key, window and filters as the core.
+        raw = ch(f"SELECT source_partition, source_offset, event_key, toUnixTimestamp64Milli(click_ts), "
+                 f"toUnixTimestamp64Milli(window_start), filter_ids FROM {db}.raw_events FINAL FORMAT JSONCompactEachRow")
+        seen = set()
+        for line in raw.decode().splitlines():
+            p, o, key, t, w, filters = json.loads(line)
+            a = by_pos[(p, int(o))]
+            assert a["kind"] == "click", (name, p, o, a)
+            assert (key, int(t), int(w), filters) == (a["key"], a["time"], a["window_start"], a["filters"]), (name, p, o)
+            seen.add((p, int(o)))
+        invalid = ch(f"SELECT source_partition, source_offset, reason FROM {db}.invalid_events FORMAT JSONCompactEachRow")
+        for line in invalid.decode().splitlines():
+            p, o, reason = json.loads(line)
+            a = by_pos[(p, int(o))]
+            assert (a["kind"], a["reason"]) == ("invalid", reason), (name, p, o)
+            seen.add((p, int(o)))
+        # Raw events are deduplicated by key: every click position is either
+        # stored or a duplicate of a stored key.
+        stored_keys = {by_pos[pos]["key"] for pos in seen if by_pos[pos]["kind"] == "click"}
+        for pos, a in by_pos.items():
+            if a["kind"] == "invalid":
+                assert pos in seen, (name, pos)
+            elif a["kind"] == "click":
+                assert a["key"] in stored_keys, (name, pos)
+
+        # 2. Batch counts vs the core's final rollups plus its late side output.
+        batch = {}
+        for line in ch(f"SELECT toUnixTimestamp64Milli(window_start), ad_id, filter_id, clicks "
+                       f"FROM {db}.batch_clicks_per_minute FORMAT JSONCompactEachRow").decode().splitlines():
+            w, ad, f, c = json.loads(line)
+            batch[(int(w), ad, f)] = int(c)
+        outputs = vector["expected"]["outputs"]
+        final = {}
+        for r in outputs["rollups"]:
+            k = (r["window_start"], r["ad_id"], r["filter_id"], r["partition"])
+            if k not in final or r["version"] > final[k][0]:
+                final[k] = (r["version"], r["clicks"])
+        core = defaultdict(int)
+        for (w, ad, f, _), (_, c) in final.items():
+            core[(w, ad, f)] += c
+        late_pos = {(l["partition"], l["offset"]) for l in outputs["late"]}
+        # A key's first arrival in its partition cannot be a duplicate: it was
+        # counted unless it was late.
+        counted, late = defaultdict(set), defaultdict(set)
+        first_seen = set()
+        for (r, replay) in recs:
+            p, o = r[0], r[1]
+            a = by_pos.get((p, o))
+            if replay or a is None or a["kind"] != "click" or (p, a["key"]) in first_seen:
+                continue
+            first_seen.add((p, a["key"]))
+            for f in a["filters"]:
+                target = late if (p, o) in late_pos else counted
+                target[(a["window_start"], ad_of(r[2], a), f)].add(a["key"])
+        for k, c in batch.items():
+            if k in counted and k not in core:
+                continue  # the core has not closed this window yet
+            expected = core.get(k, 0) + len(late[k] - counted[k])
+            assert c == expected, (name, k, c, core.get(k, 0), late[k], counted[k])
+            checked_windows += 1
+    assert checked_windows > 30
+
+
+def ad_of(payload, annotation):
+    """The ad id of an annotated click record, as the raw table stores it."""
+    text = payload.decode()
+    if text.lstrip().startswith("{"):
+        return json.loads(text)["ad_id"]
+    return text.split("]", 1)[-1].split(",")[0].strip()
+
+
+def test_upgrade_while_views_are_live(ch):
+    old, _ = installer.install(ch, WASM)
+    ingest(ch, [(0, 0, b"ad1, 1000, u1, 1.1.1.1, USA", None), (0, 1, b"not a click", None)])
+    assert installer.current_module(ch) == old
+
+    new, sha = installer.upgrade(ch, WASM_MARKER)
+    assert new != old and installer.current_module(ch) == new
+    ingest(ch, [(0, 2, b"ad1, 2000, u2, 1.1.1.1, USA", None), (0, 3, b"ad2, 2000, u2, 1.1.1.1, ZZZ", None)])
+
+    rows = ch("SELECT source_offset, semantics_version FROM adtally.raw_events ORDER BY source_offset FORMAT CSV")
+    assert rows == b"0,1\n2,1001\n", "the views compute with the new module after the upgrade"
+    assert ch("SELECT source_offset, reason FROM adtally.invalid_events ORDER BY source_offset FORMAT CSV") == \
+        b'1,"malformed"\n3,"unknown_country"\n'
+    modules = ch("SELECT name FROM system.webassembly_modules FORMAT CSV").decode()
+    assert new in modules and old not in modules, modules
+    history = ch("SELECT module, sha256, semantics_version FROM adtally.module_history ORDER BY installed_at FORMAT CSV")
+    assert history.decode().splitlines()[-1] == f'"{new}","{sha}",1001'
+    # Upgrading to the module in force is a no-op.
+    assert installer.upgrade(ch, WASM_MARKER)[0] == new
+
+
+def test_a_module_that_does_not_match_its_hash_is_refused(ch):
+    installer.install(ch, WASM)
+    code = open(WASM, "rb").read()
+    audited = __import__("hashlib").sha256(code).hexdigest()
+    tampered = code[:-1] + bytes([code[-1] ^ 1])
+    try:
+        ch(f"INSERT INTO system.webassembly_modules (name, code, hash) SELECT 'tampered', "
+           f"base64Decode('{__import__('base64').b64encode(tampered).decode()}'), "
+           f"reinterpretAsUInt256(unhex('{audited}'))")
+    except Exception as e:
+        assert "Hash mismatch" in str(e) or "INCORRECT_DATA" in str(e)
+    else:
+        raise AssertionError("a module with a wrong hash was accepted")
+    # The running module keeps going.
+    ingest(ch, [(0, 0, b"ad1, 1000, u1, 1.1.1.1, USA", None)])
+    assert ch("SELECT count() FROM adtally.raw_events") == b"1\n"
