@@ -93,3 +93,8 @@ fn every_invalid_reason_is_covered() {
         );
     }
 }
+
+#[test]
+fn the_builtin_self_test_passes_natively() {
+    adtally_core::self_test().unwrap();
+}

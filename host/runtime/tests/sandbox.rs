@@ -1,0 +1,80 @@
+//! The sandbox refuses bad modules with a clear error and survives a
+//! module that runs out of memory. Needs `make wasm`.
+
+use adtally_runtime::{Limits, RecordIn, Runtime};
+use std::path::PathBuf;
+
+fn component() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm/adtally_component.wasm")
+}
+
+#[test]
+fn garbage_is_refused_with_a_clear_error() {
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let err = rt.load(b"\0asm but not really").err().expect("refused");
+    assert!(
+        format!("{err:#}").contains("not a valid adtally component"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn the_component_loads_self_tests_and_carries_its_hash() {
+    let bytes = std::fs::read(component()).expect("run `make wasm` first");
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let module = rt.load(&bytes).unwrap();
+    let sha = std::process::Command::new("sha256sum")
+        .arg(component())
+        .output()
+        .unwrap();
+    let sha = String::from_utf8(sha.stdout).unwrap();
+    assert_eq!(module.sha256(), sha.split_whitespace().next().unwrap());
+    assert_eq!(
+        module.info().semantics_version,
+        adtally_core::SEMANTICS_VERSION
+    );
+    assert_eq!(module.info().version, adtally_core::VERSION);
+    // A bad configuration is refused, naming the field.
+    let err = module
+        .create(r#"{"dedup_horizon_ms": 1000}"#)
+        .err()
+        .expect("refused");
+    assert!(format!("{err:#}").contains("dedup_horizon_ms"), "{err:#}");
+}
+
+#[test]
+fn running_out_of_memory_is_an_error_not_a_crash() {
+    let limits = Limits {
+        max_memory_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let rt = Runtime::new(limits).unwrap();
+    let module = rt.load_file(&component()).unwrap();
+    let mut agg = module.create("{}").unwrap();
+    // Distinct ads until the 4 MiB cap is hit.
+    let payloads: Vec<Vec<u8>> = (0..200_000)
+        .map(|i| format!("ad{i}, {}, u{i}, 1.1.1.1, USA", i * 10).into_bytes())
+        .collect();
+    let mut failed = None;
+    for (b, chunk) in payloads.chunks(10_000).enumerate() {
+        let recs: Vec<RecordIn> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| RecordIn {
+                partition: 0,
+                offset: (b * 10_000 + i) as i64,
+                payload: p,
+                record_time_ms: None,
+            })
+            .collect();
+        if let Err(e) = agg.push(&recs, 0) {
+            failed = Some(format!("{e:#}"));
+            break;
+        }
+    }
+    let msg = failed.expect("a 4 MiB instance cannot hold 200k distinct keys");
+    assert!(msg.contains("module trapped in push"), "{msg}");
+    // The runtime and module still work: a new instance starts fine.
+    let mut fresh = module.create("{}").unwrap();
+    assert!(fresh.push(&[], 0).unwrap().rollups.is_empty());
+}
