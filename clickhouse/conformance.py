@@ -14,24 +14,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import adtally_ch  # noqa: E402
+from vectors import records  # noqa: E402
 
 DEFAULTS = {"window_ms": 60000, "max_future_skew_ms": 3600000}
-
-
-def records(vector):
-    nxt = {}
-    for step in vector["steps"]:
-        for r in step.get("records", []):
-            p = r.get("p", 0)
-            o = r.get("o", nxt.get(p, 0))
-            nxt[p] = o + 1
-            if "x" in r:
-                payload = bytes.fromhex(r["x"])
-            elif isinstance(r["v"], str):
-                payload = r["v"].encode()
-            else:
-                payload = json.dumps(r["v"], separators=(",", ":")).encode()
-            yield p, o, payload, r.get("t")
 
 
 def run(s, vector):
@@ -39,7 +24,7 @@ def run(s, vector):
     filters = json.dumps(vector.get("config", {}).get("filters", []))
     s.query("DROP TABLE IF EXISTS conf_records")
     s.query("CREATE TABLE conf_records (i UInt32, p UInt32, o Int64, payload String, rt Nullable(Int64)) ENGINE = Memory")
-    rows = list(records(vector))
+    rows = [r for r, _ in records(vector)]
     if rows:
         values = ",".join(
             f"({i},{p},{o},base64Decode('{base64.b64encode(pl).decode()}'),{'NULL' if t is None else t})"

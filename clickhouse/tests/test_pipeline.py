@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import adtally_ch
 import install as installer
+import vectors
 from conftest import VECTORS, WASM, WASM_MARKER
 
 
@@ -27,24 +28,9 @@ def ingest(ch, rows, db="adtally"):
 
 
 def vector_records(vector):
-    """(partition, offset, payload, record time) in order, without replayed offsets
-    (Kafka never delivers an offset twice to the ClickHouse path)."""
-    nxt = {}
-    out = []
-    for step in vector["steps"]:
-        for r in step.get("records", []):
-            p = r.get("p", 0)
-            o = r.get("o", nxt.get(p, 0))
-            replay = p in nxt and o < nxt[p]
-            nxt[p] = max(nxt.get(p, 0), o + 1)
-            if "x" in r:
-                payload = bytes.fromhex(r["x"])
-            elif isinstance(r["v"], str):
-                payload = r["v"].encode()
-            else:
-                payload = json.dumps(r["v"], separators=(",", ":")).encode()
-            out.append(((p, o, payload, r.get("t")), replay))
-    return out
+    """(record, replayed) in order; replayed offsets are not sent to the
+    ClickHouse path (Kafka never delivers an offset twice)."""
+    return list(vectors.records(vector))
 
 
 def load_vectors():

@@ -54,17 +54,9 @@ async fn insert_100k_rows_and_read_them_back() {
         .fetch_all::<Click>()
         .await
         .unwrap();
-    assert_eq!(back, rows.iter().cloned().collect::<Vec<_>>().tap_sort());
-}
-
-trait TapSort {
-    fn tap_sort(self) -> Self;
-}
-impl TapSort for Vec<Click> {
-    fn tap_sort(mut self) -> Self {
-        self.sort_by_key(|c| c.clicks);
-        self
-    }
+    let mut expected = rows.clone();
+    expected.sort_by_key(|c| c.clicks);
+    assert_eq!(back, expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,7 @@
 //! reason's code (empty otherwise); `key` is the event key in 32 hex digits.
 //! Fields that do not apply are empty strings and 0.
 
-use adtally_core::topn::{self, RankedAd};
+use adtally_core::topn;
 use adtally_core::{
     AdId, Click, Config, Country, EventKey, EventTime, FilterSet, Record, UserId, WindowSize,
     parse_record,
@@ -166,20 +166,7 @@ fn adtally_filter_ids(
 
 /// Merges top-N lists over disjoint ad sets.
 pub fn merge_top_n(lists: Vec<Vec<(String, u64)>>, n: u32) -> Result<Vec<(String, u64)>, String> {
-    let lists = lists
-        .into_iter()
-        .map(|l| {
-            l.into_iter()
-                .map(|(a, clicks)| {
-                    Ok(RankedAd {
-                        ad_id: AdId::new(&a).map_err(|e| format!("ad_id {a:?}: {e}"))?,
-                        clicks,
-                    })
-                })
-                .collect::<Result<Vec<_>, String>>()
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let merged = topn::merge(&lists, n as usize).map_err(|e| e.to_string())?;
+    let merged = topn::merge_pairs(&lists, n as usize)?;
     Ok(merged
         .into_iter()
         .map(|r| (r.ad_id.to_string(), r.clicks))

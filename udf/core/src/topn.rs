@@ -130,3 +130,27 @@ pub fn merge(lists: &[Vec<RankedAd>], n: usize) -> Result<Vec<RankedAd>, Overlap
     v.truncate(n);
     Ok(v)
 }
+
+/// [`merge`] over `(ad_id, clicks)` pairs as they arrive from SQL or
+/// JavaScript: checks every ad id first, and names the one that is not valid.
+pub fn merge_pairs(
+    lists: &[Vec<(alloc::string::String, u64)>],
+    n: usize,
+) -> Result<Vec<RankedAd>, alloc::string::String> {
+    let lists = lists
+        .iter()
+        .map(|l| {
+            l.iter()
+                .map(|(a, clicks)| {
+                    AdId::new(a)
+                        .map(|ad_id| RankedAd {
+                            ad_id,
+                            clicks: *clicks,
+                        })
+                        .map_err(|e| alloc::format!("ad_id {a:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    merge(&lists, n).map_err(|e| alloc::format!("{e}"))
+}

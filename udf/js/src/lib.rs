@@ -12,7 +12,7 @@
 //! const out = JSON.parse(e.takeOutputs());
 //! ```
 
-use adtally_core::topn::{self, RankedAd};
+use adtally_core::topn;
 use adtally_core::{
     AdId, Config, Country, EventKey, EventTime, Offset, Outputs, Partition, Record, UserId,
     WindowSize, parse_record,
@@ -154,20 +154,7 @@ pub fn filter_ids(
 pub fn merge_top_n(lists_json: &str, n: u32) -> Result<String, JsError> {
     let lists: Vec<Vec<(String, u64)>> =
         serde_json::from_str(lists_json).map_err(|e| err(format!("lists: {e}")))?;
-    let lists = lists
-        .into_iter()
-        .map(|l| {
-            l.into_iter()
-                .map(|(a, clicks)| {
-                    Ok(RankedAd {
-                        ad_id: AdId::new(&a).map_err(|e| err(format!("ad_id {a:?}: {e}")))?,
-                        clicks,
-                    })
-                })
-                .collect::<Result<Vec<_>, JsError>>()
-        })
-        .collect::<Result<Vec<_>, JsError>>()?;
-    let merged = topn::merge(&lists, n as usize).map_err(err)?;
+    let merged = topn::merge_pairs(&lists, n as usize).map_err(err)?;
     Ok(serde_json::to_string(
         &merged
             .iter()
