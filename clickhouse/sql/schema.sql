@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS {db}.rollups
     source_partition UInt32,
     clicks           UInt64,                             -- distinct clicks
     version          UInt32,                             -- the highest is the count
-    module_sha256    FixedString(64),                    -- the module that computed it
+    module_sha256    LowCardinality(String),             -- SHA-256 (hex) of the module that computed it
     written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS {db}.most_clicked_ads
     host               String,                           -- the consumer that ranked it
     version            UInt32,                           -- revisions after an idle partition caught up
     most_clicked_ads   Array(Tuple(String, UInt64)),     -- (ad_id, clicks), best first
-    module_sha256      FixedString(64),
+    module_sha256      LowCardinality(String),
     written_at         DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
@@ -109,7 +109,7 @@ CREATE TABLE IF NOT EXISTS {db}.late_events
     click_ts         DateTime64(3, 'UTC'),
     window_start     DateTime64(3, 'UTC'),
     watermark        DateTime64(3, 'UTC'),               -- W_p when it arrived
-    module_sha256    FixedString(64),
+    module_sha256    LowCardinality(String),
     written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree

@@ -1,0 +1,134 @@
+//! `adtally gen`: a realistic click stream and its expected totals.
+//!
+//! The expected totals are computed from how the stream was built, not by
+//! the core: a duplicate repeats an earlier click exactly, a late click is
+//! placed far behind the watermark (30 minutes), disorder stays within the
+//! out-of-orderness, and invalid records break one field. So every valid,
+//! non-duplicate, non-late click counts once in its minute.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use std::collections::BTreeMap;
+
+/// What to generate.
+#[derive(Clone, Copy, Debug)]
+pub struct GenConfig {
+    /// Records to generate (clicks, duplicates, late and invalid).
+    pub records: usize,
+    /// Distinct ads (Zipf popularity, s = 1).
+    pub ads: u64,
+    /// Partitions; records are keyed by ad.
+    pub partitions: u32,
+    /// Event time of the first click (ms).
+    pub start_ms: i64,
+    /// Clicks per second of event time.
+    pub rate_per_s: u32,
+    /// Fractions of duplicates, late clicks and invalid records.
+    pub duplicates: f64,
+    /// See above.
+    pub late: f64,
+    /// See above.
+    pub invalid: f64,
+    /// Largest backwards jitter (must stay below the out-of-orderness).
+    pub disorder_ms: i64,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Default for GenConfig {
+    fn default() -> GenConfig {
+        GenConfig {
+            records: 200_000,
+            ads: 20_000,
+            partitions: 4,
+            start_ms: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            rate_per_s: 50,
+            duplicates: 0.01,
+            late: 0.005,
+            invalid: 0.005,
+            disorder_ms: 5_000,
+            seed: 7,
+        }
+    }
+}
+
+/// One record of the stream.
+#[derive(Clone, Debug)]
+pub struct GenRecord {
+    /// Partition (by ad).
+    pub partition: u32,
+    /// The payload: a log line.
+    pub payload: String,
+}
+
+/// The stream, and what an exact aggregation of it must produce.
+#[derive(Debug, Default)]
+pub struct Generated {
+    /// Records in arrival order.
+    pub records: Vec<GenRecord>,
+    /// (minute start, ad) -> clicks, over every partition, filter 0.
+    pub expected: BTreeMap<(i64, String), u64>,
+    /// How many of each kind were generated.
+    pub duplicates: u64,
+    /// See above.
+    pub late: u64,
+    /// See above.
+    pub invalid: u64,
+    /// The newest event time in the stream.
+    pub max_time_ms: i64,
+}
+
+/// Generates a stream.
+pub fn generate(c: GenConfig) -> Generated {
+    let mut rng = StdRng::seed_from_u64(c.seed);
+    let zipf = Zipf::new(c.ads as f64, 1.0).expect("ads >= 1");
+    let mut g = Generated::default();
+    let mut counted: Vec<(u32, String, i64)> = Vec::new(); // for duplicates
+    for i in 0..c.records {
+        let now = c.start_ms + i as i64 * 1000 / c.rate_per_s.max(1) as i64;
+        let roll: f64 = rng.random();
+        if roll < c.duplicates && !counted.is_empty() {
+            let (p, line, _) = counted[rng.random_range(0..counted.len())].clone();
+            g.records.push(GenRecord {
+                partition: p,
+                payload: line,
+            });
+            g.duplicates += 1;
+            continue;
+        }
+        let ad = zipf.sample(&mut rng) as u64;
+        let partition = (ad % c.partitions as u64) as u32;
+        let user: u32 = rng.random_range(0..1_000_000);
+        let ip = format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
+        if roll < c.duplicates + c.invalid {
+            g.records.push(GenRecord {
+                partition,
+                payload: format!("ad{ad:06}, {now}, user{user}, {ip}, XXX"),
+            });
+            g.invalid += 1;
+            continue;
+        }
+        let late = roll < c.duplicates + c.invalid + c.late && now - c.start_ms > 40 * 60_000;
+        let t = if late {
+            now - 30 * 60_000
+        } else {
+            now - rng.random_range(0..=c.disorder_ms)
+        };
+        let line = format!("ad{ad:06}, {t}, user{user}, {ip}, USA, e{i}");
+        if late {
+            g.late += 1;
+        } else {
+            *g.expected
+                .entry((t.div_euclid(60_000) * 60_000, format!("ad{ad:06}")))
+                .or_default() += 1;
+            counted.push((partition, line.clone(), t));
+            g.max_time_ms = g.max_time_ms.max(t);
+        }
+        g.records.push(GenRecord {
+            partition,
+            payload: line,
+        });
+    }
+    g
+}

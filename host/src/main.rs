@@ -1,0 +1,257 @@
+//! `adtally`: the ad-click aggregation service.
+//!
+//! This crate owns the I/O around the core: sources of clicks, running the
+//! core component in wasmtime (`adtally-runtime`), and the ClickHouse sink.
+//! It never decides what a count is: the core does.
+//!
+//! ```text
+//! adtally gen  --records 100000 > stream.tsv   # a generated stream: partition<TAB>record
+//! adtally demo                                  # generator -> core component -> embedded ClickHouse
+//! ```
+
+mod generator;
+mod sink;
+
+use adtally_chserver::EmbeddedClickHouse;
+use adtally_core::Outputs;
+use adtally_runtime::{Limits, RecordIn, Runtime};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "adtally", version, about = "Exact ad-click aggregation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a generated click stream (partition<TAB>record per line) and its expected totals on stderr.
+    Gen {
+        #[command(flatten)]
+        stream: StreamArgs,
+    },
+    /// Run a generated stream through the core component into an embedded ClickHouse and print the top ads.
+    Demo {
+        #[command(flatten)]
+        stream: StreamArgs,
+        /// The core component.
+        #[arg(long, default_value = "target/wasm/adtally_component.wasm")]
+        module: PathBuf,
+        /// Where the embedded ClickHouse keeps its data (emptied first).
+        #[arg(long, default_value = ".adtally/demo-clickhouse")]
+        data: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct StreamArgs {
+    /// Records to generate.
+    #[arg(long, default_value_t = 200_000)]
+    records: usize,
+    /// Distinct ads.
+    #[arg(long, default_value_t = 20_000)]
+    ads: u64,
+    /// Partitions (records are keyed by ad).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+impl StreamArgs {
+    fn config(&self) -> Result<generator::GenConfig> {
+        if self.partitions == 0 || self.ads == 0 {
+            bail!("--partitions and --ads must be at least 1");
+        }
+        Ok(generator::GenConfig {
+            records: self.records,
+            ads: self.ads,
+            partitions: self.partitions,
+            seed: self.seed,
+            ..generator::GenConfig::default()
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Gen { stream } => {
+            let g = generator::generate(stream.config()?);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for r in &g.records {
+                writeln!(out, "{}\t{}", r.partition, r.payload)?;
+            }
+            let clicks: u64 = g.expected.values().sum();
+            eprintln!(
+                "{} records: {clicks} distinct on-time clicks, {} duplicates, {} late, {} invalid",
+                g.records.len(),
+                g.duplicates,
+                g.late,
+                g.invalid
+            );
+            Ok(())
+        }
+        Command::Demo {
+            stream,
+            module,
+            data,
+        } => demo(stream.config()?, &module, &data),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(data);
+    std::fs::create_dir_all(data)?;
+    println!(
+        "adtally demo: generator -> core component (wasmtime) -> ClickHouse (embedded). Kafka is not wired in yet."
+    );
+    let ch = EmbeddedClickHouse::start(&data.canonicalize()?)?;
+    println!("  embedded ClickHouse at {}", ch.url());
+    install(&ch.url())?;
+
+    let rt = Runtime::new(Limits::default())?;
+    let module = rt.load_file(module_path)?;
+    println!(
+        "  module {} {} (semantics {}), sha256 {}",
+        module.info().name,
+        module.info().version,
+        module.info().semantics_version,
+        module.sha256()
+    );
+    let mut agg = module.create("{}")?;
+    let sink = sink::Sink::new(&ch.url(), "adtally", "clicks", "demo", module.sha256());
+
+    let g = generator::generate(config);
+    println!(
+        "  generated {} records ({} duplicates, {} late, {} invalid)",
+        g.records.len(),
+        g.duplicates,
+        g.late,
+        g.invalid
+    );
+    let start = Instant::now();
+    let mut offsets: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut totals = Outputs::default();
+    for (i, chunk) in g.records.chunks(2_000).enumerate() {
+        let recs: Vec<RecordIn> = chunk
+            .iter()
+            .map(|r| {
+                let o = offsets.entry(r.partition).or_insert(0);
+                *o += 1;
+                RecordIn {
+                    partition: r.partition,
+                    offset: *o - 1,
+                    payload: r.payload.as_bytes(),
+                    record_time_ms: None,
+                }
+            })
+            .collect();
+        let mut out = agg.push(&recs, i as i64)?;
+        sink.write(&out).await?;
+        totals.append(&mut out);
+    }
+    // The producers' last word: nothing older than this is coming.
+    let end = g.max_time_ms + 2 * 60_000;
+    let heartbeat = format!("{{\"heartbeat_ms\": {end}}}");
+    let beats: Vec<RecordIn> = offsets
+        .iter()
+        .map(|(&p, &o)| RecordIn {
+            partition: p,
+            offset: o,
+            payload: heartbeat.as_bytes(),
+            record_time_ms: None,
+        })
+        .collect();
+    let mut out = agg.push(&beats, i64::MAX / 2)?;
+    sink.write(&out).await?;
+    totals.append(&mut out);
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "  aggregated in {secs:.1} s: {} rollup rows, {} top-N rows, {} duplicates dropped, {} late, {} invalid",
+        totals.rollups.len(),
+        totals.top_n.len(),
+        totals.duplicates,
+        totals.late.len(),
+        totals.invalid.len()
+    );
+
+    // Exact? Every (minute, ad) in ClickHouse against the generator's own totals.
+    let rows = sink
+        .client()
+        .query("SELECT toUnixTimestamp64Milli(window_start), ad_id, clicks FROM clicks_per_minute WHERE filter_id = 0")
+        .fetch_all::<(i64, String, u64)>()
+        .await?;
+    let got: BTreeMap<(i64, String), u64> = rows.into_iter().map(|(w, a, c)| ((w, a), c)).collect();
+    if got == g.expected {
+        println!(
+            "  exact: all {} (minute, ad) counts in ClickHouse equal the generator's totals",
+            got.len()
+        );
+    } else {
+        let wrong = g
+            .expected
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .count();
+        bail!(
+            "{wrong} of {} (minute, ad) counts differ from the generator's totals",
+            g.expected.len()
+        );
+    }
+
+    let top = sink
+        .client()
+        .query(
+            "SELECT toString(update_time_minute) AS minute, most_clicked_ads AS ads FROM most_clicked_ads FINAL \
+             WHERE window_minutes = 5 AND filter_id = 0 ORDER BY update_time_minute DESC LIMIT 1",
+        )
+        .fetch_one::<TopAds>()
+        .await
+        .context("reading the top-N table")?;
+    println!(
+        "\nTop 10 ads of the 5 minutes ending with minute {} (UTC):",
+        top.minute
+    );
+    for (i, (ad, clicks)) in top.ads.iter().take(10).enumerate() {
+        println!("  {:>2}. {ad}  {clicks} clicks", i + 1);
+    }
+    println!(
+        "\nThe data stays in {dir}. To query it, serve it and ask over HTTP:\n  \
+         {py} clickhouse/server.py --data {dir} --port 8123 &\n  \
+         curl http://127.0.0.1:8123/ --data-binary \"SELECT ad_id, sum(clicks) FROM adtally.clicks_per_minute \
+         WHERE filter_id = 0 GROUP BY ad_id ORDER BY 2 DESC LIMIT 10\"",
+        dir = data.display(),
+        py = adtally_chserver::python().display()
+    );
+    Ok(())
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct TopAds {
+    minute: String,
+    ads: Vec<(String, u64)>,
+}
+
+/// Creates the schema with `clickhouse/install.py`.
+fn install(url: &str) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new(adtally_chserver::python())
+        .arg(root.join("clickhouse/install.py"))
+        .args(["install", "--url", url, "--wasm"])
+        .arg(root.join("target/wasm/adtally_clickhouse.wasm"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running clickhouse/install.py")?;
+    if !status.success() {
+        bail!("clickhouse/install.py failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Writing the core's outputs to ClickHouse, each row tagged with the
+//! SHA-256 of the module that computed it.
+//!
+//! Rollups, top-N rows and side outputs are versioned or keyed by source
+//! position, so writing the same outputs twice (a retry, a replay after a
+//! crash) never changes a count.
+
+use adtally_core::Outputs;
+use anyhow::{Context, Result};
+use clickhouse::{Client, Row};
+use serde::Serialize;
+
+#[derive(Row, Serialize)]
+struct RollupRow<'a> {
+    window_start: i64,
+    ad_id: &'a str,
+    filter_id: u32,
+    source_partition: u32,
+    clicks: u64,
+    version: u32,
+    module_sha256: &'a str,
+}
+
+#[derive(Row, Serialize)]
+struct TopNRowOut<'a> {
+    window_minutes: u32,
+    update_time_minute: i64,
+    filter_id: u32,
+    host: &'a str,
+    version: u32,
+    most_clicked_ads: Vec<(&'a str, u64)>,
+    module_sha256: &'a str,
+}
+
+#[derive(Row, Serialize)]
+struct LateRow<'a> {
+    topic: &'a str,
+    source_partition: u32,
+    source_offset: i64,
+    event_key: [u8; 32],
+    ad_id: &'a str,
+    click_ts: i64,
+    window_start: i64,
+    watermark: i64,
+    module_sha256: &'a str,
+}
+
+#[derive(Row, Serialize)]
+struct InvalidRow<'a> {
+    topic: &'a str,
+    source_partition: u32,
+    source_offset: i64,
+    reason: String,
+    #[serde(with = "serde_bytes")]
+    payload: &'a [u8],
+}
+
+/// An event key as the 32 hex digits of a FixedString(32).
+fn hex32(key: adtally_core::EventKey) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(key.to_string().as_bytes());
+    out
+}
+
+/// Where the outputs go.
+pub struct Sink {
+    client: Client,
+    db: String,
+    topic: String,
+    host: String,
+    module_sha256: String,
+}
+
+impl Sink {
+    /// A sink into database `db` of the ClickHouse at `url`.
+    pub fn new(url: &str, db: &str, topic: &str, host: &str, module_sha256: &str) -> Sink {
+        Sink {
+            client: Client::default().with_url(url).with_database(db),
+            db: db.into(),
+            topic: topic.into(),
+            host: host.into(),
+            module_sha256: module_sha256.into(),
+        }
+    }
+
+    /// The client, for queries.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Writes everything in `out`; returns when ClickHouse acknowledged it.
+    pub async fn write(&self, out: &Outputs) -> Result<()> {
+        let sha = self.module_sha256.as_str();
+        if !out.rollups.is_empty() {
+            let mut ins = self.client.insert::<RollupRow>("rollups").await?;
+            for r in &out.rollups {
+                ins.write(&RollupRow {
+                    window_start: r.window_start.0,
+                    ad_id: r.ad_id.as_str(),
+                    filter_id: r.filter_id.0,
+                    source_partition: r.partition.0,
+                    clicks: r.clicks,
+                    version: r.version,
+                    module_sha256: sha,
+                })
+                .await?;
+            }
+            ins.end()
+                .await
+                .with_context(|| format!("writing rollups to {}", self.db))?;
+        }
+        if !out.top_n.is_empty() {
+            let mut ins = self.client.insert::<TopNRowOut>("most_clicked_ads").await?;
+            for t in &out.top_n {
+                ins.write(&TopNRowOut {
+                    window_minutes: t.windows,
+                    update_time_minute: t.minute.0,
+                    filter_id: t.filter_id.0,
+                    host: &self.host,
+                    version: t.version,
+                    most_clicked_ads: t.ads.iter().map(|a| (a.ad_id.as_str(), a.clicks)).collect(),
+                    module_sha256: sha,
+                })
+                .await?;
+            }
+            ins.end().await.context("writing top-N rows")?;
+        }
+        if !out.late.is_empty() {
+            let mut ins = self.client.insert::<LateRow>("late_events").await?;
+            for l in &out.late {
+                ins.write(&LateRow {
+                    topic: &self.topic,
+                    source_partition: l.partition.0,
+                    source_offset: l.offset.0,
+                    event_key: hex32(l.key),
+                    ad_id: l.click.ad_id.as_str(),
+                    click_ts: l.click.timestamp.0,
+                    window_start: l.window_start.0,
+                    watermark: l.watermark,
+                    module_sha256: sha,
+                })
+                .await?;
+            }
+            ins.end().await.context("writing late events")?;
+        }
+        if !out.invalid.is_empty() {
+            let mut ins = self.client.insert::<InvalidRow>("invalid_events").await?;
+            for i in &out.invalid {
+                ins.write(&InvalidRow {
+                    topic: &self.topic,
+                    source_partition: i.partition.0,
+                    source_offset: i.offset.0,
+                    reason: i.reason.code().to_string(),
+                    payload: &i.payload,
+                })
+                .await?;
+            }
+            ins.end().await.context("writing invalid events")?;
+        }
+        Ok(())
+    }
+}
