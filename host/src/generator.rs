@@ -65,7 +65,7 @@ pub struct GenRecord {
 /// The stream, and what an exact aggregation of it must produce.
 #[derive(Debug, Default)]
 pub struct Generated {
-    /// Records in arrival order.
+    /// Records in arrival order, ending with a heartbeat per partition.
     pub records: Vec<GenRecord>,
     /// (minute start, ad) -> clicks, over every partition, filter 0.
     pub expected: BTreeMap<(i64, String), u64>,
@@ -128,6 +128,15 @@ pub fn generate(c: GenConfig) -> Generated {
         g.records.push(GenRecord {
             partition,
             payload: line,
+        });
+    }
+    // The producers' last word on every partition: nothing older than this
+    // is coming, so every window closes.
+    let end = g.max_time_ms + 2 * 60_000;
+    for partition in 0..c.partitions {
+        g.records.push(GenRecord {
+            partition,
+            payload: format!("{{\"heartbeat_ms\": {end}}}"),
         });
     }
     g

@@ -11,6 +11,7 @@
 
 mod generator;
 mod sink;
+mod source;
 
 use adtally_chserver::EmbeddedClickHouse;
 use adtally_core::Outputs;
@@ -31,10 +32,56 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a generated click stream (partition<TAB>record per line) and its expected totals on stderr.
+    /// Generate a click stream: print it (partition<TAB>record per line), or produce it to Kafka.
     Gen {
         #[command(flatten)]
         stream: StreamArgs,
+        /// Produce to this Kafka cluster instead of printing.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// The topic to produce to (created with --partitions if missing).
+        #[arg(long, default_value = "clicks")]
+        topic: String,
+        /// Write the expected (minute start ms, ad, clicks) totals to this file, tab-separated.
+        #[arg(long)]
+        expected: Option<PathBuf>,
+    },
+    /// Consume a Kafka topic through the core component into ClickHouse.
+    Run {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "ADTALLY_BROKERS")]
+        brokers: String,
+        /// The topic of clicks.
+        #[arg(long, default_value = "clicks")]
+        topic: String,
+        /// The consumer group.
+        #[arg(long, default_value = "adtally")]
+        group: String,
+        /// ClickHouse HTTP URL.
+        #[arg(
+            long,
+            env = "ADTALLY_CLICKHOUSE",
+            default_value = "http://127.0.0.1:8123"
+        )]
+        clickhouse: String,
+        /// ClickHouse database.
+        #[arg(long, default_value = "adtally")]
+        db: String,
+        /// The core component.
+        #[arg(long, default_value = "target/wasm/adtally_component.wasm")]
+        module: PathBuf,
+        /// The core's configuration (JSON; defaults fill gaps).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Records per batch at most.
+        #[arg(long, default_value_t = 5_000)]
+        batch: usize,
+        /// Exit after this many seconds without a record (backfills, tests).
+        #[arg(long)]
+        exit_when_idle: Option<u64>,
+        /// This consumer's name in the top-N table.
+        #[arg(long, default_value = "adtally")]
+        host: String,
     },
     /// Run a generated stream through the core component into an embedded ClickHouse and print the top ads.
     Demo {
@@ -82,11 +129,35 @@ impl StreamArgs {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Gen { stream } => {
-            let g = generator::generate(stream.config()?);
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            for r in &g.records {
-                writeln!(out, "{}\t{}", r.partition, r.payload)?;
+        Command::Gen {
+            stream,
+            brokers,
+            topic,
+            expected,
+        } => {
+            let config = stream.config()?;
+            let g = generator::generate(config);
+            if let Some(path) = expected {
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                for ((w, ad), c) in &g.expected {
+                    writeln!(f, "{w}\t{ad}\t{c}")?;
+                }
+            }
+            match brokers {
+                Some(brokers) => {
+                    tokio::runtime::Runtime::new()?.block_on(source::ensure_topic(
+                        &brokers,
+                        &topic,
+                        config.partitions,
+                    ))?;
+                    source::produce(&brokers, &topic, &g.records)?;
+                }
+                None => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    for r in &g.records {
+                        writeln!(out, "{}\t{}", r.partition, r.payload)?;
+                    }
+                }
             }
             let clicks: u64 = g.expected.values().sum();
             eprintln!(
@@ -97,6 +168,35 @@ fn main() -> Result<()> {
                 g.invalid
             );
             Ok(())
+        }
+        Command::Run {
+            brokers,
+            topic,
+            group,
+            clickhouse,
+            db,
+            module,
+            config,
+            batch,
+            exit_when_idle,
+            host,
+        } => {
+            let config_json = match config {
+                Some(p) => std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => "{}".into(),
+            };
+            if batch == 0 {
+                bail!("--batch must be at least 1");
+            }
+            let opts = source::ConsumeOptions {
+                brokers,
+                topic,
+                group,
+                batch,
+                exit_when_idle: exit_when_idle.map(std::time::Duration::from_secs),
+            };
+            run(&opts, &clickhouse, &db, &module, &config_json, &host)
         }
         Command::Demo {
             stream,
@@ -158,21 +258,6 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         sink.write(&out).await?;
         totals.append(&mut out);
     }
-    // The producers' last word: nothing older than this is coming.
-    let end = g.max_time_ms + 2 * 60_000;
-    let heartbeat = format!("{{\"heartbeat_ms\": {end}}}");
-    let beats: Vec<RecordIn> = offsets
-        .iter()
-        .map(|(&p, &o)| RecordIn {
-            partition: p,
-            offset: o,
-            payload: heartbeat.as_bytes(),
-            record_time_ms: None,
-        })
-        .collect();
-    let mut out = agg.push(&beats, i64::MAX / 2)?;
-    sink.write(&out).await?;
-    totals.append(&mut out);
     let secs = start.elapsed().as_secs_f64();
     println!(
         "  aggregated in {secs:.1} s: {} rollup rows, {} top-N rows, {} duplicates dropped, {} late, {} invalid",
@@ -238,6 +323,32 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
 struct TopAds {
     minute: String,
     ads: Vec<(String, u64)>,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn run(
+    opts: &source::ConsumeOptions,
+    url: &str,
+    db: &str,
+    module_path: &Path,
+    config_json: &str,
+    host: &str,
+) -> Result<()> {
+    let rt = Runtime::new(Limits::default())?;
+    let module = rt.load_file(module_path)?;
+    let mut agg = module.create(config_json)?;
+    eprintln!(
+        "adtally run: {} -> module {} -> {url}/{db}",
+        opts.topic,
+        module.sha256()
+    );
+    let sink = sink::Sink::new(url, db, &opts.topic, host, module.sha256());
+    let stats = source::consume(opts, &mut agg, &sink).await?;
+    eprintln!(
+        "adtally run: {} records, {} rollup rows, {} duplicates, {} late, {} invalid",
+        stats.records, stats.rollups, stats.duplicates, stats.late, stats.invalid
+    );
+    Ok(())
 }
 
 /// Creates the schema with `clickhouse/install.py`.

@@ -55,6 +55,13 @@ struct InvalidRow<'a> {
     payload: &'a [u8],
 }
 
+#[derive(Row, Serialize)]
+struct OffsetRow<'a> {
+    topic: &'a str,
+    partition: u32,
+    next_offset: i64,
+}
+
 /// An event key as the 32 hex digits of a FixedString(32).
 fn hex32(key: adtally_core::EventKey) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -86,6 +93,24 @@ impl Sink {
     /// The client, for queries.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Records where the consumer stands, after the rows it covers were written.
+    pub async fn write_offsets(
+        &self,
+        topic: &str,
+        next: &std::collections::BTreeMap<u32, i64>,
+    ) -> Result<()> {
+        let mut ins = self.client.insert::<OffsetRow>("consumer_offsets").await?;
+        for (&partition, &next_offset) in next {
+            ins.write(&OffsetRow {
+                topic,
+                partition,
+                next_offset,
+            })
+            .await?;
+        }
+        ins.end().await.context("writing consumer offsets")
     }
 
     /// Writes everything in `out`; returns when ClickHouse acknowledged it.
