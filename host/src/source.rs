@@ -149,10 +149,11 @@ pub async fn consume(
         if batch.is_empty() {
             let out = agg.tick(now_ms())?;
             sink.write(&out).await?;
-            if let Some(idle) = opts.exit_when_idle {
-                if last_record.elapsed() >= idle {
-                    return Ok(stats);
-                }
+            if opts
+                .exit_when_idle
+                .is_some_and(|idle| last_record.elapsed() >= idle)
+            {
+                return Ok(stats);
             }
             continue;
         }
