@@ -89,9 +89,16 @@ fn query_tsv(url: &str, sql: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn kafka_to_clickhouse_is_exact() {
-    let tmp = std::env::temp_dir().join(format!("adtally-kafka-test-{}", std::process::id()));
+/// A broker, an embedded ClickHouse with the schema, and a produced stream.
+struct Setup {
+    tmp: PathBuf,
+    broker: Broker,
+    ch: EmbeddedClickHouse,
+    expected_path: PathBuf,
+}
+
+fn setup(name: &str, records: usize) -> Setup {
+    let tmp = std::env::temp_dir().join(format!("adtally-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let broker = Broker::start("memory://tansu/");
@@ -103,56 +110,113 @@ fn kafka_to_clickhouse_is_exact() {
         .status()
         .unwrap();
     assert!(status.success());
-
     let expected_path = tmp.join("expected.tsv");
-    let produced = adtally(&[
+    let records = records.to_string();
+    let expected = expected_path.to_str().unwrap();
+    adtally(&[
         "gen",
         "--records",
-        "60000",
+        &records,
         "--brokers",
         &broker.addr,
         "--topic",
         "clicks",
         "--expected",
-        expected_path.to_str().unwrap(),
+        expected,
     ]);
-    let run = adtally(&[
+    Setup {
+        tmp,
+        broker,
+        ch,
+        expected_path,
+    }
+}
+
+fn run_args(s: &Setup) -> Vec<String> {
+    let url = s.ch.url();
+    [
         "run",
         "--brokers",
-        &broker.addr,
+        &s.broker.addr,
         "--topic",
         "clicks",
         "--clickhouse",
-        &ch.url(),
+        &url,
         "--exit-when-idle",
         "8",
-    ]);
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+#[test]
+fn kafka_to_clickhouse_is_exact() {
+    let s = setup("kafka-test", 60_000);
+    let args = run_args(&s);
+    let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         run.contains("60004 records"),
-        "every record (and the 4 heartbeats) consumed:\n{produced}\n{run}"
+        "every record (and the 4 heartbeats) consumed:\n{run}"
     );
+    assert_exact(&s, 60_004);
+}
 
-    let expected: BTreeMap<String, String> = std::fs::read_to_string(&expected_path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            l.rsplit_once('\t')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .unwrap()
-        })
-        .collect();
-    let got: BTreeMap<String, String> = query_tsv(
-        &ch.url(),
+#[test]
+fn sigkill_five_times_then_exact() {
+    let s = setup("kafka-crash", 150_000);
+    let args = run_args(&s);
+    // Kill the consumer at pseudo-random moments while it works.
+    let mut seed = std::process::id() as u64 | 1;
+    for round in 0..5 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_adtally"))
+            .current_dir(root())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(1500 + (seed >> 33) % 4000));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: the consumer ended before it was killed"
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let last = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        last.contains("150004 records"),
+        "the last run read the whole topic:\n{last}"
+    );
+    assert_exact(&s, 150_004);
+}
+
+/// Every (minute, ad) count equals the generator's totals; late and invalid
+/// rows are there; the stored offsets cover every record.
+fn assert_exact(s: &Setup, records: u64) {
+    let url = s.ch.url();
+    let rows = |text: String| -> BTreeMap<String, String> {
+        text.lines()
+            .map(|l| {
+                l.rsplit_once('\t')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .unwrap()
+            })
+            .collect()
+    };
+    let expected = rows(std::fs::read_to_string(&s.expected_path).unwrap());
+    let got = rows(query_tsv(
+        &url,
         "SELECT toUnixTimestamp64Milli(window_start), ad_id, clicks FROM adtally.clicks_per_minute WHERE filter_id = 0 FORMAT TSV",
-    )
-    .lines()
-    .map(|l| l.rsplit_once('\t').map(|(k, v)| (k.to_string(), v.to_string())).unwrap())
-    .collect();
+    ));
     assert_eq!(got.len(), expected.len(), "(minute, ad) rows");
     assert!(got == expected, "counts differ from the generator's totals");
-    // Side outputs and offsets made it too.
     let side = query_tsv(
-        &ch.url(),
+        &url,
         "SELECT (SELECT count() FROM adtally.invalid_events FINAL), (SELECT count() FROM adtally.late_events FINAL), \
          (SELECT sum(next_offset) FROM adtally.consumer_offsets FINAL) FORMAT TSV",
     );
@@ -161,7 +225,6 @@ fn kafka_to_clickhouse_is_exact() {
         .map(|x| x.parse().unwrap())
         .collect();
     assert!(v[0] > 0 && v[1] > 0, "invalid and late rows: {side}");
-    assert_eq!(v[2], 60004, "the stored offsets cover every record");
-    drop(broker);
-    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(v[2], records, "the stored offsets cover every record");
+    let _ = std::fs::remove_dir_all(&s.tmp);
 }
