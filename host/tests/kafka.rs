@@ -18,14 +18,19 @@ struct Broker {
 }
 
 impl Broker {
-    fn start(storage: &str) -> Broker {
+    fn start(storage: &str, dir: &Path) -> Broker {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let addr = format!("127.0.0.1:{port}");
+        Broker::start_on(format!("127.0.0.1:{port}"), storage, dir)
+    }
+
+    /// Tansu resolves `sqlite://FILE` against its working directory: `dir`.
+    fn start_on(addr: String, storage: &str, dir: &Path) -> Broker {
         let child = Command::new("tansu")
+            .current_dir(dir)
             .args([
                 "broker",
                 "--listener-url",
@@ -35,7 +40,13 @@ impl Broker {
             ])
             .args(["--storage-engine", storage])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("tansu.log"))
+                    .unwrap(),
+            )
             .spawn()
             .expect("tansu is installed by `make setup`");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -98,10 +109,14 @@ struct Setup {
 }
 
 fn setup(name: &str, records: usize) -> Setup {
+    setup_with(name, records, |_| "memory://tansu/".to_string())
+}
+
+fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> Setup {
     let tmp = std::env::temp_dir().join(format!("adtally-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    let broker = Broker::start("memory://tansu/");
+    let broker = Broker::start(&storage(&tmp), &tmp);
     let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
     let status = Command::new(adtally_chserver::python())
         .arg(root().join("clickhouse/install.py"))
@@ -193,6 +208,68 @@ fn sigkill_five_times_then_exact() {
         "the last run read the whole topic:\n{last}"
     );
     assert_exact(&s, 150_004);
+}
+
+fn spawn_run(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .current_dir(root())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "adtally run failed:\n{text}");
+    text
+}
+
+#[test]
+fn broker_restart_on_sqlite_then_exact() {
+    let mut s = setup_with("kafka-restart", 100_000, |_| {
+        "sqlite://tansu.db".to_string()
+    });
+    let args = run_args(&s);
+    let mut run = spawn_run(&args);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the consumer ended before the broker stopped"
+    );
+    // Stop the broker mid-run and bring it back on the same address and storage.
+    let addr = s.broker.addr.clone();
+    let storage = "sqlite://tansu.db";
+    let _ = s.broker.child.kill();
+    let _ = s.broker.child.wait();
+    std::thread::sleep(Duration::from_secs(2));
+    s.broker = Broker::start_on(addr, storage, &s.tmp);
+    let out = finish(run);
+    assert!(out.contains("100004 records"), "{out}");
+    assert_exact(&s, 100_004);
+}
+
+#[test]
+fn two_hosts_one_killed_then_exact() {
+    let s = setup("kafka-scale", 100_000);
+    let mut a = run_args(&s);
+    a.extend(["--host".into(), "a".into()]);
+    let mut b = run_args(&s);
+    b.extend(["--host".into(), "b".into()]);
+    let mut first = spawn_run(&a);
+    let second = spawn_run(&b);
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "host a ended before it was killed"
+    );
+    first.kill().unwrap(); // SIGKILL: its partitions move to host b
+    first.wait().unwrap();
+    let out = finish(second);
+    assert!(out.contains(" records"), "{out}");
+    assert_exact(&s, 100_004);
 }
 
 /// Every (minute, ad) count equals the generator's totals; late and invalid
