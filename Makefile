@@ -40,8 +40,8 @@ lint:
 	cargo clippy -p adtally-component --target wasm32-wasip2 -- -D warnings
 	cargo clippy -p adtally-clickhouse-udf -p adtally-js --target wasm32-unknown-unknown -- -D warnings
 
-# A generated stream through the core component into an embedded ClickHouse
-# (Kafka is not wired in yet), checked against the generator's own totals.
+# A generated stream through Kafka (Tansu), the core component and an embedded
+# ClickHouse, checked against the generator's own totals; then the top ads.
 demo: setup wasm
 	cargo run --release -q -p adtally-host -- demo
 

@@ -9,13 +9,10 @@
 //! adtally demo                                  # generator -> core component -> embedded ClickHouse
 //! ```
 
-mod generator;
-mod sink;
-mod source;
+use adtally_host::{broker, generator, sink, source};
 
 use adtally_chserver::EmbeddedClickHouse;
-use adtally_core::Outputs;
-use adtally_runtime::{Limits, RecordIn, Runtime};
+use adtally_runtime::{Limits, Runtime};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -90,8 +87,8 @@ enum Command {
         /// The core component.
         #[arg(long, default_value = "target/wasm/adtally_component.wasm")]
         module: PathBuf,
-        /// Where the embedded ClickHouse keeps its data (emptied first).
-        #[arg(long, default_value = ".adtally/demo-clickhouse")]
+        /// Where the demo keeps its broker log and ClickHouse data (emptied first).
+        #[arg(long, default_value = ".adtally/demo")]
         data: PathBuf,
     },
 }
@@ -211,11 +208,29 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
     let _ = std::fs::remove_dir_all(data);
     std::fs::create_dir_all(data)?;
     println!(
-        "adtally demo: generator -> core component (wasmtime) -> ClickHouse (embedded). Kafka is not wired in yet."
+        "adtally demo: generator -> Kafka (Tansu) -> adtally run (core component in wasmtime) -> ClickHouse (embedded)"
     );
-    let ch = EmbeddedClickHouse::start(&data.canonicalize()?)?;
-    println!("  embedded ClickHouse at {}", ch.url());
+    let data = data.canonicalize()?;
+    let kafka = broker::LocalBroker::start("memory://tansu/", &data)?;
+    println!("  Kafka (Tansu) at {}", kafka.addr());
+    let ch = EmbeddedClickHouse::start(&data.join("clickhouse"))?;
+    println!("  ClickHouse (embedded) at {}", ch.url());
     install(&ch.url())?;
+
+    let g = generator::generate(config);
+    source::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
+    let produce = {
+        let (addr, records) = (kafka.addr().to_string(), g.records.clone());
+        tokio::task::spawn_blocking(move || source::produce(&addr, "clicks", &records))
+    };
+    produce.await??;
+    println!(
+        "  produced {} records ({} duplicates, {} late, {} invalid) to topic `clicks`",
+        g.records.len(),
+        g.duplicates,
+        g.late,
+        g.invalid
+    );
 
     let rt = Runtime::new(Limits::default())?;
     let module = rt.load_file(module_path)?;
@@ -228,44 +243,23 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
     );
     let mut agg = module.create("{}")?;
     let sink = sink::Sink::new(&ch.url(), "adtally", "clicks", "demo", module.sha256());
-
-    let g = generator::generate(config);
-    println!(
-        "  generated {} records ({} duplicates, {} late, {} invalid)",
-        g.records.len(),
-        g.duplicates,
-        g.late,
-        g.invalid
-    );
+    let opts = source::ConsumeOptions {
+        brokers: kafka.addr().to_string(),
+        topic: "clicks".into(),
+        group: "adtally-demo".into(),
+        batch: 5_000,
+        exit_when_idle: Some(std::time::Duration::from_secs(5)),
+    };
     let start = Instant::now();
-    let mut offsets: BTreeMap<u32, i64> = BTreeMap::new();
-    let mut totals = Outputs::default();
-    for (i, chunk) in g.records.chunks(2_000).enumerate() {
-        let recs: Vec<RecordIn> = chunk
-            .iter()
-            .map(|r| {
-                let o = offsets.entry(r.partition).or_insert(0);
-                *o += 1;
-                RecordIn {
-                    partition: r.partition,
-                    offset: *o - 1,
-                    payload: r.payload.as_bytes(),
-                    record_time_ms: None,
-                }
-            })
-            .collect();
-        let mut out = agg.push(&recs, i as i64)?;
-        sink.write(&out).await?;
-        totals.append(&mut out);
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let stats = source::consume(&opts, &mut agg, &sink).await?;
     println!(
-        "  aggregated in {secs:.1} s: {} rollup rows, {} top-N rows, {} duplicates dropped, {} late, {} invalid",
-        totals.rollups.len(),
-        totals.top_n.len(),
-        totals.duplicates,
-        totals.late.len(),
-        totals.invalid.len()
+        "  consumed {} records in {:.1} s (5 s of it waiting for more): {} rollup rows, {} duplicates dropped, {} late, {} invalid",
+        stats.records,
+        start.elapsed().as_secs_f64(),
+        stats.rollups,
+        stats.duplicates,
+        stats.late,
+        stats.invalid
     );
 
     // Exact? Every (minute, ad) in ClickHouse against the generator's own totals.
@@ -313,7 +307,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
          {py} clickhouse/server.py --data {dir} --port 8123 &\n  \
          curl http://127.0.0.1:8123/ --data-binary \"SELECT ad_id, sum(clicks) FROM adtally.clicks_per_minute \
          WHERE filter_id = 0 GROUP BY ad_id ORDER BY 2 DESC LIMIT 10\"",
-        dir = data.display(),
+        dir = data.join("clickhouse").display(),
         py = adtally_chserver::python().display()
     );
     Ok(())

@@ -1,7 +1,7 @@
-//! End to end without Kafka: a generated stream with duplicates, disorder,
-//! late and invalid records, through the core component in wasmtime, into
-//! the embedded ClickHouse; every (minute, ad) count must equal the
-//! generator's own totals. Needs `make wasm`.
+//! `adtally demo` end to end: a generated stream with duplicates, disorder,
+//! late and invalid records through a local Tansu, the core component in
+//! wasmtime and the embedded ClickHouse; every (minute, ad) count must equal
+//! the generator's own totals. Needs `make setup` and `make wasm`.
 
 #[test]
 fn demo_pipeline_is_exact() {
@@ -21,10 +21,7 @@ fn demo_pipeline_is_exact() {
     );
     assert!(stdout.contains("exact: all"), "{stdout}");
     // The stream had every kind of record, and the core saw each.
-    let line = stdout
-        .lines()
-        .find(|l| l.contains("aggregated in"))
-        .unwrap();
+    let line = stdout.lines().find(|l| l.contains("consumed ")).unwrap();
     for kind in ["duplicates dropped", "late", "invalid"] {
         let n: u64 = line
             .split(", ")

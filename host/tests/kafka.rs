@@ -5,68 +5,11 @@
 //! Needs `make setup` (Tansu, chDB) and `make wasm`.
 
 use adtally_chserver::EmbeddedClickHouse;
+use adtally_host::broker::LocalBroker as Broker;
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A Tansu broker on a free loopback port, killed when dropped.
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Broker {
-    fn start(storage: &str, dir: &Path) -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Broker::start_on(format!("127.0.0.1:{port}"), storage, dir)
-    }
-
-    /// Tansu resolves `sqlite://FILE` against its working directory: `dir`.
-    fn start_on(addr: String, storage: &str, dir: &Path) -> Broker {
-        let child = Command::new("tansu")
-            .current_dir(dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://{addr}"),
-                "--advertised-listener-url",
-                &format!("tcp://{addr}"),
-            ])
-            .args(["--storage-engine", storage])
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(dir.join("tansu.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .expect("tansu is installed by `make setup`");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {addr} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Broker { child, addr }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::time::Duration;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -116,7 +59,7 @@ fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> 
     let tmp = std::env::temp_dir().join(format!("adtally-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
-    let broker = Broker::start(&storage(&tmp), &tmp);
+    let broker = Broker::start(&storage(&tmp), &tmp).unwrap();
     let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
     let status = Command::new(adtally_chserver::python())
         .arg(root().join("clickhouse/install.py"))
@@ -133,7 +76,7 @@ fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> 
         "--records",
         &records,
         "--brokers",
-        &broker.addr,
+        broker.addr(),
         "--topic",
         "clicks",
         "--expected",
@@ -152,7 +95,7 @@ fn run_args(s: &Setup) -> Vec<String> {
     [
         "run",
         "--brokers",
-        &s.broker.addr,
+        s.broker.addr(),
         "--topic",
         "clicks",
         "--clickhouse",
@@ -240,12 +183,11 @@ fn broker_restart_on_sqlite_then_exact() {
         "the consumer ended before the broker stopped"
     );
     // Stop the broker mid-run and bring it back on the same address and storage.
-    let addr = s.broker.addr.clone();
+    let addr = s.broker.addr().to_string();
     let storage = "sqlite://tansu.db";
-    let _ = s.broker.child.kill();
-    let _ = s.broker.child.wait();
+    s.broker.kill();
     std::thread::sleep(Duration::from_secs(2));
-    s.broker = Broker::start_on(addr, storage, &s.tmp);
+    s.broker = Broker::start_on(addr, storage, &s.tmp).unwrap();
     let out = finish(run);
     assert!(out.contains("100004 records"), "{out}");
     assert_exact(&s, 100_004);

@@ -1,0 +1,10 @@
+//! The adtally service's parts: sources of clicks (`generator`, `source`),
+//! the ClickHouse `sink`, and a local `broker` for the demo and tests.
+//!
+//! This crate owns the I/O around the core: it never decides what a count
+//! is (the core does, inside the component that `adtally-runtime` runs).
+
+pub mod broker;
+pub mod generator;
+pub mod sink;
+pub mod source;
