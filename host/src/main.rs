@@ -70,8 +70,8 @@ enum Command {
         /// The core's configuration (JSON; defaults fill gaps).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Records per batch at most.
-        #[arg(long, default_value_t = 5_000)]
+        /// Records per batch at most (each batch is one write per output table).
+        #[arg(long, default_value_t = 50_000)]
         batch: usize,
         /// Exit after this many seconds without a record (backfills, tests).
         #[arg(long)]
@@ -247,7 +247,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         brokers: kafka.addr().to_string(),
         topic: "clicks".into(),
         group: "adtally-demo".into(),
-        batch: 5_000,
+        batch: 50_000,
         exit_when_idle: Some(std::time::Duration::from_secs(5)),
     };
     let start = Instant::now();

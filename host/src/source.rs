@@ -101,6 +101,10 @@ pub struct ConsumeStats {
     pub late: u64,
     /// Invalid records side-lined.
     pub invalid: u64,
+    /// When the first record arrived.
+    pub first_record_at: Option<Instant>,
+    /// When the last batch's rows and offsets were acknowledged.
+    pub last_written_at: Option<Instant>,
 }
 
 fn now_ms() -> i64 {
@@ -158,6 +162,7 @@ pub async fn consume(
             continue;
         }
         last_record = Instant::now();
+        stats.first_record_at.get_or_insert(last_record);
         let recs: Vec<RecordIn> = batch
             .iter()
             .map(|(p, o, payload, t)| RecordIn {
@@ -181,5 +186,6 @@ pub async fn consume(
         stats.duplicates += out.duplicates;
         stats.late += out.late.len() as u64;
         stats.invalid += out.invalid.len() as u64;
+        stats.last_written_at = Some(Instant::now());
     }
 }

@@ -102,6 +102,8 @@ fn run_args(s: &Setup) -> Vec<String> {
         &url,
         "--exit-when-idle",
         "8",
+        "--batch",
+        "5000",
     ]
     .iter()
     .map(|a| a.to_string())

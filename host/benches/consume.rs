@@ -1,0 +1,106 @@
+//! Consume rate: raw rdkafka vs `adtally run` end to end (core component +
+//! ClickHouse writes) on the same topic, in one run.
+//!
+//! `cargo bench -p adtally-host --bench consume` (needs `make setup wasm`).
+//! Both rates are measured from the first record to the last, so the
+//! consumer-group join (3-30 s on Tansu) does not count.
+
+use adtally_chserver::EmbeddedClickHouse;
+use adtally_host::{broker::LocalBroker, generator, sink::Sink, source};
+use adtally_runtime::{Limits, Runtime};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::path::Path;
+use std::time::Instant;
+
+const RECORDS: usize = 300_000;
+/// Records per batch; `ADTALLY_BENCH_BATCH` overrides.
+fn batch() -> usize {
+    std::env::var("ADTALLY_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(50_000)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let tmp = std::env::temp_dir().join(format!("adtally-consume-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let kafka = LocalBroker::start("memory://tansu/", &tmp)?;
+    let config = generator::GenConfig {
+        records: RECORDS,
+        ..generator::GenConfig::default()
+    };
+    let g = generator::generate(config);
+    let n = g.records.len() as u64;
+    source::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
+    let (addr, records) = (kafka.addr().to_string(), g.records.clone());
+    tokio::task::spawn_blocking(move || source::produce(&addr, "clicks", &records)).await??;
+    println!(
+        "topic `clicks`: {n} records in {} partitions",
+        config.partitions
+    );
+
+    // Raw: an rdkafka consumer that only counts.
+    let raw: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.addr())
+        .set("group.id", "raw")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    raw.subscribe(&["clicks"])?;
+    let mut count = 0u64;
+    let mut first = None;
+    while count < n {
+        raw.recv().await?;
+        first.get_or_insert_with(Instant::now);
+        count += 1;
+    }
+    let raw_secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    drop(raw);
+
+    // adtally run: the core component in wasmtime and every write to ClickHouse.
+    let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse"))?;
+    let status = std::process::Command::new(adtally_chserver::python())
+        .arg(root.join("clickhouse/install.py"))
+        .args(["install", "--url", &ch.url(), "--wasm"])
+        .arg(root.join("target/wasm/adtally_clickhouse.wasm"))
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "install.py failed");
+    let rt = Runtime::new(Limits::default())?;
+    let module = rt.load_file(&root.join("target/wasm/adtally_component.wasm"))?;
+    let mut agg = module.create("{}")?;
+    let sink = Sink::new(&ch.url(), "adtally", "clicks", "bench", module.sha256());
+    let opts = source::ConsumeOptions {
+        brokers: kafka.addr().to_string(),
+        topic: "clicks".into(),
+        group: "host".into(),
+        batch: batch(),
+        exit_when_idle: Some(std::time::Duration::from_secs(3)),
+    };
+    let stats = source::consume(&opts, &mut agg, &sink).await?;
+    anyhow::ensure!(
+        stats.records == n,
+        "the host read {} of {n} records",
+        stats.records
+    );
+    let host_secs = match (stats.first_record_at, stats.last_written_at) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    let (raw_rate, host_rate) = (n as f64 / raw_secs, n as f64 / host_secs);
+    println!("raw rdkafka consume : {raw_rate:>10.0} records/s ({raw_secs:.2} s)");
+    println!(
+        "adtally run, e2e    : {host_rate:>10.0} records/s ({host_secs:.2} s, {} rollup rows written)",
+        stats.rollups
+    );
+    println!(
+        "host / raw rate     : {:.2} (target >= 0.9)",
+        host_rate / raw_rate
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
