@@ -78,3 +78,37 @@ fn running_out_of_memory_is_an_error_not_a_crash() {
     let mut fresh = module.create("{}").unwrap();
     assert!(fresh.push(&[], 0).unwrap().rollups.is_empty());
 }
+
+#[test]
+fn a_call_past_its_deadline_is_interrupted_and_reported() {
+    let limits = Limits {
+        call_deadline: std::time::Duration::from_millis(10),
+        ..Limits::default()
+    };
+    let rt = Runtime::new(limits).unwrap();
+    let module = rt.load_file(&component()).unwrap();
+    let mut agg = module.create("{}").unwrap();
+    let payloads: Vec<Vec<u8>> = (0..200_000)
+        .map(|i| format!("ad{i}, {}, u{i}, 1.1.1.1, USA", i * 10).into_bytes())
+        .collect();
+    let recs: Vec<RecordIn> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| RecordIn {
+            partition: 0,
+            offset: i as i64,
+            payload: p,
+            record_time_ms: None,
+        })
+        .collect();
+    let err = agg
+        .push(&recs, 0)
+        .err()
+        .expect("200k records cannot be aggregated in 10 ms");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("module trapped in push"), "{msg}");
+    assert!(msg.contains("interrupt"), "the epoch deadline fired: {msg}");
+    // The host goes on: a new instance serves the next call.
+    let mut fresh = module.create("{}").unwrap();
+    assert!(fresh.push(&recs[..10], 0).unwrap().invalid.is_empty());
+}
