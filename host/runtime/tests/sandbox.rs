@@ -8,6 +8,26 @@ fn component() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm/adtally_component.wasm")
 }
 
+/// `n` clicks of distinct ads, as log lines.
+fn distinct_clicks(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("ad{i}, {}, u{i}, 1.1.1.1, USA", i * 10).into_bytes())
+        .collect()
+}
+
+fn records(payloads: &[Vec<u8>]) -> Vec<RecordIn<'_>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| RecordIn {
+            partition: 0,
+            offset: i as i64,
+            payload: p,
+            record_time_ms: None,
+        })
+        .collect()
+}
+
 #[test]
 fn garbage_is_refused_with_a_clear_error() {
     let rt = Runtime::new(Limits::default()).unwrap();
@@ -52,22 +72,11 @@ fn running_out_of_memory_is_an_error_not_a_crash() {
     let module = rt.load_file(&component()).unwrap();
     let mut agg = module.create("{}").unwrap();
     // Distinct ads until the 4 MiB cap is hit.
-    let payloads: Vec<Vec<u8>> = (0..200_000)
-        .map(|i| format!("ad{i}, {}, u{i}, 1.1.1.1, USA", i * 10).into_bytes())
-        .collect();
+    let payloads = distinct_clicks(200_000);
+    let recs = records(&payloads);
     let mut failed = None;
-    for (b, chunk) in payloads.chunks(10_000).enumerate() {
-        let recs: Vec<RecordIn> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, p)| RecordIn {
-                partition: 0,
-                offset: (b * 10_000 + i) as i64,
-                payload: p,
-                record_time_ms: None,
-            })
-            .collect();
-        if let Err(e) = agg.push(&recs, 0) {
+    for chunk in recs.chunks(10_000) {
+        if let Err(e) = agg.push(chunk, 0) {
             failed = Some(format!("{e:#}"));
             break;
         }
@@ -88,23 +97,11 @@ fn a_call_past_its_deadline_is_interrupted_and_reported() {
     let rt = Runtime::new(limits).unwrap();
     let module = rt.load_file(&component()).unwrap();
     let mut agg = module.create("{}").unwrap();
-    let payloads: Vec<Vec<u8>> = (0..200_000)
-        .map(|i| format!("ad{i}, {}, u{i}, 1.1.1.1, USA", i * 10).into_bytes())
-        .collect();
-    let recs: Vec<RecordIn> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| RecordIn {
-            partition: 0,
-            offset: i as i64,
-            payload: p,
-            record_time_ms: None,
-        })
-        .collect();
+    let payloads = distinct_clicks(200_000);
+    let recs = records(&payloads);
     let err = agg
         .push(&recs, 0)
-        .err()
-        .expect("200k records cannot be aggregated in 10 ms");
+        .expect_err("200k records cannot be aggregated in 10 ms");
     let msg = format!("{err:#}");
     assert!(msg.contains("module trapped in push"), "{msg}");
     assert!(msg.contains("interrupt"), "the epoch deadline fired: {msg}");
