@@ -6,8 +6,7 @@
 //! consumer-group join (3-30 s on Tansu) does not count.
 
 use adtally_chserver::EmbeddedClickHouse;
-use adtally_host::{broker::LocalBroker, generator, sink::Sink, source};
-use adtally_runtime::{Limits, Runtime};
+use adtally_host::{broker::LocalBroker, generator, pipeline, source};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::path::Path;
@@ -63,17 +62,7 @@ async fn main() -> anyhow::Result<()> {
 
     // adtally run: the core component in wasmtime and every write to ClickHouse.
     let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse"))?;
-    let status = std::process::Command::new(adtally_chserver::python())
-        .arg(root.join("clickhouse/install.py"))
-        .args(["install", "--url", &ch.url(), "--wasm"])
-        .arg(root.join("target/wasm/adtally_clickhouse.wasm"))
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "install.py failed");
-    let rt = Runtime::new(Limits::default())?;
-    let module = rt.load_file(&root.join("target/wasm/adtally_component.wasm"))?;
-    let mut agg = module.create("{}")?;
-    let sink = Sink::new(&ch.url(), "adtally", "clicks", "bench", module.sha256());
+    adtally_host::sink::install_schema(&ch.url())?;
     let opts = source::ConsumeOptions {
         brokers: kafka.addr().to_string(),
         topic: "clicks".into(),
@@ -81,7 +70,16 @@ async fn main() -> anyhow::Result<()> {
         batch: batch(),
         exit_when_idle: Some(std::time::Duration::from_secs(3)),
     };
-    let stats = source::consume(&opts, &mut agg, &sink).await?;
+    let url = ch.url();
+    let module = root.join("target/wasm/adtally_component.wasm");
+    let target = pipeline::Target {
+        url: &url,
+        db: "adtally",
+        module: &module,
+        config_json: "{}",
+        host: "bench",
+    };
+    let stats = pipeline::run(&opts, &target).await?.stats;
     anyhow::ensure!(
         stats.records == n,
         "the host read {} of {n} records",

@@ -6,5 +6,6 @@
 
 pub mod broker;
 pub mod generator;
+pub mod pipeline;
 pub mod sink;
 pub mod source;

@@ -9,10 +9,9 @@
 //! adtally demo                                  # generator -> core component -> embedded ClickHouse
 //! ```
 
-use adtally_host::{broker, generator, sink, source};
+use adtally_host::{broker, generator, pipeline, sink, source};
 
 use adtally_chserver::EmbeddedClickHouse;
-use adtally_runtime::{Limits, Runtime};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -215,7 +214,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
     println!("  Kafka (Tansu) at {}", kafka.addr());
     let ch = EmbeddedClickHouse::start(&data.join("clickhouse"))?;
     println!("  ClickHouse (embedded) at {}", ch.url());
-    install(&ch.url())?;
+    sink::install_schema(&ch.url())?;
 
     let g = generator::generate(config);
     source::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
@@ -232,17 +231,6 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         g.invalid
     );
 
-    let rt = Runtime::new(Limits::default())?;
-    let module = rt.load_file(module_path)?;
-    println!(
-        "  module {} {} (semantics {}), sha256 {}",
-        module.info().name,
-        module.info().version,
-        module.info().semantics_version,
-        module.sha256()
-    );
-    let mut agg = module.create("{}")?;
-    let sink = sink::Sink::new(&ch.url(), "adtally", "clicks", "demo", module.sha256());
     let opts = source::ConsumeOptions {
         brokers: kafka.addr().to_string(),
         topic: "clicks".into(),
@@ -250,8 +238,21 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         batch: 50_000,
         exit_when_idle: Some(std::time::Duration::from_secs(5)),
     };
+    let url = ch.url();
+    let target = pipeline::Target {
+        url: &url,
+        db: "adtally",
+        module: module_path,
+        config_json: "{}",
+        host: "demo",
+    };
     let start = Instant::now();
-    let stats = source::consume(&opts, &mut agg, &sink).await?;
+    let report = pipeline::run(&opts, &target).await?;
+    let (m, stats) = (&report.module, &report.stats);
+    println!(
+        "  module {} {} (semantics {}), sha256 {}",
+        m.name, m.version, m.semantics_version, report.sha256
+    );
     println!(
         "  consumed {} records in {:.1} s (5 s of it waiting for more): {} rollup rows, {} duplicates dropped, {} late, {} invalid",
         stats.records,
@@ -261,10 +262,12 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         stats.late,
         stats.invalid
     );
+    let client = clickhouse::Client::default()
+        .with_url(&url)
+        .with_database("adtally");
 
     // Exact? Every (minute, ad) in ClickHouse against the generator's own totals.
-    let rows = sink
-        .client()
+    let rows = client
         .query("SELECT toUnixTimestamp64Milli(window_start), ad_id, clicks FROM clicks_per_minute WHERE filter_id = 0")
         .fetch_all::<(i64, String, u64)>()
         .await?;
@@ -286,8 +289,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         );
     }
 
-    let top = sink
-        .client()
+    let top = client
         .query(
             "SELECT toString(update_time_minute) AS minute, most_clicked_ads AS ads FROM most_clicked_ads FINAL \
              WHERE window_minutes = 5 AND filter_id = 0 ORDER BY update_time_minute DESC LIMIT 1",
@@ -328,35 +330,19 @@ async fn run(
     config_json: &str,
     host: &str,
 ) -> Result<()> {
-    let rt = Runtime::new(Limits::default())?;
-    let module = rt.load_file(module_path)?;
-    let mut agg = module.create(config_json)?;
+    let target = pipeline::Target {
+        url,
+        db,
+        module: module_path,
+        config_json,
+        host,
+    };
+    eprintln!("adtally run: {} -> {url}/{db}", opts.topic);
+    let report = pipeline::run(opts, &target).await?;
+    let stats = &report.stats;
     eprintln!(
-        "adtally run: {} -> module {} -> {url}/{db}",
-        opts.topic,
-        module.sha256()
+        "adtally run: {} records, {} rollup rows, {} duplicates, {} late, {} invalid (module {})",
+        stats.records, stats.rollups, stats.duplicates, stats.late, stats.invalid, report.sha256
     );
-    let sink = sink::Sink::new(url, db, &opts.topic, host, module.sha256());
-    let stats = source::consume(opts, &mut agg, &sink).await?;
-    eprintln!(
-        "adtally run: {} records, {} rollup rows, {} duplicates, {} late, {} invalid",
-        stats.records, stats.rollups, stats.duplicates, stats.late, stats.invalid
-    );
-    Ok(())
-}
-
-/// Creates the schema with `clickhouse/install.py`.
-fn install(url: &str) -> Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(adtally_chserver::python())
-        .arg(root.join("clickhouse/install.py"))
-        .args(["install", "--url", url, "--wasm"])
-        .arg(root.join("target/wasm/adtally_clickhouse.wasm"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running clickhouse/install.py")?;
-    if !status.success() {
-        bail!("clickhouse/install.py failed");
-    }
     Ok(())
 }

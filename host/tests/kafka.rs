@@ -61,13 +61,7 @@ fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> 
     std::fs::create_dir_all(&tmp).unwrap();
     let broker = Broker::start(&storage(&tmp), &tmp).unwrap();
     let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
-    let status = Command::new(adtally_chserver::python())
-        .arg(root().join("clickhouse/install.py"))
-        .args(["install", "--url", &ch.url(), "--wasm"])
-        .arg(root().join("target/wasm/adtally_clickhouse.wasm"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    adtally_host::sink::install_schema(&ch.url()).unwrap();
     let expected_path = tmp.join("expected.tsv");
     let records = records.to_string();
     let expected = expected_path.to_str().unwrap();
@@ -129,13 +123,7 @@ fn sigkill_five_times_then_exact() {
     // Kill the consumer at pseudo-random moments while it works.
     let mut seed = std::process::id() as u64 | 1;
     for round in 0..5 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_adtally"))
-            .current_dir(root())
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&args);
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);

@@ -64,13 +64,6 @@ impl DedupSet {
             .is_some()
     }
 
-    /// Remembers `key`, seen at event time `t`. The caller checks
-    /// [`contains`](Self::contains) first.
-    pub fn insert(&mut self, key: EventKey, t: EventTime) {
-        self.table
-            .insert_unique(hash_of(key.0), Self::slot(key, t), |s| hash_of(*s));
-    }
-
     /// Remembers `key` unless it is already remembered; returns whether it
     /// was new. One probe of the table.
     pub fn insert_new(&mut self, key: EventKey, t: EventTime) -> bool {
@@ -171,7 +164,7 @@ mod tests {
     fn forgets_after_horizon_only() {
         let mut d = DedupSet::new(10_000);
         let k = EventKey(0xdead_beef_0000_0000_0000_0000_0000_1234);
-        d.insert(k, EventTime(5_500));
+        assert!(d.insert_new(k, EventTime(5_500)));
         d.on_watermark(15_999); // second 5 ends at 6 s; 6 s + 10 s = 16 s
         assert!(d.contains(k));
         d.on_watermark(16_000);
@@ -181,7 +174,7 @@ mod tests {
     #[test]
     fn identity_ignores_time_bits() {
         let mut d = DedupSet::new(60_000);
-        d.insert(EventKey(1 << 100), EventTime(0));
+        assert!(d.insert_new(EventKey(1 << 100), EventTime(0)));
         assert!(d.contains(EventKey((1 << 100) | 0xffff)));
     }
 
@@ -189,7 +182,7 @@ mod tests {
     fn negative_times() {
         let mut d = DedupSet::new(10_000);
         let k = EventKey(7 << 64);
-        d.insert(k, EventTime(-20_500));
+        assert!(d.insert_new(k, EventTime(-20_500)));
         d.on_watermark(-10_001);
         assert!(d.contains(k));
         d.on_watermark(-10_000 + 1000);

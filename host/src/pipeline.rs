@@ -1,0 +1,52 @@
+//! The pipeline `adtally run` runs: a Kafka topic, through the core
+//! component in wasmtime, into ClickHouse.
+
+use crate::sink::Sink;
+use crate::source::{self, ConsumeOptions, ConsumeStats};
+use adtally_runtime::{Limits, ModuleInfo, Runtime};
+use anyhow::Result;
+use std::path::Path;
+
+/// Where the outputs go and which module computes them.
+pub struct Target<'a> {
+    /// ClickHouse HTTP URL.
+    pub url: &'a str,
+    /// ClickHouse database.
+    pub db: &'a str,
+    /// The core component.
+    pub module: &'a Path,
+    /// The core's configuration (JSON; defaults fill gaps).
+    pub config_json: &'a str,
+    /// This consumer's name in the top-N table.
+    pub host: &'a str,
+}
+
+/// What a run did, and with which module.
+pub struct Report {
+    /// Totals.
+    pub stats: ConsumeStats,
+    /// What the module says about itself.
+    pub module: ModuleInfo,
+    /// The module's SHA-256, on every row it wrote.
+    pub sha256: String,
+}
+
+/// Consumes `opts.topic` into `target` until idle (or forever).
+pub async fn run(opts: &ConsumeOptions, target: &Target<'_>) -> Result<Report> {
+    let rt = Runtime::new(Limits::default())?;
+    let module = rt.load_file(target.module)?;
+    let mut agg = module.create(target.config_json)?;
+    let sink = Sink::new(
+        target.url,
+        target.db,
+        &opts.topic,
+        target.host,
+        module.sha256(),
+    );
+    let stats = source::consume(opts, &mut agg, &sink).await?;
+    Ok(Report {
+        stats,
+        module: module.info().clone(),
+        sha256: module.sha256().to_string(),
+    })
+}
