@@ -79,15 +79,34 @@ pub fn stream(shape: Shape, seed: u64) -> Vec<(u32, Click)> {
     out
 }
 
-/// Batches of consecutive events of one partition, at most `size` long, in
-/// stream order: what a consumer hands the engine.
+/// What a consumer hands the engine: each partition's events in stream
+/// order, in batches of at most `size`, the partitions taking turns (as a
+/// Kafka fetch returns a run of records per partition).
 pub fn batches(stream: &[(u32, Click)], size: usize) -> Vec<(u32, Vec<Click>)> {
-    let mut out: Vec<(u32, Vec<Click>)> = Vec::new();
+    let mut per_partition: std::collections::BTreeMap<u32, Vec<Click>> = Default::default();
     for (p, c) in stream {
-        match out.last_mut() {
-            Some((lp, batch)) if lp == p && batch.len() < size => batch.push(c.clone()),
-            _ => out.push((*p, vec![c.clone()])),
+        per_partition.entry(*p).or_default().push(c.clone());
+    }
+    let mut chunks: Vec<std::vec::IntoIter<Vec<Click>>> = per_partition
+        .values()
+        .map(|v| {
+            v.chunks(size)
+                .map(<[Click]>::to_vec)
+                .collect::<Vec<_>>()
+                .into_iter()
+        })
+        .collect();
+    let ids: Vec<u32> = per_partition.keys().copied().collect();
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        for (p, it) in ids.iter().zip(chunks.iter_mut()) {
+            if let Some(batch) = it.next() {
+                out.push((*p, batch));
+            }
+        }
+        if out.len() == before {
+            return out;
         }
     }
-    out
 }

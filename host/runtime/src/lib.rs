@@ -325,22 +325,28 @@ impl Aggregator<'_> {
         self.store.set_epoch_deadline(self.module.deadline_ticks());
     }
 
-    /// Pushes a batch of records.
+    /// Pushes a batch of records (packed into one buffer on the way).
     pub fn push(&mut self, records: &[RecordIn<'_>], now_ms: i64) -> Result<Outputs> {
         self.arm();
-        let records: Vec<wit::RecordIn> = records
-            .iter()
-            .map(|r| wit::RecordIn {
-                partition: r.partition,
-                offset: r.offset,
-                payload: r.payload.to_vec(),
-                record_time_ms: r.record_time_ms,
-            })
-            .collect();
+        let mut batch = wit::RecordBatch {
+            partitions: Vec::with_capacity(records.len()),
+            offsets: Vec::with_capacity(records.len()),
+            record_times_ms: Vec::with_capacity(records.len()),
+            payload_ends: Vec::with_capacity(records.len()),
+            payloads: Vec::with_capacity(records.iter().map(|r| r.payload.len()).sum()),
+        };
+        for r in records {
+            batch.partitions.push(r.partition);
+            batch.offsets.push(r.offset);
+            batch.record_times_ms.push(r.record_time_ms);
+            batch.payloads.extend_from_slice(r.payload);
+            batch.payload_ends.push(end_offset(batch.payloads.len())?);
+        }
         let api = self.bindings.adtally_core_aggregate().aggregator();
         let out = api
-            .call_push(&mut self.store, self.handle, &records, now_ms)
-            .ctx("module trapped in push")?;
+            .call_push(&mut self.store, self.handle, &batch, now_ms)
+            .ctx("module trapped in push")?
+            .map_err(|e| anyhow!("module refused the batch: {e}"))?;
         from_wit(out)
     }
 
@@ -352,8 +358,19 @@ impl Aggregator<'_> {
         clicks: &[Click],
         now_ms: i64,
     ) -> Result<Outputs> {
+        let batch = ClickBatch::new(clicks)?;
+        self.push_click_batch(partition, first_offset, &batch, now_ms)
+    }
+
+    /// [`Aggregator::push_clicks`] for clicks packed beforehand.
+    pub fn push_click_batch(
+        &mut self,
+        partition: u32,
+        first_offset: i64,
+        clicks: &ClickBatch,
+        now_ms: i64,
+    ) -> Result<Outputs> {
         self.arm();
-        let clicks: Vec<wit::Click> = clicks.iter().map(to_wit_click).collect();
         let api = self.bindings.adtally_core_aggregate().aggregator();
         let out = api
             .call_push_clicks(
@@ -361,11 +378,11 @@ impl Aggregator<'_> {
                 self.handle,
                 partition,
                 first_offset,
-                &clicks,
+                &clicks.0,
                 now_ms,
             )
             .ctx("module trapped in push-clicks")?
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| anyhow!("module refused the clicks: {e}"))?;
         from_wit(out)
     }
 
@@ -467,14 +484,51 @@ fn ranked(r: wit::RankedAd) -> Result<RankedAd> {
     })
 }
 
-fn to_wit_click(c: &Click) -> wit::Click {
-    wit::Click {
-        ad_id: c.ad_id.as_str().into(),
-        timestamp_ms: c.timestamp.0,
-        user_id: c.user_id.as_str().into(),
-        ip: c.ip.to_string(),
-        country: c.country.as_str().into(),
-        event_id: c.event_id.as_ref().map(|e| e.as_str().into()),
+fn end_offset(len: usize) -> Result<u32> {
+    u32::try_from(len)
+        .map_err(|_| anyhow!("a batch's text must stay under 4 GiB, this one has {len} bytes"))
+}
+
+/// Parsed clicks packed column by column, the way the component takes them:
+/// one copy per column, not one allocation per click.
+#[derive(Clone, Debug)]
+pub struct ClickBatch(wit::ClickBatch);
+
+impl ClickBatch {
+    /// Packs `clicks`.
+    pub fn new(clicks: &[Click]) -> Result<ClickBatch> {
+        let mut b = wit::ClickBatch {
+            text: Vec::new(),
+            text_ends: Vec::with_capacity(3 * clicks.len()),
+            timestamps_ms: Vec::with_capacity(clicks.len()),
+            ips: Vec::with_capacity(16 * clicks.len()),
+            countries: Vec::with_capacity(3 * clicks.len()),
+        };
+        for c in clicks {
+            let event_id = c.event_id.as_ref().map_or("", |e| e.as_str());
+            for text in [c.ad_id.as_str(), c.user_id.as_str(), event_id] {
+                b.text.extend_from_slice(text.as_bytes());
+                b.text_ends.push(end_offset(b.text.len())?);
+            }
+            b.timestamps_ms.push(c.timestamp.0);
+            let v6 = match c.ip {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                std::net::IpAddr::V6(v6) => v6,
+            };
+            b.ips.extend_from_slice(&v6.octets());
+            b.countries.extend_from_slice(c.country.as_str().as_bytes());
+        }
+        Ok(ClickBatch(b))
+    }
+
+    /// How many clicks.
+    pub fn len(&self) -> usize {
+        self.0.timestamps_ms.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -493,24 +547,62 @@ fn from_wit_click(c: wit::Click) -> Result<Click> {
     })
 }
 
+/// Rollup columns as rows, checking that the columns agree and that every
+/// ad id is valid (consecutive rows of one ad share one allocation).
+fn rollups(r: wit::Rollups) -> Result<Vec<Rollup>> {
+    let n = r.ad_id_ends.len();
+    for (name, len) in [
+        ("window-starts", r.window_starts.len()),
+        ("filter-ids", r.filter_ids.len()),
+        ("partitions", r.partitions.len()),
+        ("clicks", r.clicks.len()),
+        ("versions", r.versions.len()),
+    ] {
+        if len != n {
+            bail!("module returned rollups whose {name} has {len} elements, ad-id-ends {n}");
+        }
+    }
+    let mut rows = Vec::with_capacity(n);
+    let mut start = 0usize;
+    let mut last: Option<AdId> = None;
+    for i in 0..n {
+        let end = r.ad_id_ends[i] as usize;
+        let bytes = r.ad_ids.get(start..end).ok_or_else(|| {
+            anyhow!("module returned rollups with ad-id-ends[{i}] = {end} out of range")
+        })?;
+        start = end;
+        let ad_id = match &last {
+            Some(a) if a.as_str().as_bytes() == bytes => a.clone(),
+            _ => {
+                let s = std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|s| AdId::new(s).ok())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "module returned an invalid ad_id: {:?}",
+                            String::from_utf8_lossy(bytes)
+                        )
+                    })?;
+                last = Some(s.clone());
+                s
+            }
+        };
+        rows.push(Rollup {
+            window_start: WindowStart(r.window_starts[i]),
+            ad_id,
+            filter_id: FilterId(r.filter_ids[i]),
+            partition: Partition(r.partitions[i]),
+            clicks: r.clicks[i],
+            version: r.versions[i],
+        });
+    }
+    Ok(rows)
+}
+
 /// Converts a module's outputs into the core's types, checking them.
 fn from_wit(o: wit::Outputs) -> Result<Outputs> {
-    let ad = |s: &str| AdId::new(s).map_err(|_| anyhow!("module returned an invalid ad_id: {s:?}"));
     Ok(Outputs {
-        rollups: o
-            .rollups
-            .into_iter()
-            .map(|r| {
-                Ok(Rollup {
-                    window_start: WindowStart(r.window_start),
-                    ad_id: ad(&r.ad_id)?,
-                    filter_id: FilterId(r.filter_id),
-                    partition: Partition(r.partition),
-                    clicks: r.clicks,
-                    version: r.version,
-                })
-            })
-            .collect::<Result<_>>()?,
+        rollups: rollups(o.rollups)?,
         late: o
             .late
             .into_iter()

@@ -109,3 +109,40 @@ fn a_call_past_its_deadline_is_interrupted_and_reported() {
     let mut fresh = module.create("{}").unwrap();
     assert!(fresh.push(&recs[..10], 0).unwrap().invalid.is_empty());
 }
+
+#[test]
+fn a_bad_click_refuses_its_whole_batch_by_name() {
+    use adtally_core::{AdId, Click, Country, EventTime, UserId};
+    let rt = Runtime::new(Limits::default()).unwrap();
+    let module = rt.load_file(&component()).unwrap();
+    let mut agg = module.create("{}").unwrap();
+    let click = |ad: &str, user: &str| Click {
+        ad_id: AdId::new(ad).unwrap(),
+        timestamp: EventTime(1_000),
+        user_id: UserId::new(user).unwrap(),
+        ip: "10.0.0.1".parse().unwrap(),
+        country: Country::new("FRA").unwrap(),
+        event_id: None,
+    };
+    let good = click("ad1", "u1");
+    // A UserId cannot hold a control character, so build the bad one by
+    // hand through the serde form (the component must not trust the host).
+    let bad: Click = serde_json::from_str(
+        r#"{"ad_id": "ad2", "timestamp": 1000, "user_id": "u\u0007", "ip": "10.0.0.1",
+            "country": "FRA", "event_id": null}"#,
+    )
+    .unwrap();
+    let err = agg
+        .push_clicks(0, 0, &[good.clone(), bad], 0)
+        .err()
+        .expect("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("clicks[1]") && msg.contains("user_id"),
+        "{msg}"
+    );
+    // Nothing of the batch was processed: offset 0 is still new.
+    let out = agg.push_clicks(0, 0, &[good], 0).unwrap();
+    assert_eq!(out.replayed, 0);
+    assert_eq!(agg.positions().unwrap()[0].next_offset, Some(1));
+}

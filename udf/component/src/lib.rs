@@ -6,7 +6,7 @@
 //! `cargo build -p adtally-component --target wasm32-wasip2 --profile wasm`.
 
 use adtally_core::{
-    AdId, Click, Config, Country, Engine, EventId, EventTime, Offset, Outputs, Partition, UserId,
+    AdId, Click, ClickRef, Config, Country, Engine, EventTime, Offset, Outputs, Partition, Rollup,
     topn::{self, RankedAd},
 };
 use core::cell::RefCell;
@@ -92,37 +92,54 @@ impl wit::GuestAggregator for Aggregator {
             .map_err(|e| e.to_string())
     }
 
-    fn push(&self, records: Vec<wit::RecordIn>, now_ms: i64) -> wit::Outputs {
+    fn push(&self, records: wit::RecordBatch, now_ms: i64) -> Result<wit::Outputs, String> {
+        let n = records.payload_ends.len();
+        for (name, len) in [
+            ("partitions", records.partitions.len()),
+            ("offsets", records.offsets.len()),
+            ("record-times-ms", records.record_times_ms.len()),
+        ] {
+            if len != n {
+                return Err(format!(
+                    "record-batch: {name} has {len} elements, payload-ends has {n}"
+                ));
+            }
+        }
+        let ranges = ranges(
+            &records.payload_ends,
+            records.payloads.len(),
+            "payload-ends",
+        )?;
         {
             let mut engine = self.engine.borrow_mut();
             let mut out = self.out.borrow_mut();
-            for r in &records {
+            for (i, range) in ranges.enumerate() {
                 engine.push_record(
-                    Partition(r.partition),
-                    Offset(r.offset),
-                    &r.payload,
-                    r.record_time_ms,
+                    Partition(records.partitions[i]),
+                    Offset(records.offsets[i]),
+                    &records.payloads[range],
+                    records.record_times_ms[i],
                     now_ms,
                     &mut out,
                 );
             }
         }
-        self.take_outputs()
+        Ok(self.take_outputs())
     }
 
     fn push_clicks(
         &self,
         partition: u32,
         first_offset: i64,
-        clicks: Vec<wit::Click>,
+        clicks: wit::ClickBatch,
         now_ms: i64,
     ) -> Result<wit::Outputs, String> {
+        let checked = click_refs(&clicks)?;
         {
             let mut engine = self.engine.borrow_mut();
             let mut out = self.out.borrow_mut();
-            for (i, c) in clicks.into_iter().enumerate() {
-                let click = from_wit_click(c)?;
-                engine.push_click(
+            for (i, click) in checked.into_iter().enumerate() {
+                engine.push_click_ref(
                     Partition(partition),
                     Offset(first_offset + i as i64),
                     click,
@@ -173,23 +190,81 @@ impl wit::GuestAggregator for Aggregator {
     }
 }
 
-fn from_wit_click(c: wit::Click) -> Result<Click, String> {
-    let field = |name: &str, v: &str, e: adtally_core::InvalidReason| format!("{name} {v:?}: {e}");
-    Ok(Click {
-        ad_id: AdId::new(&c.ad_id).map_err(|e| field("ad_id", &c.ad_id, e))?,
-        timestamp: EventTime(c.timestamp_ms),
-        user_id: UserId::new(&c.user_id).map_err(|e| field("user_id", &c.user_id, e))?,
-        ip: c
-            .ip
-            .parse::<adtally_core::IpAddr>()
-            .map_err(|_| format!("ip {:?}: not an IP address", c.ip))?
-            .to_canonical(),
-        country: Country::new(&c.country).map_err(|e| field("country", &c.country, e))?,
-        event_id: c
-            .event_id
-            .map(|e| EventId::new(&e).map_err(|r| field("event_id", &e, r)))
-            .transpose()?,
-    })
+/// The ranges `ends` marks off in a buffer of `len` bytes; refused when
+/// they go backwards or past the end.
+fn ranges<'a>(
+    ends: &'a [u32],
+    len: usize,
+    what: &'a str,
+) -> Result<impl Iterator<Item = core::ops::Range<usize>> + 'a, String> {
+    let mut prev = 0u32;
+    for (i, &e) in ends.iter().enumerate() {
+        if e < prev || e as usize > len {
+            return Err(format!("{what}[{i}] = {e}: outside {prev}..={len}"));
+        }
+        prev = e;
+    }
+    Ok(ends.iter().scan(0usize, |start, &e| {
+        let r = *start..e as usize;
+        *start = e as usize;
+        Some(r)
+    }))
+}
+
+/// Every click of a batch, checked like a parsed record; the error names
+/// the click, the field and its value.
+fn click_refs(b: &wit::ClickBatch) -> Result<Vec<ClickRef<'_>>, String> {
+    let n = b.timestamps_ms.len();
+    for (name, len, per) in [
+        ("text-ends", b.text_ends.len(), 3),
+        ("ips", b.ips.len(), 16),
+        ("countries", b.countries.len(), 3),
+    ] {
+        if len != n * per {
+            return Err(format!(
+                "click-batch: {name} has {len} elements, {per} per click expected for {n} clicks"
+            ));
+        }
+    }
+    let text: Vec<core::ops::Range<usize>> =
+        ranges(&b.text_ends, b.text.len(), "text-ends")?.collect();
+    let str_at = |i: usize, field: &str| {
+        core::str::from_utf8(&b.text[text[i].clone()])
+            .map_err(|_| format!("clicks[{}]: {field} is not UTF-8", i / 3))
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let ad_id = str_at(3 * i, "ad_id")?;
+        let user_id = str_at(3 * i + 1, "user_id")?;
+        let event_id = str_at(3 * i + 2, "event_id")?;
+        let ip: [u8; 16] = b.ips[16 * i..16 * i + 16].try_into().expect("16 bytes");
+        let ip = adtally_core::IpAddr::from(ip);
+        let country = core::str::from_utf8(&b.countries[3 * i..3 * i + 3])
+            .map_err(|_| "not ASCII")
+            .and_then(|c| Country::new(c).map_err(|_| "not an ISO 3166-1 code"))
+            .map_err(|e| {
+                format!(
+                    "clicks[{i}]: country {:?}: {e}",
+                    &b.countries[3 * i..3 * i + 3]
+                )
+            })?;
+        let t = EventTime(b.timestamps_ms[i]);
+        let click = ClickRef::new(ad_id, t, user_id, ip, country, Some(event_id)).map_err(|e| {
+            use adtally_core::Field;
+            let v = match e.field() {
+                Some(Field::AdId) => ad_id.into(),
+                Some(Field::UserId) => user_id.into(),
+                Some(Field::EventId) => event_id.into(),
+                _ => t.0.to_string(),
+            };
+            format!(
+                "clicks[{i}]: {} {v:?}: {e}",
+                e.field().map_or("click", |f| f.name())
+            )
+        })?;
+        out.push(click);
+    }
+    Ok(out)
 }
 
 fn ranked(r: &RankedAd) -> wit::RankedAd {
@@ -210,20 +285,33 @@ fn click(c: &Click) -> wit::Click {
     }
 }
 
+fn rollups(rows: &[Rollup]) -> wit::Rollups {
+    let n = rows.len();
+    let mut r = wit::Rollups {
+        window_starts: Vec::with_capacity(n),
+        ad_ids: Vec::with_capacity(rows.iter().map(|r| r.ad_id.as_str().len()).sum()),
+        ad_id_ends: Vec::with_capacity(n),
+        filter_ids: Vec::with_capacity(n),
+        partitions: Vec::with_capacity(n),
+        clicks: Vec::with_capacity(n),
+        versions: Vec::with_capacity(n),
+    };
+    for row in rows {
+        r.window_starts.push(row.window_start.0);
+        r.ad_ids.extend_from_slice(row.ad_id.as_str().as_bytes());
+        // The component's memory is below 4 GiB: every offset fits.
+        r.ad_id_ends.push(r.ad_ids.len() as u32);
+        r.filter_ids.push(row.filter_id.0);
+        r.partitions.push(row.partition.0);
+        r.clicks.push(row.clicks);
+        r.versions.push(row.version);
+    }
+    r
+}
+
 fn to_wit(o: &Outputs) -> wit::Outputs {
     wit::Outputs {
-        rollups: o
-            .rollups
-            .iter()
-            .map(|r| wit::Rollup {
-                window_start: r.window_start.0,
-                ad_id: r.ad_id.as_str().into(),
-                filter_id: r.filter_id.0,
-                partition: r.partition.0,
-                clicks: r.clicks,
-                version: r.version,
-            })
-            .collect(),
+        rollups: rollups(&o.rollups),
         late: o
             .late
             .iter()

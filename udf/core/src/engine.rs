@@ -2,29 +2,37 @@
 
 use crate::dedup::DedupSet;
 use crate::filter::{FilterId, FilterSet};
-use crate::intern::{Ad, Interner};
+use crate::intern::{AdHandle, FastHash, Interner};
+use crate::parse::{Parsed, parse_borrowed};
 use crate::topn::{self, RankedAd};
 use crate::{
-    AdId, Click, Config, ConfigError, EventKey, EventTime, InvalidReason, Offset, Partition,
-    Record, Watermark, WindowSize, WindowStart, parse_record,
+    AdId, Click, ClickRef, Config, ConfigError, EventKey, EventTime, InvalidReason, Offset,
+    Partition, Watermark, WindowSize, WindowStart,
 };
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Serialize, Serializer};
 
-pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
+/// The engine's maps: integer keys, a fixed hasher (iteration order never
+/// leaks into outputs, which are sorted, and runs are reproducible).
+pub(crate) type Map<K, V> = hashbrown::HashMap<K, V, FastHash>;
 
-pub(crate) fn new_map<K, V>() -> Map<K, V> {
-    // Fixed seeds: iteration order never leaks into outputs (they are
-    // sorted), but fixed seeds keep runs reproducible to the byte.
-    Map::with_hasher(ahash::RandomState::with_seeds(
-        0x6164_7461_6c6c_7901,
-        0x6164_7461_6c6c_7902,
-        0x6164_7461_6c6c_7903,
-        0x6164_7461_6c6c_7904,
-    ))
+/// One count of a window (or of a final minute): an ad under a filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CellKey {
+    pub(crate) ad: AdHandle,
+    pub(crate) filter: FilterId,
 }
+
+/// A cell's distinct clicks and how often it was emitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) clicks: u64,
+    pub(crate) version: u32,
+}
+
+pub(crate) type Cells = Map<CellKey, Counts>;
 
 /// Clicks of one (window, ad, filter, partition), as emitted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -132,26 +140,10 @@ fn lossy_text<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&String::from_utf8_lossy(bytes))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Cell {
-    pub(crate) filter: FilterId,
-    pub(crate) clicks: u64,
-    pub(crate) version: u32,
-}
-
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(crate) struct WindowState {
     pub(crate) emitted: bool,
-    pub(crate) cells: Map<Ad, Vec<Cell>>,
-}
-
-impl Default for WindowState {
-    fn default() -> Self {
-        WindowState {
-            emitted: false,
-            cells: new_map(),
-        }
-    }
+    pub(crate) cells: Cells,
 }
 
 #[derive(Clone)]
@@ -179,7 +171,7 @@ impl PartitionState {
 pub(crate) struct TopNState {
     /// Final counts per minute and ad (per filter), summed over the
     /// partitions that finalized the minute.
-    pub(crate) minutes: BTreeMap<WindowStart, Map<Ad, Vec<Cell>>>,
+    pub(crate) minutes: BTreeMap<WindowStart, Cells>,
     /// Every minute with `end <= done_through` has had its rows emitted.
     pub(crate) done_through: Option<i64>,
     /// Emitted rows still open to revision: (minute, M, filter) -> (version, ads).
@@ -274,9 +266,10 @@ impl Engine {
     ) {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         if !self.is_replay(p, offset, out) {
-            match parse_record(payload, record_time_ms, self.config.max_future_skew_ms) {
-                Ok(Record::Click(c)) => self.click(p, offset, c, now_ms, out),
-                Ok(Record::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
+            match parse_borrowed(payload, record_time_ms, self.config.max_future_skew_ms) {
+                Ok(Parsed::Click(c)) => self.click(p, offset, c, now_ms, out),
+                Ok(Parsed::Owned(c)) => self.click(p, offset, c.as_click_ref(), now_ms, out),
+                Ok(Parsed::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
                 Err(reason) => {
                     self.state(p).last_active_ms = Some(now_ms);
                     out.invalid.push(InvalidEvent {
@@ -299,6 +292,19 @@ impl Engine {
         p: Partition,
         offset: Offset,
         click: Click,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) {
+        self.push_click_ref(p, offset, click.as_click_ref(), now_ms, out)
+    }
+
+    /// [`Engine::push_click`] for a borrowed click: allocates only for an ad
+    /// the engine holds no state for yet (and for side outputs).
+    pub fn push_click_ref(
+        &mut self,
+        p: Partition,
+        offset: Offset,
+        click: ClickRef<'_>,
         now_ms: i64,
         out: &mut Outputs,
     ) {
@@ -350,11 +356,11 @@ impl Engine {
         &mut self,
         p: Partition,
         offset: Offset,
-        click: Click,
+        click: ClickRef<'_>,
         now_ms: i64,
         out: &mut Outputs,
     ) {
-        let key = EventKey::of(&click);
+        let key = EventKey::of_ref(&click);
         let size = self.size;
         let lateness = self.config.allowed_lateness_ms;
         let config = &self.config;
@@ -385,12 +391,12 @@ impl Engine {
                 key,
                 window_start: w,
                 watermark: wm,
-                click,
+                click: click.to_click(),
             });
             return;
         }
         let t = click.timestamp;
-        self.filters.matching(&click, &mut self.scratch);
+        self.filters.matching_ref(&click, &mut self.scratch);
         // A window whose end W_p passed while it had no clicks was emitted
         // empty: its first click (within lateness) emits at once.
         let passed = wm.is_some_and(|wm| w.end(size) <= wm);
@@ -399,27 +405,16 @@ impl Engine {
             ..WindowState::default()
         });
         let ad = self.interner.intern(click.ad_id);
-        let ad_id = ws.emitted.then(|| ad.0.clone());
-        let cells = ws.cells.entry(ad).or_default();
-        for &f in &self.scratch {
-            let cell = match cells.iter_mut().position(|c| c.filter == f) {
-                Some(i) => &mut cells[i],
-                None => {
-                    cells.push(Cell {
-                        filter: f,
-                        clicks: 0,
-                        version: 0,
-                    });
-                    cells.last_mut().expect("just pushed")
-                }
-            };
+        let ad_id = ws.emitted.then(|| self.interner.id(ad).clone());
+        for &filter in &self.scratch {
+            let cell = ws.cells.entry(CellKey { ad, filter }).or_default();
             cell.clicks += 1;
             if let Some(ad_id) = &ad_id {
                 cell.version += 1;
                 out.rollups.push(Rollup {
                     window_start: w,
                     ad_id: ad_id.clone(),
-                    filter_id: f,
+                    filter_id: filter,
                     partition: p,
                     clicks: cell.clicks,
                     version: cell.version,
@@ -449,7 +444,7 @@ impl Engine {
             }
             if !ws.emitted {
                 ws.emitted = true;
-                emit_window(p, start, ws, out);
+                emit_window(&self.interner, p, start, ws, out);
             }
         }
         let mut finalized = false;
@@ -463,7 +458,14 @@ impl Engine {
             // A revision is due when this window's top-N rows went out
             // without this partition (it was idle).
             if matches!(self.topn.done_through, Some(d) if start.end(size) <= d) {
-                revise_top_n(&self.config, size, &mut self.topn, start, out);
+                revise_top_n(
+                    &self.config,
+                    size,
+                    &self.interner,
+                    &mut self.topn,
+                    start,
+                    out,
+                );
             }
         }
         st.dedup.on_watermark(wm);
@@ -527,7 +529,7 @@ impl Engine {
             }
         }
         for (m, m_windows) in due {
-            for (filter, ads) in rank(&self.config, size, t, m, m_windows) {
+            for (filter, ads) in rank(&self.config, size, &self.interner, t, m, m_windows) {
                 if !ads.is_empty() {
                     out.top_n.push(TopNRow {
                         minute: m,
@@ -549,29 +551,63 @@ impl Engine {
             .retain(|(m, _, _), _| m.end(size) > revisable_after);
         let keep_from = revisable_after - max_m * size.ms();
         t.minutes.retain(|k, _| k.end(size) > keep_from);
-        self.interner.sweep();
+        self.sweep_ads();
+    }
+
+    /// Frees the handles of ads no window or final minute counts any more.
+    fn sweep_ads(&mut self) {
+        let mut live = alloc::vec![false; self.interner.bound()];
+        let windows = self.partitions.values().flat_map(|st| st.windows.values());
+        let cells = windows
+            .map(|ws| &ws.cells)
+            .chain(self.topn.minutes.values());
+        for cells in cells {
+            for k in cells.keys() {
+                live[k.ad.0 as usize] = true;
+            }
+        }
+        self.interner.retain(&live);
     }
 }
 
+/// The first 16 bytes of `s`, zero-padded, big-endian: ordering by it, then
+/// by the whole text, is the byte order of the texts.
+fn sort_prefix(s: &str) -> u128 {
+    let mut b = [0u8; 16];
+    let n = s.len().min(16);
+    b[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u128::from_be_bytes(b)
+}
+
 /// The rows of one window, ordered by ad, then filter.
-fn emit_window(p: Partition, start: WindowStart, ws: &mut WindowState, out: &mut Outputs) {
-    let mut rows: Vec<(&Ad, &mut Cell)> = ws
+fn emit_window(
+    interner: &Interner,
+    p: Partition,
+    start: WindowStart,
+    ws: &mut WindowState,
+    out: &mut Outputs,
+) {
+    let mut rows: Vec<(u128, &AdId, FilterId, &mut Counts)> = ws
         .cells
         .iter_mut()
-        .flat_map(|(ad, cells)| cells.iter_mut().map(move |c| (ad, c)))
+        .map(|(k, c)| {
+            let id = interner.id(k.ad);
+            (sort_prefix(id.as_str()), id, k.filter, c)
+        })
         .collect();
     // (ad, filter) pairs are unique, so an unstable sort is deterministic.
     rows.sort_unstable_by(|a, b| {
-        a.0.as_str()
-            .cmp(b.0.as_str())
-            .then(a.1.filter.cmp(&b.1.filter))
+        a.0.cmp(&b.0)
+            .then_with(|| a.1.as_str().cmp(b.1.as_str()))
+            .then(a.2.cmp(&b.2))
     });
-    for (ad, cell) in rows {
+    out.rollups.reserve(rows.len());
+    for (_, ad_id, filter_id, cell) in rows {
         cell.version += 1;
         out.rollups.push(Rollup {
             window_start: start,
-            ad_id: ad.0.clone(),
-            filter_id: cell.filter,
+            ad_id: ad_id.clone(),
+            filter_id,
             partition: p,
             clicks: cell.clicks,
             version: cell.version,
@@ -580,27 +616,15 @@ fn emit_window(p: Partition, start: WindowStart, ws: &mut WindowState, out: &mut
 }
 
 impl TopNState {
-    fn add_final(&mut self, start: WindowStart, cells: Map<Ad, Vec<Cell>>) {
-        let minute = self.minutes.entry(start).or_insert_with(new_map);
+    fn add_final(&mut self, start: WindowStart, cells: Cells) {
+        let minute = self.minutes.entry(start).or_default();
         if minute.is_empty() {
             // The common case: one partition per minute per engine moves in whole.
             *minute = cells;
             return;
         }
-        for (ad, cells) in cells {
-            match minute.get_mut(&ad) {
-                None => {
-                    minute.insert(ad, cells);
-                }
-                Some(have) => {
-                    for c in cells {
-                        match have.iter_mut().find(|h| h.filter == c.filter) {
-                            Some(h) => h.clicks += c.clicks,
-                            None => have.push(c),
-                        }
-                    }
-                }
-            }
+        for (k, c) in cells {
+            minute.entry(k).or_default().clicks += c.clicks;
         }
     }
 }
@@ -609,19 +633,22 @@ impl TopNState {
 fn rank(
     config: &Config,
     size: WindowSize,
+    interner: &Interner,
     t: &TopNState,
     m: WindowStart,
     m_windows: u32,
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
-    let minutes: Vec<&Map<Ad, Vec<Cell>>> = t.minutes.range(first..=m).map(|(_, v)| v).collect();
+    let minutes: Vec<&Cells> = t.minutes.range(first..=m).map(|(_, v)| v).collect();
     let mut filters: BTreeSet<FilterId> = BTreeSet::new();
-    for cells in minutes.iter().flat_map(|m| m.values()) {
-        filters.extend(cells.iter().map(|c| c.filter));
+    for cells in &minutes {
+        filters.extend(cells.keys().map(|k| k.filter));
     }
     let n = config.top_n as usize;
-    let clicks_of = |cells: &Vec<Cell>, f: FilterId| {
-        cells.iter().find(|c| c.filter == f).map_or(0, |c| c.clicks)
+    let counted = |f: FilterId| {
+        move |(k, c): (&CellKey, &Counts)| {
+            (k.filter == f && c.clicks > 0).then_some((k.ad, c.clicks))
+        }
     };
     filters
         .into_iter()
@@ -629,21 +656,18 @@ fn rank(
             let ranked = if let [only] = minutes.as_slice() {
                 topn::top_n_ref(
                     only.iter()
-                        .map(|(a, cells)| (&a.0, clicks_of(cells, f)))
-                        .filter(|(_, c)| *c > 0),
+                        .filter_map(counted(f))
+                        .map(|(ad, c)| (interner.id(ad), c)),
                     n,
                 )
             } else {
-                let mut sums: Map<&Ad, u64> = new_map();
+                let mut sums: Map<AdHandle, u64> = Map::default();
                 for minute in &minutes {
-                    for (a, cells) in minute.iter() {
-                        let c = clicks_of(cells, f);
-                        if c > 0 {
-                            *sums.entry(a).or_insert(0) += c;
-                        }
+                    for (ad, c) in minute.iter().filter_map(counted(f)) {
+                        *sums.entry(ad).or_insert(0) += c;
                     }
                 }
-                topn::top_n_ref(sums.into_iter().map(|(a, c)| (&a.0, c)), n)
+                topn::top_n_ref(sums.into_iter().map(|(ad, c)| (interner.id(ad), c)), n)
             };
             (f, ranked)
         })
@@ -655,6 +679,7 @@ fn rank(
 fn revise_top_n(
     config: &Config,
     size: WindowSize,
+    interner: &Interner,
     t: &mut TopNState,
     start: WindowStart,
     out: &mut Outputs,
@@ -667,7 +692,7 @@ fn revise_top_n(
             if m.end(size) > done || m.end(size) <= revisable_after {
                 continue;
             }
-            for (filter, ads) in rank(config, size, t, m, m_windows) {
+            for (filter, ads) in rank(config, size, interner, t, m, m_windows) {
                 let key = (m, m_windows, filter);
                 let version = match t.emitted.get(&key) {
                     Some((_, old)) if *old == ads => continue,

@@ -147,3 +147,112 @@ pub struct Click {
     /// The producer's unique id for this click, when it has one.
     pub event_id: Option<EventId>,
 }
+
+impl Click {
+    /// The click with its text fields borrowed.
+    pub fn as_click_ref(&self) -> ClickRef<'_> {
+        ClickRef {
+            ad_id: self.ad_id.as_str(),
+            timestamp: self.timestamp,
+            user_id: self.user_id.as_str(),
+            ip: self.ip,
+            country: self.country,
+            event_id: self.event_id.as_ref().map(EventId::as_str),
+        }
+    }
+}
+
+/// A valid click whose text fields are borrowed from the record it was
+/// parsed from (or from a [`Click`]): the engine's hot path allocates only
+/// for ads it has not seen yet.
+///
+/// ```
+/// use adtally_core::{ClickRef, Country, EventTime, InvalidReason};
+/// let ip = "1.2.3.4".parse().unwrap();
+/// let usa = Country::new("USA").unwrap();
+/// let c = ClickRef::new("ad1", EventTime(0), "u1", ip, usa, None).unwrap();
+/// assert_eq!(c.to_click().ad_id.as_str(), "ad1");
+/// assert_eq!(
+///     ClickRef::new("ad 1", EventTime(0), "u1", ip, usa, None),
+///     Err(InvalidReason::BadAdId)
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClickRef<'a> {
+    pub(crate) ad_id: &'a str,
+    pub(crate) timestamp: EventTime,
+    pub(crate) user_id: &'a str,
+    pub(crate) ip: IpAddr,
+    pub(crate) country: Country,
+    pub(crate) event_id: Option<&'a str>,
+}
+
+impl<'a> ClickRef<'a> {
+    /// Checks every field as the parser does (an empty `event_id` means none).
+    pub fn new(
+        ad_id: &'a str,
+        timestamp: EventTime,
+        user_id: &'a str,
+        ip: IpAddr,
+        country: Country,
+        event_id: Option<&'a str>,
+    ) -> Result<ClickRef<'a>, crate::InvalidReason> {
+        crate::validate::ad_id(ad_id)?;
+        crate::validate::timestamp_range(timestamp.0)?;
+        crate::validate::user_id(user_id)?;
+        let event_id = event_id.filter(|e| !e.is_empty());
+        if let Some(e) = event_id {
+            crate::validate::event_id(e)?;
+        }
+        Ok(ClickRef {
+            ad_id,
+            timestamp,
+            user_id,
+            ip: ip.to_canonical(),
+            country,
+            event_id,
+        })
+    }
+
+    /// The clicked ad.
+    pub fn ad_id(&self) -> &'a str {
+        self.ad_id
+    }
+
+    /// When the click happened.
+    pub fn timestamp(&self) -> EventTime {
+        self.timestamp
+    }
+
+    /// Who clicked.
+    pub fn user_id(&self) -> &'a str {
+        self.user_id
+    }
+
+    /// From where (IPv4-mapped IPv6 addresses as IPv4).
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The user's country.
+    pub fn country(&self) -> Country {
+        self.country
+    }
+
+    /// The producer's click id, if any.
+    pub fn event_id(&self) -> Option<&'a str> {
+        self.event_id
+    }
+
+    /// An owned copy.
+    pub fn to_click(&self) -> Click {
+        Click {
+            ad_id: AdId(Arc::from(self.ad_id)),
+            timestamp: self.timestamp,
+            user_id: UserId(Arc::from(self.user_id)),
+            ip: self.ip,
+            country: self.country,
+            event_id: self.event_id.map(|e| EventId(Arc::from(e))),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! Filters: the star-schema dimensions a click is counted under.
 
-use crate::{Click, ConfigError, Country, IpAddr, UserId};
+use crate::{Click, ClickRef, ConfigError, Country, IpAddr, UserId};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -85,10 +85,10 @@ struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, c: &Click) -> bool {
+    fn matches(&self, c: &ClickRef<'_>) -> bool {
         (self.countries.is_empty() || self.countries.contains(&c.country))
             && (self.nets.is_empty() || self.nets.iter().any(|n| n.contains(c.ip)))
-            && (self.users.is_empty() || self.users.contains(&c.user_id))
+            && (self.users.is_empty() || self.users.iter().any(|u| u.as_str() == c.user_id))
     }
 }
 
@@ -159,6 +159,11 @@ impl FilterSet {
     /// Appends the ids of the filters `click` matches, filter 0 first, in
     /// ascending order.
     pub fn matching(&self, click: &Click, out: &mut Vec<FilterId>) {
+        self.matching_ref(&click.as_click_ref(), out)
+    }
+
+    /// [`FilterSet::matching`] for a borrowed click.
+    pub fn matching_ref(&self, click: &ClickRef<'_>, out: &mut Vec<FilterId>) {
         out.clear();
         out.push(FilterId::ALL);
         out.extend(

@@ -1,6 +1,6 @@
 //! The event key: what makes two clicks the same click.
 
-use crate::Click;
+use crate::{Click, ClickRef};
 use core::fmt;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
@@ -31,6 +31,11 @@ impl EventKey {
     /// assert_ne!(key("ad1, 1000, u, 1.1.1.1, USA"), key("ad1, 2000, u, 1.1.1.1, USA"));
     /// ```
     pub fn of(click: &Click) -> EventKey {
+        EventKey::of_ref(&click.as_click_ref())
+    }
+
+    /// The key of a borrowed click (the same as [`EventKey::of`] its owned copy).
+    pub fn of_ref(click: &ClickRef<'_>) -> EventKey {
         // One-shot hashing of a stack buffer: every field is bounded (see
         // the validation limits), so the buffer always fits.
         let mut buf = [0u8; 320];
@@ -39,16 +44,16 @@ impl EventKey {
             buf[n..n + bytes.len()].copy_from_slice(bytes);
             n += bytes.len();
         };
-        match &click.event_id {
+        match click.event_id {
             Some(id) => {
                 put(b"adtally/event_id\0");
-                put(id.as_str().as_bytes());
+                put(id.as_bytes());
             }
             None => {
                 put(b"adtally/click\0");
-                put(click.ad_id.as_str().as_bytes());
+                put(click.ad_id.as_bytes());
                 put(b"\0");
-                put(click.user_id.as_str().as_bytes());
+                put(click.user_id.as_bytes());
                 put(b"\0");
                 match click.ip {
                     crate::IpAddr::V4(v4) => {

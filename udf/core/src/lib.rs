@@ -168,7 +168,9 @@ mod window;
 
 pub use config::{Config, ConfigError};
 pub use engine::{Engine, InvalidEvent, LateEvent, Outputs, Rollup, TopNRow};
-pub use event::{AdId, Click, Country, EventId, EventTime, IpAddr, Offset, Partition, UserId};
+pub use event::{
+    AdId, Click, ClickRef, Country, EventId, EventTime, IpAddr, Offset, Partition, UserId,
+};
 pub use filter::{FilterId, FilterSet, FilterSpec};
 pub use key::EventKey;
 pub use parse::{Record, parse_record};

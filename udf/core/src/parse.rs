@@ -1,7 +1,7 @@
 //! Parsing records: JSON objects and the log line format.
 
 use crate::validate::{self, Field, InvalidReason, MAX_RECORD_BYTES};
-use crate::{AdId, Click, EventId, EventTime, IpAddr, UserId};
+use crate::{Click, ClickRef, EventTime, IpAddr};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
@@ -37,6 +37,29 @@ pub fn parse_record(
     record_time_ms: Option<i64>,
     max_future_skew_ms: i64,
 ) -> Result<Record, InvalidReason> {
+    Ok(
+        match parse_borrowed(payload, record_time_ms, max_future_skew_ms)? {
+            Parsed::Click(c) => Record::Click(c.to_click()),
+            Parsed::Owned(c) => Record::Click(c),
+            Parsed::Heartbeat(t) => Record::Heartbeat(t),
+        },
+    )
+}
+
+/// A parsed record: log lines borrow from the payload, JSON (which may
+/// escape its strings) is owned.
+pub(crate) enum Parsed<'a> {
+    Click(ClickRef<'a>),
+    Owned(Click),
+    Heartbeat(EventTime),
+}
+
+/// [`parse_record`] without copying the text fields of log lines.
+pub(crate) fn parse_borrowed(
+    payload: &[u8],
+    record_time_ms: Option<i64>,
+    max_future_skew_ms: i64,
+) -> Result<Parsed<'_>, InvalidReason> {
     if payload.len() > MAX_RECORD_BYTES {
         return Err(InvalidReason::OversizeRecord);
     }
@@ -47,8 +70,13 @@ pub fn parse_record(
     } else {
         parse_line(text)?
     };
-    if let (Record::Click(c), Some(rt)) = (&record, record_time_ms) {
-        if c.timestamp.0 > rt.saturating_add(max_future_skew_ms) {
+    let t = match &record {
+        Parsed::Click(c) => Some(c.timestamp),
+        Parsed::Owned(c) => Some(c.timestamp),
+        Parsed::Heartbeat(_) => None,
+    };
+    if let (Some(t), Some(rt)) = (t, record_time_ms) {
+        if t.0 > rt.saturating_add(max_future_skew_ms) {
             return Err(InvalidReason::TimestampInFuture);
         }
     }
@@ -70,7 +98,7 @@ enum Timestamp<'a> {
     Text(&'a str),
 }
 
-fn parse_json(text: &str) -> Result<Record, InvalidReason> {
+fn parse_json(text: &str) -> Result<Parsed<'static>, InvalidReason> {
     let value: Value = serde_json::from_str(text).map_err(|_| InvalidReason::Malformed)?;
     let Value::Object(map) = value else {
         return Err(InvalidReason::Malformed);
@@ -81,7 +109,7 @@ fn parse_json(text: &str) -> Result<Record, InvalidReason> {
         }
         let ms = hb.as_i64().ok_or(InvalidReason::BadTimestamp)?;
         validate::timestamp_range(ms)?;
-        return Ok(Record::Heartbeat(EventTime(ms)));
+        return Ok(Parsed::Heartbeat(EventTime(ms)));
     }
     let text_field = |f: Field| -> Result<Option<&str>, InvalidReason> {
         match map.get(f.name()) {
@@ -105,7 +133,7 @@ fn parse_json(text: &str) -> Result<Record, InvalidReason> {
         country: text_field(Field::Country)?,
         event_id: text_field(Field::EventId)?,
     };
-    build(fields).map(Record::Click)
+    build(fields).map(|c| Parsed::Owned(c.to_click()))
 }
 
 /// A JSON number as milliseconds: integers, and floats without a fraction
@@ -121,10 +149,10 @@ fn json_ms(n: &serde_json::Number) -> Result<i64, InvalidReason> {
     }
 }
 
-fn parse_line(text: &str) -> Result<Record, InvalidReason> {
+fn parse_line(text: &str) -> Result<Parsed<'_>, InvalidReason> {
     if let Some(rest) = text.strip_prefix("[Heartbeat]") {
         let ms = parse_time_text(rest.trim())?;
-        return Ok(Record::Heartbeat(EventTime(ms)));
+        return Ok(Parsed::Heartbeat(EventTime(ms)));
     }
     let text = text.strip_prefix("[AdClickEvent]").unwrap_or(text);
     let mut parts = [""; 6];
@@ -147,11 +175,12 @@ fn parse_line(text: &str) -> Result<Record, InvalidReason> {
         country: Some(parts[4]),
         event_id: (n == 6).then_some(parts[5]),
     };
-    build(fields).map(Record::Click)
+    build(fields).map(Parsed::Click)
 }
 
-fn build(f: Fields<'_>) -> Result<Click, InvalidReason> {
-    let ad_id = AdId::new(f.ad_id.ok_or(InvalidReason::MissingField(Field::AdId))?)?;
+fn build(f: Fields<'_>) -> Result<ClickRef<'_>, InvalidReason> {
+    let ad_id = f.ad_id.ok_or(InvalidReason::MissingField(Field::AdId))?;
+    validate::ad_id(ad_id)?;
     let ms = match f.timestamp {
         None => return Err(InvalidReason::MissingField(Field::ClickTimestamp)),
         Some(Timestamp::Ms(ms)) => ms,
@@ -161,10 +190,10 @@ fn build(f: Fields<'_>) -> Result<Click, InvalidReason> {
         Some(Timestamp::Text(s)) => parse_time_text(s)?,
     };
     validate::timestamp_range(ms)?;
-    let user_id = UserId::new(
-        f.user_id
-            .ok_or(InvalidReason::MissingField(Field::UserId))?,
-    )?;
+    let user_id = f
+        .user_id
+        .ok_or(InvalidReason::MissingField(Field::UserId))?;
+    validate::user_id(user_id)?;
     let ip = match f.ip {
         None | Some("") => return Err(InvalidReason::MissingField(Field::Ip)),
         Some(s) if s.len() > 45 => return Err(InvalidReason::OversizeField(Field::Ip)),
@@ -178,9 +207,12 @@ fn build(f: Fields<'_>) -> Result<Click, InvalidReason> {
         None => None,
         // An empty sixth field or empty JSON string means "no event id".
         Some("") => None,
-        Some(s) => Some(EventId::new(s)?),
+        Some(s) => {
+            validate::event_id(s)?;
+            Some(s)
+        }
     };
-    Ok(Click {
+    Ok(ClickRef {
         ad_id,
         timestamp: EventTime(ms),
         user_id,

@@ -21,7 +21,7 @@
 //! A snapshot restores only into the same semantics version; the host
 //! replays from the snapshot's offsets otherwise.
 
-use crate::engine::{Cell, Engine, PartitionState, TopNState, WindowState, new_map};
+use crate::engine::{CellKey, Counts, Engine, PartitionState, TopNState, WindowState};
 use crate::filter::FilterId;
 use crate::topn::RankedAd;
 use crate::{
@@ -125,10 +125,9 @@ impl Engine {
                         let mut cells: Vec<_> = ws
                             .cells
                             .iter()
-                            .flat_map(|(ad, cs)| {
-                                cs.iter().map(move |c| {
-                                    (String::from(ad.as_str()), c.filter.0, c.clicks, c.version)
-                                })
+                            .map(|(k, c)| {
+                                let ad = self.interner.id(k.ad).as_str();
+                                (String::from(ad), k.filter.0, c.clicks, c.version)
                             })
                             .collect();
                         cells.sort();
@@ -144,10 +143,9 @@ impl Engine {
             .map(|(k, per_ad)| {
                 let mut v: Vec<_> = per_ad
                     .iter()
-                    .flat_map(|(a, cells)| {
-                        cells
-                            .iter()
-                            .map(move |c| (c.filter.0, String::from(a.as_str()), c.clicks))
+                    .map(|(k, c)| {
+                        let ad = self.interner.id(k.ad).as_str();
+                        (k.filter.0, String::from(ad), c.clicks)
                     })
                     .collect();
                 v.sort();
@@ -224,17 +222,14 @@ impl Engine {
             for (start, emitted, cells) in ps.windows {
                 let mut ws = WindowState {
                     emitted,
-                    cells: new_map(),
+                    ..WindowState::default()
                 };
                 for (a, f, clicks, version) in cells {
-                    ws.cells
-                        .entry(engine.interner.intern(ad(a)?))
-                        .or_default()
-                        .push(Cell {
-                            filter: FilterId(f),
-                            clicks,
-                            version,
-                        });
+                    let key = CellKey {
+                        ad: engine.interner.intern(ad(a)?.as_str()),
+                        filter: FilterId(f),
+                    };
+                    ws.cells.insert(key, Counts { clicks, version });
                 }
                 st.windows.insert(WindowStart(start), ws);
             }
@@ -245,16 +240,13 @@ impl Engine {
             ..TopNState::default()
         };
         for (k, entries) in body.minutes {
-            let minute = t.minutes.entry(WindowStart(k)).or_insert_with(new_map);
+            let minute = t.minutes.entry(WindowStart(k)).or_default();
             for (f, a, clicks) in entries {
-                minute
-                    .entry(engine.interner.intern(ad(a)?))
-                    .or_default()
-                    .push(Cell {
-                        filter: FilterId(f),
-                        clicks,
-                        version: 0,
-                    });
+                let key = CellKey {
+                    ad: engine.interner.intern(ad(a)?.as_str()),
+                    filter: FilterId(f),
+                };
+                minute.insert(key, Counts { clicks, version: 0 });
             }
         }
         for (m, w, f, v, ads) in body.emitted {

@@ -90,6 +90,21 @@ pub enum InvalidReason {
 }
 
 impl InvalidReason {
+    /// The field the reason is about, if it is about one.
+    pub fn field(&self) -> Option<Field> {
+        use InvalidReason::*;
+        match *self {
+            MissingField(f) | WrongType(f) | OversizeField(f) => Some(f),
+            BadAdId => Some(Field::AdId),
+            BadUserId => Some(Field::UserId),
+            BadEventId => Some(Field::EventId),
+            BadTimestamp | TimestampOutOfRange | TimestampInFuture => Some(Field::ClickTimestamp),
+            BadIp => Some(Field::Ip),
+            UnknownCountry => Some(Field::Country),
+            OversizeRecord | NotUtf8 | Malformed => None,
+        }
+    }
+
     /// Every reason a record can get (`event_id` is optional, so it is never
     /// missing; a country code of another length is unknown, not oversize).
     pub fn all() -> impl Iterator<Item = InvalidReason> {
@@ -251,9 +266,18 @@ pub(crate) fn ad_id(s: &str) -> Result<(), InvalidReason> {
     }
 }
 
+/// Whether `s` has a control character (Unicode Cc: U+0000-001F,
+/// U+007F-009F), by its UTF-8 bytes: the C1 range is `C2 80`-`C2 9F`.
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20 || c == 0x7f || (c == 0xc2 && b.get(i + 1).is_some_and(|&n| n <= 0x9f))
+    })
+}
+
 pub(crate) fn user_id(s: &str) -> Result<(), InvalidReason> {
     non_empty(s, Field::UserId, MAX_USER_ID_BYTES)?;
-    if s.chars().any(char::is_control) {
+    if has_control(s) {
         Err(InvalidReason::BadUserId)
     } else {
         Ok(())
@@ -262,14 +286,39 @@ pub(crate) fn user_id(s: &str) -> Result<(), InvalidReason> {
 
 pub(crate) fn event_id(s: &str) -> Result<(), InvalidReason> {
     non_empty(s, Field::EventId, MAX_EVENT_ID_BYTES)?;
-    if s.chars().any(char::is_control) {
+    if has_control(s) {
         Err(InvalidReason::BadEventId)
     } else {
         Ok(())
     }
 }
 
+/// Which upper-case alpha-3 codes exist: bit `a*676 + b*26 + c` for the
+/// code of letters `a b c` (0-25), built at compile time from the table.
+const ALPHA3_BITS: [u64; 275] = {
+    let mut bits = [0u64; 275];
+    let mut i = 0;
+    while i < ISO_3166.len() {
+        let b = ISO_3166[i].0.as_bytes();
+        let n = (b[0] - b'A') as usize * 676 + (b[1] - b'A') as usize * 26 + (b[2] - b'A') as usize;
+        bits[n / 64] |= 1 << (n % 64);
+        i += 1;
+    }
+    bits
+};
+
 pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
+    // The common case, one bit test: an upper-case alpha-3 code.
+    if let &[a, b, c] = s.as_bytes() {
+        if a.is_ascii_uppercase() && b.is_ascii_uppercase() && c.is_ascii_uppercase() {
+            let n = (a - b'A') as usize * 676 + (b - b'A') as usize * 26 + (c - b'A') as usize;
+            return if ALPHA3_BITS[n / 64] & (1 << (n % 64)) != 0 {
+                Ok(Country::from_alpha3([a, b, c]))
+            } else {
+                Err(InvalidReason::UnknownCountry)
+            };
+        }
+    }
     let upper = |s: &str| -> Option<[u8; 3]> {
         let b = s.as_bytes();
         let mut out = [0u8; 3];
@@ -324,6 +373,29 @@ mod tests {
         assert_eq!(sorted.len(), codes.len());
         for r in InvalidReason::all() {
             assert_eq!(InvalidReason::from_code(&r.code().to_string()), Some(r));
+        }
+    }
+
+    #[test]
+    fn control_characters_by_bytes() {
+        for c in (0..=0x10ffffu32).filter_map(char::from_u32) {
+            let mut buf = [0u8; 4];
+            let s = c.encode_utf8(&mut buf);
+            assert_eq!(has_control(s), c.is_control(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn every_alpha3_code_and_nothing_else() {
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                for c in b'A'..=b'Z' {
+                    let code = [a, b, c];
+                    let s = core::str::from_utf8(&code).unwrap();
+                    let known = ISO_3166.iter().any(|(a3, _)| a3.as_bytes() == code);
+                    assert_eq!(country(s).is_ok(), known, "{s}");
+                }
+            }
         }
     }
 
