@@ -134,8 +134,7 @@ fn a_bad_click_refuses_its_whole_batch_by_name() {
     .unwrap();
     let err = agg
         .push_clicks(0, 0, &[good.clone(), bad], 0)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("clicks[1]") && msg.contains("user_id"),
