@@ -81,6 +81,7 @@ def install(query, wasm, db="adtally", config=None, kafka=None):
     filters_json = json.dumps(config.get("filters", []), separators=(",", ":"))
     for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "pipeline.sql"), db=db,
                                       window_ms=config["window_ms"], max_future_skew_ms=config["max_future_skew_ms"],
+                                      top_n=int(config.get("top_n", 100)),
                                       filters_json=adtally_ch.sql_string(filters_json)):
         query(stmt)
     for f in config.get("filters", []):

@@ -57,3 +57,25 @@ CREATE VIEW IF NOT EXISTS {db}.batch_clicks_per_minute AS
 SELECT window_start, ad_id, filter_id, uniqExactMerge(event_keys) AS clicks
 FROM {db}.batch_minute_counts
 GROUP BY window_start, ad_id, filter_id;
+
+-- The exact top-N of the whole topic, per (M, minute, filter): each source
+-- partition's latest ranking (highest version), merged by the core's own
+-- merge. Exact because a topic keyed by ad_id gives each ad one partition,
+-- whichever host ranked it; the merge refuses overlapping lists.
+CREATE VIEW IF NOT EXISTS {db}.top_ads AS
+SELECT
+    window_minutes,
+    update_time_minute,
+    filter_id,
+    adtally_merge_top_n(groupArray(ads), {top_n}) AS most_clicked_ads,
+    count() AS partitions
+FROM
+(
+    SELECT window_minutes, update_time_minute, filter_id, source_partition,
+           argMax(most_clicked_ads, version) AS ads
+    FROM {db}.most_clicked_ads
+    GROUP BY window_minutes, update_time_minute, filter_id, source_partition
+)
+GROUP BY window_minutes, update_time_minute, filter_id
+-- Small blocks keep each merge call well inside the UDF fuel limit.
+SETTINGS webassembly_udf_max_input_block_size = 64;

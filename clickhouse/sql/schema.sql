@@ -78,14 +78,31 @@ CREATE TABLE IF NOT EXISTS {db}.most_clicked_ads
     window_minutes     UInt32,                           -- M
     update_time_minute DateTime64(3, 'UTC'),             -- the last minute included
     filter_id          UInt32,
-    host               String,                           -- the consumer that ranked it
+    source_partition   UInt32,                           -- the partition ranked: see top_ads for all
     version            UInt32,                           -- revisions after an idle partition caught up
     most_clicked_ads   Array(Tuple(String, UInt64)),     -- (ad_id, clicks), best first
     module_sha256      LowCardinality(String),
     written_at         DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (window_minutes, update_time_minute, filter_id, host);
+ORDER BY (window_minutes, update_time_minute, filter_id, source_partition);
+
+-- The core's state per source partition, tied to the offset it covers: a
+-- consumer that takes the partition over (after a restart or a rebalance)
+-- restores it and replays only the records from next_offset on. Written only
+-- after every row of the records before next_offset was acknowledged.
+CREATE TABLE IF NOT EXISTS {db}.snapshots
+(
+    topic             String,
+    source_partition  UInt32,
+    next_offset       Int64,                             -- the first record not in the state
+    semantics_version UInt32,                            -- a module restores only its own
+    module_sha256     LowCardinality(String),
+    state             String CODEC(ZSTD(1)),             -- the core's snapshot format (adtally-core docs)
+    taken_at          DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(next_offset)
+ORDER BY (topic, source_partition);
 
 -- Where each consumer stands: written only after the rows they cover were acknowledged.
 CREATE TABLE IF NOT EXISTS {db}.consumer_offsets

@@ -1,4 +1,4 @@
-//! The adtally service's parts: sources of clicks (`generator`, `source`),
+//! The adtally service's parts: sources of clicks (`generator`, `ship`, `source`),
 //! the ClickHouse `sink`, and a local `broker` for the demo and tests.
 //!
 //! This crate owns the I/O around the core: it never decides what a count
@@ -7,5 +7,6 @@
 pub mod broker;
 pub mod generator;
 pub mod pipeline;
+pub mod ship;
 pub mod sink;
 pub mod source;

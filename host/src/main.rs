@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! adtally gen  --records 100000 > stream.tsv   # a generated stream: partition<TAB>record
+//! adtally ship --brokers B clicks.log           # follow log files into the topic
+//! adtally run  --brokers B --clickhouse URL     # topic -> core component -> ClickHouse
 //! adtally demo                                  # generator -> core component -> embedded ClickHouse
 //! ```
 
@@ -42,6 +44,25 @@ enum Command {
         #[arg(long)]
         expected: Option<PathBuf>,
     },
+    /// Follow log files of click records into a Kafka topic (keyed by ad_id),
+    /// resuming where the last run stopped.
+    Ship {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "ADTALLY_BROKERS")]
+        brokers: String,
+        /// The topic (must exist).
+        #[arg(long, default_value = "clicks")]
+        topic: String,
+        /// Where each file's position is kept between runs.
+        #[arg(long, default_value = "adtally-ship.json")]
+        state: PathBuf,
+        /// Exit after this many seconds without a new line.
+        #[arg(long)]
+        exit_when_idle: Option<u64>,
+        /// The log files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Consume a Kafka topic through the core component into ClickHouse.
     Run {
         /// Kafka bootstrap servers.
@@ -75,9 +96,14 @@ enum Command {
         /// Exit after this many seconds without a record (backfills, tests).
         #[arg(long)]
         exit_when_idle: Option<u64>,
-        /// This consumer's name in the top-N table.
-        #[arg(long, default_value = "adtally")]
-        host: String,
+        /// Seconds between snapshots of each partition's state (a restart
+        /// replays at most about this much).
+        #[arg(long, default_value_t = 10)]
+        snapshot_interval: u64,
+        /// Which partitions to read: `group` (the consumer group shares them
+        /// out), `all`, or a list like `0,2,5` (no group: static deployments).
+        #[arg(long, default_value = "group")]
+        partitions: source::Assignment,
     },
     /// Run a generated stream through the core component into an embedded ClickHouse and print the top ads.
     Demo {
@@ -175,7 +201,8 @@ fn main() -> Result<()> {
             config,
             batch,
             exit_when_idle,
-            host,
+            snapshot_interval,
+            partitions,
         } => {
             let config_json = match config {
                 Some(p) => std::fs::read_to_string(&p)
@@ -191,8 +218,30 @@ fn main() -> Result<()> {
                 group,
                 batch,
                 exit_when_idle: exit_when_idle.map(std::time::Duration::from_secs),
+                snapshot_every: std::time::Duration::from_secs(snapshot_interval),
+                assignment: partitions,
             };
-            run(&opts, &clickhouse, &db, &module, &config_json, &host)
+            run(&opts, &clickhouse, &db, &module, &config_json)
+        }
+        Command::Ship {
+            brokers,
+            topic,
+            state,
+            exit_when_idle,
+            files,
+        } => {
+            let stats = adtally_host::ship::ship(&adtally_host::ship::ShipOptions {
+                brokers,
+                topic,
+                files,
+                state,
+                exit_when_idle: exit_when_idle.map(std::time::Duration::from_secs),
+            })?;
+            eprintln!(
+                "adtally ship: {} lines shipped, {} files followed from their start after rotation or truncation",
+                stats.lines, stats.restarts
+            );
+            Ok(())
         }
         Command::Demo {
             stream,
@@ -237,6 +286,8 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         group: "adtally-demo".into(),
         batch: 50_000,
         exit_when_idle: Some(std::time::Duration::from_secs(5)),
+        snapshot_every: std::time::Duration::from_secs(10),
+        assignment: source::Assignment::Group,
     };
     let url = ch.url();
     let target = pipeline::Target {
@@ -244,7 +295,6 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         db: "adtally",
         module: module_path,
         config_json: "{}",
-        host: "demo",
     };
     let start = Instant::now();
     let report = pipeline::run(&opts, &target).await?;
@@ -291,7 +341,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
 
     let top = client
         .query(
-            "SELECT toString(update_time_minute) AS minute, most_clicked_ads AS ads FROM most_clicked_ads FINAL \
+            "SELECT toString(update_time_minute) AS minute, most_clicked_ads AS ads FROM top_ads \
              WHERE window_minutes = 5 AND filter_id = 0 ORDER BY update_time_minute DESC LIMIT 1",
         )
         .fetch_one::<TopAds>()
@@ -328,14 +378,12 @@ async fn run(
     db: &str,
     module_path: &Path,
     config_json: &str,
-    host: &str,
 ) -> Result<()> {
     let target = pipeline::Target {
         url,
         db,
         module: module_path,
         config_json,
-        host,
     };
     eprintln!("adtally run: {} -> {url}/{db}", opts.topic);
     let report = pipeline::run(opts, &target).await?;
@@ -343,6 +391,10 @@ async fn run(
     eprintln!(
         "adtally run: {} records, {} rollup rows, {} duplicates, {} late, {} invalid (module {})",
         stats.records, stats.rollups, stats.duplicates, stats.late, stats.invalid, report.sha256
+    );
+    eprintln!(
+        "adtally run: {} snapshots restored, {} records already covered by them, {} core failures recovered, {} records quarantined",
+        stats.restored, stats.replayed, stats.traps, stats.quarantined
     );
     Ok(())
 }

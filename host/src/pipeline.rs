@@ -17,8 +17,6 @@ pub struct Target<'a> {
     pub module: &'a Path,
     /// The core's configuration (JSON; defaults fill gaps).
     pub config_json: &'a str,
-    /// This consumer's name in the top-N table.
-    pub host: &'a str,
 }
 
 /// What a run did, and with which module.
@@ -35,15 +33,10 @@ pub struct Report {
 pub async fn run(opts: &ConsumeOptions, target: &Target<'_>) -> Result<Report> {
     let rt = Runtime::new(Limits::default())?;
     let module = rt.load_file(target.module)?;
-    let mut agg = module.create(target.config_json)?;
-    let sink = Sink::new(
-        target.url,
-        target.db,
-        &opts.topic,
-        target.host,
-        module.sha256(),
-    );
-    let stats = source::consume(opts, &mut agg, &sink).await?;
+    // The configuration is checked before anything is consumed.
+    module.create(target.config_json)?;
+    let sink = Sink::new(target.url, target.db, &opts.topic, module.sha256());
+    let stats = source::consume(opts, &module, target.config_json, &sink).await?;
     Ok(Report {
         stats,
         module: module.info().clone(),

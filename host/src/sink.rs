@@ -26,7 +26,7 @@ struct TopNRowOut<'a> {
     window_minutes: u32,
     update_time_minute: i64,
     filter_id: u32,
-    host: &'a str,
+    source_partition: u32,
     version: u32,
     most_clicked_ads: Vec<(&'a str, u64)>,
     module_sha256: &'a str,
@@ -56,6 +56,32 @@ struct InvalidRow<'a> {
 }
 
 #[derive(Row, Serialize)]
+struct SnapshotRow<'a> {
+    topic: &'a str,
+    source_partition: u32,
+    next_offset: i64,
+    semantics_version: u32,
+    module_sha256: &'a str,
+    #[serde(with = "serde_bytes")]
+    state: &'a [u8],
+}
+
+#[derive(Row, serde::Deserialize)]
+struct StoredSnapshot {
+    next_offset: i64,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
+}
+
+/// A partition's state as stored, and the offset it covers.
+pub struct Snapshot {
+    /// The first record not in the state.
+    pub next_offset: i64,
+    /// The core's snapshot bytes.
+    pub state: Vec<u8>,
+}
+
+#[derive(Row, Serialize)]
 struct OffsetRow<'a> {
     topic: &'a str,
     partition: u32,
@@ -74,20 +100,84 @@ pub struct Sink {
     client: Client,
     db: String,
     topic: String,
-    host: String,
     module_sha256: String,
 }
 
 impl Sink {
     /// A sink into database `db` of the ClickHouse at `url`.
-    pub fn new(url: &str, db: &str, topic: &str, host: &str, module_sha256: &str) -> Sink {
+    pub fn new(url: &str, db: &str, topic: &str, module_sha256: &str) -> Sink {
         Sink {
             client: Client::default().with_url(url).with_database(db),
             db: db.into(),
             topic: topic.into(),
-            host: host.into(),
             module_sha256: module_sha256.into(),
         }
+    }
+
+    /// Stores partition `p`'s state covering the records before `next_offset`.
+    /// Call only once every row of those records was acknowledged.
+    pub async fn write_snapshot(
+        &self,
+        p: u32,
+        next_offset: i64,
+        semantics_version: u32,
+        state: &[u8],
+    ) -> Result<()> {
+        let mut ins = self.client.insert::<SnapshotRow>("snapshots").await?;
+        ins.write(&SnapshotRow {
+            topic: &self.topic,
+            source_partition: p,
+            next_offset,
+            semantics_version,
+            module_sha256: &self.module_sha256,
+            state,
+        })
+        .await?;
+        ins.end()
+            .await
+            .with_context(|| format!("writing the snapshot of partition {p}"))
+    }
+
+    /// The latest stored state of partition `p` under `semantics_version`.
+    pub async fn load_snapshot(&self, p: u32, semantics_version: u32) -> Result<Option<Snapshot>> {
+        let row = self
+            .client
+            .query(
+                "SELECT next_offset, state FROM snapshots \
+                 WHERE topic = ? AND source_partition = ? AND semantics_version = ? \
+                 ORDER BY next_offset DESC LIMIT 1",
+            )
+            .bind(&self.topic)
+            .bind(p)
+            .bind(semantics_version)
+            .fetch_optional::<StoredSnapshot>()
+            .await
+            .with_context(|| format!("reading the snapshot of partition {p}"))?;
+        Ok(row.map(|r| Snapshot {
+            next_offset: r.next_offset,
+            state: r.state,
+        }))
+    }
+
+    /// Side-lines a record the module could not process (it trapped on it
+    /// on its own), with the error, in `invalid_events`.
+    pub async fn write_quarantined(
+        &self,
+        p: u32,
+        offset: i64,
+        payload: &[u8],
+        error: &str,
+    ) -> Result<()> {
+        let mut ins = self.client.insert::<InvalidRow>("invalid_events").await?;
+        ins.write(&InvalidRow {
+            topic: &self.topic,
+            source_partition: p,
+            source_offset: offset,
+            reason: format!("module_trap: {error}"),
+            payload,
+        })
+        .await?;
+        ins.end().await.context("writing a quarantined record")
     }
 
     /// The client, for queries.
@@ -113,12 +203,14 @@ impl Sink {
         ins.end().await.context("writing consumer offsets")
     }
 
-    /// Writes everything in `out`; returns when ClickHouse acknowledged it.
-    pub async fn write(&self, out: &Outputs) -> Result<()> {
+    /// Writes the outputs of each partition's core, one insert per table;
+    /// returns when ClickHouse acknowledged all of it.
+    pub async fn write(&self, outs: &[(u32, Outputs)]) -> Result<()> {
         let sha = self.module_sha256.as_str();
-        if !out.rollups.is_empty() {
+        let all = || outs.iter().map(|(_, o)| o);
+        if all().any(|o| !o.rollups.is_empty()) {
             let mut ins = self.client.insert::<RollupRow>("rollups").await?;
-            for r in &out.rollups {
+            for r in all().flat_map(|o| &o.rollups) {
                 ins.write(&RollupRow {
                     window_start: r.window_start.0,
                     ad_id: r.ad_id.as_str(),
@@ -134,14 +226,17 @@ impl Sink {
                 .await
                 .with_context(|| format!("writing rollups to {}", self.db))?;
         }
-        if !out.top_n.is_empty() {
+        if all().any(|o| !o.top_n.is_empty()) {
             let mut ins = self.client.insert::<TopNRowOut>("most_clicked_ads").await?;
-            for t in &out.top_n {
+            for (p, t) in outs
+                .iter()
+                .flat_map(|(p, o)| o.top_n.iter().map(move |t| (*p, t)))
+            {
                 ins.write(&TopNRowOut {
                     window_minutes: t.windows,
                     update_time_minute: t.minute.0,
                     filter_id: t.filter_id.0,
-                    host: &self.host,
+                    source_partition: p,
                     version: t.version,
                     most_clicked_ads: t.ads.iter().map(|a| (a.ad_id.as_str(), a.clicks)).collect(),
                     module_sha256: sha,
@@ -150,9 +245,9 @@ impl Sink {
             }
             ins.end().await.context("writing top-N rows")?;
         }
-        if !out.late.is_empty() {
+        if all().any(|o| !o.late.is_empty()) {
             let mut ins = self.client.insert::<LateRow>("late_events").await?;
-            for l in &out.late {
+            for l in all().flat_map(|o| &o.late) {
                 ins.write(&LateRow {
                     topic: &self.topic,
                     source_partition: l.partition.0,
@@ -168,9 +263,9 @@ impl Sink {
             }
             ins.end().await.context("writing late events")?;
         }
-        if !out.invalid.is_empty() {
+        if all().any(|o| !o.invalid.is_empty()) {
             let mut ins = self.client.insert::<InvalidRow>("invalid_events").await?;
-            for i in &out.invalid {
+            for i in all().flat_map(|o| &o.invalid) {
                 ins.write(&InvalidRow {
                     topic: &self.topic,
                     source_partition: i.partition.0,

@@ -1,22 +1,36 @@
 //! Kafka: producing generated streams, and consuming a topic into the core.
 //!
-//! The consumer commits nothing to Kafka: where a consumer stands is
-//! written to ClickHouse (`consumer_offsets`) after the rows it covers were
-//! acknowledged. A restarted consumer replays its partitions from the start;
-//! the core's outputs are a pure function of each partition's records, and
-//! every row is versioned or keyed by position, so a replay rewrites the same
-//! rows and no count changes. (Snapshots, to replay only the tail, come next.)
+//! Each assigned partition has its own core (a component instance): the
+//! core's outputs are then a pure function of that partition's records, so
+//! a partition can move between consumers with its state.
+//!
+//! The consumer commits nothing to Kafka. Where it stands is written to
+//! ClickHouse after the rows it covers were acknowledged: `consumer_offsets`
+//! after every batch, and every `snapshot_every` the state of each core with
+//! the offset it covers (`snapshots`). A consumer that is assigned a
+//! partition (at start, or after a rebalance) restores the latest snapshot
+//! and seeks to its offset, so only the tail is replayed; with no snapshot it
+//! starts from the beginning. Replayed records rewrite the same versioned or
+//! position-keyed rows, so no count changes. A revoked partition's state is
+//! handed over as a snapshot before it is dropped.
+//!
+//! A core that traps or times out is dropped and restored from the last
+//! snapshot, and the partition is replayed from there one record at a time
+//! up to where it failed; a record on which the core fails by itself is
+//! quarantined in `invalid_events` (reason `module_trap: ...`) and skipped.
 
 use crate::generator::GenRecord;
 use crate::sink::Sink;
-use adtally_runtime::{Aggregator, RecordIn};
+use adtally_runtime::{Aggregator, Module, RecordIn};
 use anyhow::{Context, Result, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use std::collections::BTreeMap;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Creates `topic` with `partitions` partitions unless it exists.
@@ -86,6 +100,43 @@ pub struct ConsumeOptions {
     pub batch: usize,
     /// Stop after this long without a record (tests, backfills); never if `None`.
     pub exit_when_idle: Option<Duration>,
+    /// How often each partition's state is stored.
+    pub snapshot_every: Duration,
+    /// Which partitions this consumer reads.
+    pub assignment: Assignment,
+}
+
+/// How a consumer gets its partitions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assignment {
+    /// The consumer group shares them out, and moves them on rebalances.
+    Group,
+    /// Every partition of the topic, without a group (one consumer).
+    All,
+    /// These partitions, without a group (static deployments: each
+    /// consumer is told its partitions).
+    Only(Vec<u32>),
+}
+
+impl std::str::FromStr for Assignment {
+    type Err = String;
+
+    /// `group`, `all`, or a comma-separated list of partitions (`0,2,5`).
+    fn from_str(s: &str) -> Result<Assignment, String> {
+        match s {
+            "group" => Ok(Assignment::Group),
+            "all" => Ok(Assignment::All),
+            list => list
+                .split(',')
+                .map(|p| {
+                    p.trim().parse::<u32>().map_err(|_| {
+                        format!("{p:?} is not a partition number (expected `group`, `all` or a list like `0,2,5`)")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Assignment::Only),
+        }
+    }
 }
 
 /// Totals of a consume run.
@@ -101,10 +152,20 @@ pub struct ConsumeStats {
     pub late: u64,
     /// Invalid records side-lined.
     pub invalid: u64,
+    /// Snapshots restored when partitions were assigned.
+    pub restored: u64,
+    /// Records skipped because a restored state already covered them.
+    pub replayed: u64,
+    /// Cores that trapped and were restored.
+    pub traps: u64,
+    /// Records quarantined because the core failed on them alone.
+    pub quarantined: u64,
     /// When the first record arrived.
     pub first_record_at: Option<Instant>,
     /// When the last batch's rows and offsets were acknowledged.
     pub last_written_at: Option<Instant>,
+    /// Per batch: (when its first record arrived, when its rows were acknowledged).
+    pub batch_latencies: Vec<Duration>,
 }
 
 fn now_ms() -> i64 {
@@ -114,78 +175,464 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Consumes the topic into the aggregator and the sink until idle (or forever).
+/// A change of assignment, from rdkafka's rebalance callback to the loop.
+enum Change {
+    Assigned(Vec<u32>),
+    Revoked(Vec<u32>),
+}
+
+struct RebalanceContext {
+    topic: String,
+    changes: std::sync::Mutex<mpsc::Sender<Change>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = |tpl: &TopicPartitionList| -> Vec<u32> {
+            tpl.elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(|e| e.partition() as u32)
+                .collect()
+        };
+        let change = match rebalance {
+            Rebalance::Assign(tpl) => Change::Assigned(parts(tpl)),
+            Rebalance::Revoke(tpl) => Change::Revoked(parts(tpl)),
+            Rebalance::Error(e) => {
+                eprintln!("adtally: rebalance: {e}");
+                return;
+            }
+        };
+        if let Ok(tx) = self.changes.lock() {
+            let _ = tx.send(change);
+        }
+    }
+}
+
+/// One partition's core and where it stands.
+struct PartitionCore<'m> {
+    agg: Aggregator<'m>,
+    /// The first offset not processed.
+    next_offset: i64,
+    last_snapshot: Instant,
+    /// Offset the state was last stored at.
+    snapshot_offset: i64,
+    /// After a trap: records up to this offset go one at a time.
+    careful_until: Option<i64>,
+    /// Set when the fetch position was (re)set: the next records must
+    /// start at or before `next_offset`. Some brokers answer a fetch from
+    /// inside a producer batch with the *next* batch; then the consumer
+    /// rewinds this far (growing) until nothing is skipped.
+    rewind: Option<i64>,
+}
+
+/// The cores of the partitions this consumer holds.
+struct Cores<'m, 'a> {
+    module: &'m Module,
+    config_json: &'a str,
+    sink: &'a Sink,
+    held: BTreeMap<u32, PartitionCore<'m>>,
+    /// Records the core failed on by themselves: skipped on every replay.
+    quarantined: BTreeSet<(u32, i64)>,
+}
+
+impl<'m> Cores<'m, '_> {
+    /// A core for `p`: its latest snapshot restored, or a fresh one.
+    async fn open(&self, p: u32, stats: &mut ConsumeStats) -> Result<PartitionCore<'m>> {
+        let semantics = self.module.info().semantics_version;
+        if let Some(snap) = self.sink.load_snapshot(p, semantics).await? {
+            match self.module.restore(&snap.state) {
+                Ok(agg) => {
+                    eprintln!(
+                        "adtally: partition {p}: state restored, resuming at offset {}",
+                        snap.next_offset
+                    );
+                    stats.restored += 1;
+                    return Ok(PartitionCore {
+                        agg,
+                        next_offset: snap.next_offset,
+                        last_snapshot: Instant::now(),
+                        snapshot_offset: snap.next_offset,
+                        careful_until: None,
+                        rewind: Some(0),
+                    });
+                }
+                Err(e) => eprintln!(
+                    "adtally: partition {p}: snapshot at offset {} not restorable, replaying from the start: {e:#}",
+                    snap.next_offset
+                ),
+            }
+        }
+        Ok(PartitionCore {
+            agg: self.module.create(self.config_json)?,
+            next_offset: 0,
+            last_snapshot: Instant::now(),
+            snapshot_offset: 0,
+            careful_until: None,
+            rewind: Some(0),
+        })
+    }
+
+    async fn snapshot(&self, p: u32, core: &mut PartitionCore<'m>) -> Result<()> {
+        let state = core.agg.snapshot()?;
+        let semantics = self.module.info().semantics_version;
+        self.sink
+            .write_snapshot(p, core.next_offset, semantics, &state)
+            .await?;
+        core.last_snapshot = Instant::now();
+        core.snapshot_offset = core.next_offset;
+        Ok(())
+    }
+}
+
+fn offset_of(next: i64) -> Offset {
+    if next == 0 {
+        Offset::Beginning
+    } else {
+        Offset::Offset(next)
+    }
+}
+
+fn seek<C: ConsumerContext>(consumer: &StreamConsumer<C>, topic: &str, p: u32, offset: i64) {
+    let to = offset_of(offset);
+    // A failed seek only costs time: records before `offset` are skipped by
+    // the core as replays.
+    if let Err(e) = consumer.seek(topic, p as i32, to, Duration::from_secs(10)) {
+        eprintln!("adtally: partition {p}: seek to {offset}: {e}");
+    }
+}
+
+/// Consumes the topic into per-partition cores and the sink until idle (or forever).
 pub async fn consume(
     opts: &ConsumeOptions,
-    agg: &mut Aggregator<'_>,
+    module: &Module,
+    config_json: &str,
     sink: &Sink,
 ) -> Result<ConsumeStats> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let (tx, changes) = mpsc::channel();
+    let context = RebalanceContext {
+        topic: opts.topic.clone(),
+        changes: std::sync::Mutex::new(tx),
+    };
+    let consumer: StreamConsumer<RebalanceContext> = ClientConfig::new()
         .set("bootstrap.servers", &opts.brokers)
         .set("group.id", &opts.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create()
+        // A consumer that died hands its partitions on within these: the
+        // group waits this long for members to rejoin a rebalance (a batch
+        // and its writes take far less).
+        .set("session.timeout.ms", "10000")
+        .set("max.poll.interval.ms", "20000")
+        .create_with_context(context)
         .context("creating the Kafka consumer")?;
-    consumer
-        .subscribe(&[&opts.topic])
-        .with_context(|| format!("subscribing to {}", opts.topic))?;
+    let mut cores = Cores {
+        module,
+        config_json,
+        sink,
+        held: BTreeMap::new(),
+        quarantined: BTreeSet::new(),
+    };
     let mut stats = ConsumeStats::default();
     let mut last_record = Instant::now();
+    let mut assigned_once = false;
+    let fixed = match &opts.assignment {
+        Assignment::Group => None,
+        Assignment::Only(parts) => Some(parts.clone()),
+        Assignment::All => {
+            let md = consumer
+                .fetch_metadata(Some(&opts.topic), Duration::from_secs(30))
+                .with_context(|| format!("reading the metadata of topic {}", opts.topic))?;
+            let parts: Vec<u32> = md
+                .topics()
+                .iter()
+                .filter(|t| t.name() == opts.topic)
+                .flat_map(|t| t.partitions().iter().map(|p| p.id() as u32))
+                .collect();
+            if parts.is_empty() {
+                bail!("topic {} has no partitions (does it exist?)", opts.topic);
+            }
+            Some(parts)
+        }
+    };
+    match fixed {
+        None => consumer
+            .subscribe(&[&opts.topic])
+            .with_context(|| format!("subscribing to {}", opts.topic))?,
+        Some(parts) => {
+            // No group: open each partition's core first, then start each
+            // partition's fetch at the offset its state covers.
+            let mut tpl = TopicPartitionList::new();
+            for p in parts {
+                let core = cores.open(p, &mut stats).await?;
+                tpl.add_partition_offset(&opts.topic, p as i32, offset_of(core.next_offset))
+                    .with_context(|| format!("assigning partition {p}"))?;
+                cores.held.insert(p, core);
+            }
+            consumer
+                .assign(&tpl)
+                .with_context(|| format!("assigning partitions of {}", opts.topic))?;
+            assigned_once = true;
+        }
+    }
     loop {
         // One batch: what arrives within 200 ms, up to `batch` records.
         let mut batch: Vec<(u32, i64, Vec<u8>, Option<i64>)> = Vec::new();
         let window_end = Instant::now() + Duration::from_millis(200);
+        let mut first_at = None;
         while batch.len() < opts.batch {
             let left = window_end.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push((
-                    m.partition() as u32,
-                    m.offset(),
-                    m.payload().unwrap_or_default().to_vec(),
-                    m.timestamp().to_millis(),
-                )),
+                Ok(Ok(m)) => {
+                    first_at.get_or_insert_with(Instant::now);
+                    batch.push((
+                        m.partition() as u32,
+                        m.offset(),
+                        m.payload().unwrap_or_default().to_vec(),
+                        m.timestamp().to_millis(),
+                    ))
+                }
                 Ok(Err(e)) => eprintln!("adtally: kafka: {e}"),
                 Err(_) => break,
             }
+            if apply_changes(&changes, &consumer, &opts.topic, &mut cores, &mut stats).await? {
+                assigned_once |= !cores.held.is_empty();
+                last_record = Instant::now();
+                break;
+            }
         }
+        if apply_changes(&changes, &consumer, &opts.topic, &mut cores, &mut stats).await? {
+            assigned_once |= !cores.held.is_empty();
+            last_record = Instant::now();
+        }
+        let now = now_ms();
+        let mut outs: Vec<(u32, adtally_core::Outputs)> = Vec::new();
         if batch.is_empty() {
-            let out = agg.tick(now_ms())?;
-            sink.write(&out).await?;
+            for (p, core) in cores.held.iter_mut() {
+                outs.push((*p, core.agg.tick(now)?));
+            }
+            sink.write(&outs).await?;
+            // Idle: no record (nor a change of assignment) for that long; a
+            // consumer that never held a partition yet waits at least a
+            // minute (group joins, and a dead member's eviction, take time).
+            let idle_for = |idle: Duration| {
+                if assigned_once {
+                    idle
+                } else {
+                    idle.max(Duration::from_secs(60))
+                }
+            };
             if opts
                 .exit_when_idle
-                .is_some_and(|idle| last_record.elapsed() >= idle)
+                .is_some_and(|idle| last_record.elapsed() >= idle_for(idle))
             {
+                for (p, mut core) in std::mem::take(&mut cores.held) {
+                    if core.next_offset > core.snapshot_offset {
+                        cores.snapshot(p, &mut core).await?;
+                    }
+                }
                 return Ok(stats);
             }
             continue;
         }
         last_record = Instant::now();
         stats.first_record_at.get_or_insert(last_record);
-        let recs: Vec<RecordIn> = batch
-            .iter()
-            .map(|(p, o, payload, t)| RecordIn {
+        let mut by_partition: BTreeMap<u32, Vec<RecordIn>> = BTreeMap::new();
+        for (p, o, payload, t) in &batch {
+            by_partition.entry(*p).or_default().push(RecordIn {
                 partition: *p,
                 offset: *o,
                 payload,
                 record_time_ms: *t,
-            })
-            .collect();
-        let out = agg.push(&recs, now_ms())?;
-        sink.write(&out).await?;
-        // Only now, with the rows acknowledged, does the position move.
-        let mut next: BTreeMap<u32, i64> = BTreeMap::new();
-        for (p, o, _, _) in &batch {
-            let e = next.entry(*p).or_insert(0);
-            *e = (*e).max(o + 1);
+            });
         }
+        let mut next: BTreeMap<u32, i64> = BTreeMap::new();
+        for (p, recs) in by_partition {
+            let Some(core) = cores.held.get_mut(&p) else {
+                // Not (or no longer) ours: its new owner reads it.
+                continue;
+            };
+            if let (Some(rewind), Some(first)) = (core.rewind, recs.first()) {
+                if first.offset > core.next_offset {
+                    // Records before `first` were skipped by the broker:
+                    // drop these and fetch again from further back.
+                    let back = (rewind * 4).max(1_000);
+                    eprintln!(
+                        "adtally: partition {p}: the broker answered from offset {} for {}; fetching from {back} records earlier",
+                        first.offset, core.next_offset
+                    );
+                    core.rewind = Some(back);
+                    seek(&consumer, &opts.topic, p, (core.next_offset - back).max(0));
+                    continue;
+                }
+                core.rewind = None;
+            }
+            let out = match push(core, &recs, now, &cores.quarantined) {
+                Ok(out) => out,
+                Err(e) => {
+                    recover(&mut cores, p, &recs, e, &consumer, &opts.topic, &mut stats).await?;
+                    continue;
+                }
+            };
+            stats.replayed += out.replayed;
+            next.insert(p, core.next_offset);
+            outs.push((p, out));
+        }
+        sink.write(&outs).await?;
+        // Only now, with the rows acknowledged, does the position move.
         sink.write_offsets(&opts.topic, &next).await?;
+        let written = Instant::now();
+        if let Some(first) = first_at {
+            stats.batch_latencies.push(written - first);
+        }
         stats.records += batch.len() as u64;
-        stats.rollups += out.rollups.len() as u64;
-        stats.duplicates += out.duplicates;
-        stats.late += out.late.len() as u64;
-        stats.invalid += out.invalid.len() as u64;
-        stats.last_written_at = Some(Instant::now());
+        for (_, out) in &outs {
+            stats.rollups += out.rollups.len() as u64;
+            stats.duplicates += out.duplicates;
+            stats.late += out.late.len() as u64;
+            stats.invalid += out.invalid.len() as u64;
+        }
+        stats.last_written_at = Some(written);
+        let due: Vec<u32> = cores
+            .held
+            .iter()
+            .filter(|(_, c)| {
+                c.last_snapshot.elapsed() >= opts.snapshot_every
+                    && c.next_offset > c.snapshot_offset
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            if let Some(mut core) = cores.held.remove(&p) {
+                cores.snapshot(p, &mut core).await?;
+                cores.held.insert(p, core);
+            }
+        }
     }
+}
+
+/// Pushes one partition's records into its core: in one call, or one at a
+/// time while recovering from a trap (skipping quarantined records).
+fn push(
+    core: &mut PartitionCore<'_>,
+    recs: &[RecordIn<'_>],
+    now: i64,
+    quarantined: &BTreeSet<(u32, i64)>,
+) -> Result<adtally_core::Outputs> {
+    let careful = core
+        .careful_until
+        .is_some_and(|until| recs.first().is_some_and(|r| r.offset <= until));
+    let mut out = adtally_core::Outputs::default();
+    if careful {
+        for r in recs {
+            if quarantined.contains(&(r.partition, r.offset)) {
+                continue;
+            }
+            let mut o = core.agg.push(std::slice::from_ref(r), now)?;
+            out.append(&mut o);
+            core.next_offset = r.offset + 1;
+        }
+        if core.careful_until.is_some_and(|u| core.next_offset > u) {
+            core.careful_until = None;
+        }
+    } else {
+        let kept: Vec<RecordIn> = recs
+            .iter()
+            .filter(|r| !quarantined.contains(&(r.partition, r.offset)))
+            .copied()
+            .collect();
+        out = core.agg.push(&kept, now)?;
+        if let Some(last) = recs.last() {
+            core.next_offset = last.offset + 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The core of `p` failed on `recs`: report it, restore the last snapshot,
+/// and replay from there carefully. A failure on a single record while
+/// careful quarantines that record.
+async fn recover<C: ConsumerContext>(
+    cores: &mut Cores<'_, '_>,
+    p: u32,
+    recs: &[RecordIn<'_>],
+    error: anyhow::Error,
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    stats: &mut ConsumeStats,
+) -> Result<()> {
+    stats.traps += 1;
+    let Some(old) = cores.held.remove(&p) else {
+        return Ok(());
+    };
+    let failed_at = old.next_offset;
+    eprintln!(
+        "adtally: partition {p}: the core failed at offset {failed_at}, restoring: {error:#}"
+    );
+    if old.careful_until.is_some() {
+        // One record at a time: the record at `failed_at` is the culprit
+        // (the first not quarantined at or after it).
+        if let Some(r) = recs
+            .iter()
+            .find(|r| r.offset >= failed_at && !cores.quarantined.contains(&(p, r.offset)))
+        {
+            cores
+                .sink
+                .write_quarantined(p, r.offset, r.payload, &format!("{error:#}"))
+                .await?;
+            cores.quarantined.insert((p, r.offset));
+            stats.quarantined += 1;
+        }
+    }
+    let until = recs.last().map_or(failed_at, |r| r.offset);
+    drop(old);
+    let mut core = cores.open(p, stats).await?;
+    core.careful_until = Some(until);
+    seek(consumer, topic, p, core.next_offset);
+    cores.held.insert(p, core);
+    Ok(())
+}
+
+/// Applies rebalance changes; returns whether there were any.
+async fn apply_changes<C: ConsumerContext>(
+    changes: &mpsc::Receiver<Change>,
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    cores: &mut Cores<'_, '_>,
+    stats: &mut ConsumeStats,
+) -> Result<bool> {
+    let mut any = false;
+    while let Ok(change) = changes.try_recv() {
+        any = true;
+        match change {
+            Change::Revoked(parts) => {
+                eprintln!("adtally: partitions revoked: {parts:?}");
+                // Hand the state over: the next owner restores it.
+                for p in parts {
+                    if let Some(mut core) = cores.held.remove(&p)
+                        && core.next_offset > core.snapshot_offset
+                    {
+                        cores.snapshot(p, &mut core).await?;
+                    }
+                }
+            }
+            Change::Assigned(parts) => {
+                eprintln!("adtally: partitions assigned: {parts:?}");
+                for p in parts {
+                    let core = match cores.held.remove(&p) {
+                        Some(core) => core,
+                        None => cores.open(p, stats).await?,
+                    };
+                    let mut core = core;
+                    core.rewind = Some(0);
+                    seek(consumer, topic, p, core.next_offset);
+                    cores.held.insert(p, core);
+                }
+            }
+        }
+    }
+    Ok(any)
 }

@@ -98,6 +98,8 @@ fn run_args(s: &Setup) -> Vec<String> {
         "8",
         "--batch",
         "5000",
+        "--snapshot-interval",
+        "1",
     ]
     .iter()
     .map(|a| a.to_string())
@@ -118,29 +120,64 @@ fn kafka_to_clickhouse_is_exact() {
 
 #[test]
 fn sigkill_five_times_then_exact() {
-    let s = setup("kafka-crash", 150_000);
-    let args = run_args(&s);
+    let s = setup("kafka-crash", 200_000);
+    // Without a group, a restarted consumer takes its partitions at once
+    // (a dead group member holds them until the broker evicts it).
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
     // Kill the consumer at pseudo-random moments while it works.
     let mut seed = std::process::id() as u64 | 1;
     for round in 0..5 {
-        let mut child = spawn_run(&args);
+        let before = snapshots(&s);
+        let log = std::fs::File::create(s.tmp.join(format!("run-{round}.log"))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_adtally"))
+            .current_dir(root())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // Kill it while it works: once it stored a snapshot of its own,
+        // at a random moment within the next second.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while snapshots(&s) == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(1500 + (seed >> 33) % 4000));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "round {round}: the consumer ended before it was killed"
-        );
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 1000));
+        if child.try_wait().unwrap().is_some() {
+            let log = std::fs::read_to_string(s.tmp.join(format!("run-{round}.log")));
+            panic!(
+                "round {round}: the consumer ended before it was killed:\n{}",
+                log.unwrap_or_default()
+            );
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
     let last = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
-        last.contains("150004 records"),
-        "the last run read the whole topic:\n{last}"
+        last.contains("snapshots restored") && !last.contains(" 0 snapshots restored"),
+        "the last run resumed from snapshots:\n{last}"
     );
-    assert_exact(&s, 150_004);
+    assert!(
+        !last.contains("200004 records"),
+        "the last run replayed only the tail, not the whole topic:\n{last}"
+    );
+    assert_exact(&s, 200_004);
+}
+
+/// Snapshots stored so far.
+fn snapshots(s: &Setup) -> u64 {
+    query_tsv(
+        &s.ch.url(),
+        "SELECT count() FROM adtally.snapshots FORMAT TSV",
+    )
+    .trim()
+    .parse()
+    .unwrap()
 }
 
 fn spawn_run(args: &[String]) -> Child {
@@ -186,10 +223,8 @@ fn broker_restart_on_sqlite_then_exact() {
 #[test]
 fn two_hosts_one_killed_then_exact() {
     let s = setup("kafka-scale", 100_000);
-    let mut a = run_args(&s);
-    a.extend(["--host".into(), "a".into()]);
-    let mut b = run_args(&s);
-    b.extend(["--host".into(), "b".into()]);
+    let a = run_args(&s);
+    let b = run_args(&s);
     let mut first = spawn_run(&a);
     let second = spawn_run(&b);
     std::thread::sleep(Duration::from_secs(6));
@@ -235,5 +270,165 @@ fn assert_exact(s: &Setup, records: u64) {
         .collect();
     assert!(v[0] > 0 && v[1] > 0, "invalid and late rows: {side}");
     assert_eq!(v[2], records, "the stored offsets cover every record");
+    assert_top_n_exact(&url, &expected);
     let _ = std::fs::remove_dir_all(&s.tmp);
+}
+
+/// The merged top-N of the whole topic (`top_ads`: each partition's ranking
+/// merged by the core's UDF) equals the top 100 of the generator's totals,
+/// for every minute and M, ties by ad_id.
+fn assert_top_n_exact(url: &str, expected: &BTreeMap<String, String>) {
+    let mut per_minute: BTreeMap<i64, BTreeMap<&str, u64>> = BTreeMap::new();
+    for (k, v) in expected {
+        let (minute, ad) = k.split_once('\t').unwrap();
+        per_minute
+            .entry(minute.parse().unwrap())
+            .or_default()
+            .insert(ad, v.parse().unwrap());
+    }
+    let tops = query_tsv(
+        url,
+        "SELECT window_minutes, toUnixTimestamp64Milli(update_time_minute), \
+         arrayStringConcat(arrayMap(x -> concat(x.1, ':', toString(x.2)), most_clicked_ads), ',') \
+         FROM adtally.top_ads WHERE filter_id = 0 FORMAT TSV",
+    );
+    let mut checked = 0;
+    for line in tops.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (m_windows, minute): (i64, i64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
+        for (_, ads) in per_minute.range(minute - (m_windows - 1) * 60_000..=minute) {
+            for (ad, c) in ads {
+                *sums.entry(ad).or_default() += c;
+            }
+        }
+        let mut ranked: Vec<(&str, u64)> = sums.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let want: Vec<String> = ranked
+            .iter()
+            .take(100)
+            .map(|(a, c)| format!("{a}:{c}"))
+            .collect();
+        assert_eq!(
+            f[2],
+            want.join(","),
+            "top ads of M={m_windows} at minute {minute}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= per_minute.len(),
+        "a ranking for every minute: {checked}"
+    );
+}
+
+/// `adtally ship` follows a log file into the topic across restarts and a
+/// rotation, shipping each line once; the counts are exact.
+#[test]
+fn ship_follows_logs_across_restarts_then_exact() {
+    let tmp = std::env::temp_dir().join(format!("adtally-kafka-ship-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let broker = Broker::start("memory://tansu/", &tmp).unwrap();
+    let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
+    adtally_host::sink::install_schema(&ch.url()).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(adtally_host::source::ensure_topic(
+            broker.addr(),
+            "clicks",
+            4,
+        ))
+        .unwrap();
+    let expected_path = tmp.join("expected.tsv");
+    let stream = adtally(&[
+        "gen",
+        "--records",
+        "150000",
+        "--expected",
+        expected_path.to_str().unwrap(),
+    ]);
+    // The records, as a log file would hold them (gen prints partition<TAB>record).
+    let lines: Vec<&str> = stream
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(_, r)| r))
+        .collect();
+    assert_eq!(lines.len(), 150_004);
+    let log = tmp.join("clicks.log");
+    let state = tmp.join("ship.json");
+    let ship = || {
+        adtally(&[
+            "ship",
+            "--brokers",
+            broker.addr(),
+            "--topic",
+            "clicks",
+            "--state",
+            state.to_str().unwrap(),
+            "--exit-when-idle",
+            "2",
+            log.to_str().unwrap(),
+        ])
+    };
+    let write = |path: &Path, part: &[&str], append: bool| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(path)
+            .unwrap();
+        for l in part {
+            std::io::Write::write_all(&mut f, format!("{l}\n").as_bytes()).unwrap();
+        }
+    };
+    // A first run ships what is there, a partial last line waits.
+    write(&log, &lines[..60_000], false);
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        lines[60_000].as_bytes(),
+    )
+    .unwrap();
+    let out = ship();
+    assert!(out.contains("60000 lines shipped"), "{out}");
+    // The line is completed and more appended: the next run resumes there.
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+        b"\n",
+    )
+    .unwrap();
+    write(&log, &lines[60_001..100_000], true);
+    let out = ship();
+    assert!(out.contains("40000 lines shipped"), "{out}");
+    // Rotation: the file is renamed away and a new one started.
+    std::fs::rename(&log, tmp.join("clicks.log.1")).unwrap();
+    write(&log, &lines[100_000..], false);
+    let out = ship();
+    assert!(
+        out.contains("50004 lines shipped") && out.contains("1 files followed from their start"),
+        "{out}"
+    );
+    let url = ch.url();
+    let run = adtally(&[
+        "run",
+        "--brokers",
+        broker.addr(),
+        "--topic",
+        "clicks",
+        "--clickhouse",
+        &url,
+        "--partitions",
+        "all",
+        "--exit-when-idle",
+        "8",
+    ]);
+    // Heartbeat lines go to every partition: 4 lines, 16 records.
+    assert!(run.contains("150016 records"), "{run}");
+    let s = Setup {
+        tmp,
+        broker,
+        ch,
+        expected_path,
+    };
+    assert_exact(&s, 150_016);
 }

@@ -118,17 +118,27 @@ impl std::error::Error for OverlapError {}
 /// assert!(merge(&[vec![r("a", 1)], vec![r("a", 2)]], 3).is_err());
 /// ```
 pub fn merge(lists: &[Vec<RankedAd>], n: usize) -> Result<Vec<RankedAd>, OverlapError> {
-    let mut all: Vec<&RankedAd> = lists.iter().flatten().collect();
-    all.sort_by(|a, b| a.ad_id.cmp(&b.ad_id));
-    if let Some(w) = all.windows(2).find(|w| w[0].ad_id == w[1].ad_id) {
-        return Err(OverlapError {
-            ad_id: w[0].ad_id.clone(),
-        });
+    // Linear work: one hash per entry to refuse overlaps, a selection of the
+    // best n, and a sort of those n only.
+    let total = lists.iter().map(Vec::len).sum();
+    let mut seen: hashbrown::HashSet<&str, crate::intern::FastHash> =
+        hashbrown::HashSet::with_capacity_and_hasher(total, Default::default());
+    let mut all: Vec<&RankedAd> = Vec::with_capacity(total);
+    for r in lists.iter().flatten() {
+        if !seen.insert(r.ad_id.as_str()) {
+            return Err(OverlapError {
+                ad_id: r.ad_id.clone(),
+            });
+        }
+        all.push(r);
     }
-    let mut v: Vec<RankedAd> = all.into_iter().cloned().collect();
-    v.sort_by(rank_order);
-    v.truncate(n);
-    Ok(v)
+    let order = |a: &&RankedAd, b: &&RankedAd| rank_order(a, b);
+    if all.len() > n && n > 0 {
+        all.select_nth_unstable_by(n - 1, order);
+    }
+    all.truncate(n);
+    all.sort_unstable_by(order);
+    Ok(all.into_iter().cloned().collect())
 }
 
 /// [`merge`] over `(ad_id, clicks)` pairs as they arrive from SQL or

@@ -1,0 +1,334 @@
+//! `adtally ship`: the log watcher. Tails log files of click records (the
+//! design's line format, or JSON objects, one per line) into a Kafka topic,
+//! and resumes where it stopped after a restart.
+//!
+//! - Only complete lines (ending in `\n`) are shipped; a partial last line
+//!   waits for the rest.
+//! - Clicks are keyed by `ad_id`, so every click of an ad (and every
+//!   duplicate of a click) lands in one partition, the layout the core's
+//!   per-partition dedup relies on. Heartbeat lines go to every partition.
+//!   A line without a readable `ad_id` is shipped unkeyed: the core
+//!   side-lines it as invalid with its reason.
+//! - Where each file stands (its device, inode and byte offset) is written
+//!   to the state file only after the broker acknowledged every line before
+//!   that offset. After a crash, the lines after the last saved offset are
+//!   shipped again: they are exact repeats, so the core drops them as
+//!   duplicates (within the dedup horizon) and never counts them twice.
+//! - A rotated file (same path, new inode) is read to its end through the
+//!   old handle, then followed from the start of the new file; a truncated
+//!   file is followed from its new start.
+
+use anyhow::{Context, Result, bail};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How `ship` runs.
+pub struct ShipOptions {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// The files to follow.
+    pub files: Vec<PathBuf>,
+    /// Where positions are kept between runs.
+    pub state: PathBuf,
+    /// Stop after this long without a new line; never if `None`.
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// Where one file stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePosition {
+    /// The file's device.
+    pub dev: u64,
+    /// The file's inode.
+    pub ino: u64,
+    /// The first byte not yet acknowledged by the broker.
+    pub offset: u64,
+}
+
+/// The state file: each followed path and where it stands.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ShipState {
+    /// By path.
+    pub files: BTreeMap<PathBuf, FilePosition>,
+}
+
+impl ShipState {
+    /// Reads the state file; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<ShipState> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not an adtally ship state file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ShipState::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Replaces the state file atomically (write, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    }
+}
+
+/// Totals of a ship run.
+#[derive(Debug, Default)]
+pub struct ShipStats {
+    /// Lines produced (a heartbeat counts once).
+    pub lines: u64,
+    /// Files found rotated or truncated and followed from their start.
+    pub restarts: u64,
+}
+
+/// The `ad_id` of a record, to key it by.
+fn ad_key(line: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(line).ok()?.trim();
+    let ad = if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        v.get("ad_id")?.as_str()?.to_string()
+    } else {
+        let text = text.strip_prefix("[AdClickEvent]").unwrap_or(text);
+        text.split(',').next()?.trim().to_string()
+    };
+    (!ad.is_empty()).then(|| ad.into_bytes())
+}
+
+fn is_heartbeat(line: &[u8]) -> bool {
+    let t = line.trim_ascii();
+    t.starts_with(b"[Heartbeat]")
+        || (t.starts_with(b"{") && t.windows(14).any(|w| w == b"\"heartbeat_ms\""))
+}
+
+struct Followed {
+    path: PathBuf,
+    file: Option<File>,
+    pos: FilePosition,
+    /// Bytes read but not yet a complete line.
+    partial: Vec<u8>,
+}
+
+impl Followed {
+    /// Opens the path if it exists; a different inode than the stored one
+    /// (or a file shorter than the stored offset) starts from 0.
+    fn open(&mut self, stats: &mut ShipStats) -> Result<()> {
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", self.path.display())),
+        };
+        let meta = file.metadata()?;
+        if (meta.dev(), meta.ino()) != (self.pos.dev, self.pos.ino) || meta.len() < self.pos.offset
+        {
+            if self.pos != FilePosition::default() {
+                stats.restarts += 1;
+            }
+            self.pos = FilePosition {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                offset: 0,
+            };
+        }
+        let mut file = file;
+        file.seek(SeekFrom::Start(self.pos.offset))?;
+        self.file = Some(file);
+        self.partial.clear();
+        Ok(())
+    }
+
+    /// Whether the path now names another file than the open one (rotation).
+    fn rotated(&self) -> bool {
+        match (&self.file, std::fs::metadata(&self.path)) {
+            (Some(_), Ok(m)) => (m.dev(), m.ino()) != (self.pos.dev, self.pos.ino),
+            (None, Ok(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// Reads what was appended; returns the complete lines with the offset
+    /// just after each.
+    fn read_lines(&mut self, max_bytes: usize) -> Result<Vec<(Vec<u8>, u64)>> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; max_bytes];
+        let n = file.read(&mut buf)?;
+        let mut lines = Vec::new();
+        let mut at = self.pos.offset + self.partial.len() as u64;
+        for &b in &buf[..n] {
+            at += 1;
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.partial);
+                lines.push((line, at));
+            } else {
+                self.partial.push(b);
+            }
+        }
+        // Shrunk below where we are: truncated, start over.
+        if n == 0 && file.metadata()?.len() < self.pos.offset {
+            self.pos.offset = 0;
+            file.seek(SeekFrom::Start(0))?;
+            self.partial.clear();
+        }
+        Ok(lines)
+    }
+}
+
+/// Follows the files into the topic until idle (or forever).
+pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
+    if opts.files.is_empty() {
+        bail!("adtally ship: give at least one file to follow");
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()
+        .context("creating the Kafka producer")?;
+    let metadata = producer
+        .client()
+        .fetch_metadata(Some(&opts.topic), Duration::from_secs(30))
+        .with_context(|| format!("reading the metadata of topic {}", opts.topic))?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == opts.topic)
+        .map_or(0, |t| t.partitions().len() as i32);
+    if partitions == 0 {
+        bail!(
+            "topic {} does not exist (create it first, e.g. with adtally gen --brokers)",
+            opts.topic
+        );
+    }
+    let mut state = ShipState::load(&opts.state)?;
+    let mut stats = ShipStats::default();
+    let mut followed: Vec<Followed> = opts
+        .files
+        .iter()
+        .map(|p| Followed {
+            path: p.clone(),
+            file: None,
+            pos: state.files.get(p).copied().unwrap_or_default(),
+            partial: Vec::new(),
+        })
+        .collect();
+    for f in &mut followed {
+        f.open(&mut stats)?;
+    }
+    let mut last_line = Instant::now();
+    loop {
+        let mut shipped = 0usize;
+        for f in &mut followed {
+            let lines = f.read_lines(1 << 20)?;
+            if lines.is_empty() {
+                if f.rotated() {
+                    // The old file is drained: follow the new one.
+                    if f.file.is_some() {
+                        stats.restarts += 1;
+                    }
+                    f.pos = FilePosition::default();
+                    f.open(&mut stats)?;
+                }
+                continue;
+            }
+            let end = lines.last().map(|(_, at)| *at).unwrap_or(f.pos.offset);
+            for (line, _) in &lines {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
+                if is_heartbeat(line) {
+                    for p in 0..partitions {
+                        send(
+                            &producer,
+                            BaseRecord::<[u8], [u8]>::to(&opts.topic)
+                                .payload(line)
+                                .partition(p),
+                        )?;
+                    }
+                } else {
+                    let mut rec = BaseRecord::<[u8], [u8]>::to(&opts.topic).payload(line);
+                    let key = ad_key(line);
+                    if let Some(key) = &key {
+                        rec = rec.key(key.as_slice());
+                    }
+                    send(&producer, rec)?;
+                }
+                stats.lines += 1;
+                shipped += 1;
+            }
+            // Acknowledged by the broker before the position moves.
+            producer
+                .flush(Duration::from_secs(60))
+                .context("waiting for the broker to acknowledge the lines")?;
+            f.pos.offset = end;
+            state.files.insert(f.path.clone(), f.pos);
+            state.save(&opts.state)?;
+        }
+        if shipped > 0 {
+            last_line = Instant::now();
+            continue;
+        }
+        if opts
+            .exit_when_idle
+            .is_some_and(|idle| last_line.elapsed() >= idle)
+        {
+            return Ok(stats);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn send(producer: &BaseProducer, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => {
+                producer.poll(Duration::ZERO);
+                return Ok(());
+            }
+            Err((e, back))
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+            {
+                producer.poll(Duration::from_millis(50));
+                rec = back;
+            }
+            Err((e, _)) => bail!("producing: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_ad_ids() {
+        let key = |s: &[u8]| ad_key(s).map(|k| String::from_utf8(k).unwrap());
+        assert_eq!(
+            key(b"ad001, 2021-01-01 00:00:01, u, 1.1.1.1, USA").as_deref(),
+            Some("ad001")
+        );
+        assert_eq!(
+            key(b"[AdClickEvent] ad7 , 1, u, 1.1.1.1, USA").as_deref(),
+            Some("ad7")
+        );
+        assert_eq!(
+            key(br#"  {"ad_id": "ad9", "user_id": "u"}"#).as_deref(),
+            Some("ad9")
+        );
+        assert_eq!(ad_key(b", 1, u"), None);
+        assert!(is_heartbeat(b"[Heartbeat] 1000"));
+        assert!(is_heartbeat(br#"{"heartbeat_ms": 5}"#));
+        assert!(!is_heartbeat(b"ad1, 1, u, 1.1.1.1, USA"));
+    }
+}
