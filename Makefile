@@ -11,8 +11,10 @@ setup:
 
 # The three WebAssembly builds of the core, under target/wasm/.
 wasm:
-	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm
 	@mkdir -p $(WASM_DIR)
+	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm --features trap-test-marker
+	cp target/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/adtally_component_trap_marker.wasm
+	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm
 	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm --features upgrade-test-marker
 	cp target/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/adtally_clickhouse_marker.wasm
 	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm

@@ -119,11 +119,22 @@ class Engine:
         self.session = adtally_ch.open_session(data_dir)
         self.lock = threading.Lock()
         self.tmp = tempfile.mkdtemp(prefix="adtally-http-")
+        # What the session's state is, so that a request changes it only
+        # when it must: the current database, and table structures for
+        # INSERTs (forgotten on any statement that may change a table).
+        self.current_db = self._query("SELECT currentDatabase()", "TSV", None).decode().strip()
+        self.structures = {}
 
     def run(self, sql, fmt, params, settings, database):
         with self.lock:
             saved = self._apply(settings, database)
             try:
+                if not re.match(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN|INSERT)\b", sql, re.I):
+                    self.structures.clear()
+                    if re.match(r"^\s*USE\b", sql, re.I):
+                        out = self._query(sql, fmt, params)
+                        self.current_db = self._query("SELECT currentDatabase()", "TSV", None).decode().strip()
+                        return out
                 return self._query(sql, fmt, params)
             finally:
                 self._restore(saved)
@@ -154,7 +165,10 @@ class Engine:
                 self._restore(saved)
 
     def _structure(self, table, cols):
-        rows = self._query(f"DESCRIBE TABLE {table}", "TSV", None).decode().splitlines()
+        key = (self.current_db, table)
+        if key not in self.structures:
+            self.structures[key] = self._query(f"DESCRIBE TABLE {table}", "TSV", None).decode().splitlines()
+        rows = self.structures[key]
         types = {}
         order = []
         for line in rows:
@@ -192,9 +206,10 @@ class Engine:
             for k, v in settings.items():
                 self._query(f"SET {k} = {adtally_ch.sql_string(v)}", "TSV", None)
         db_saved = None
-        if database:
-            db_saved = self._query("SELECT currentDatabase()", "TSV", None).decode().strip()
+        if database and database != self.current_db:
+            db_saved = self.current_db
             self._query(f"USE {database}", "TSV", None)
+            self.current_db = database
         return saved, db_saved
 
     def _restore(self, saved):
@@ -206,6 +221,7 @@ class Engine:
                 pass
         if db:
             self._query(f"USE {db}", "TSV", None)
+            self.current_db = db
 
 
 def make_handler(engine):

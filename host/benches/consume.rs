@@ -42,27 +42,39 @@ async fn main() -> anyhow::Result<()> {
         config.partitions
     );
 
-    // Raw: an rdkafka consumer that only counts.
-    let raw: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.addr())
-        .set("group.id", "raw")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    raw.subscribe(&["clicks"])?;
-    let mut count = 0u64;
-    let mut first = None;
-    while count < n {
-        raw.recv().await?;
-        first.get_or_insert_with(Instant::now);
-        count += 1;
-    }
-    let raw_secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
-    drop(raw);
-
-    // adtally run: the core component in wasmtime and every write to ClickHouse.
+    // ClickHouse runs through both measurements, so that the raw consumer
+    // shares the machine with it as the host does.
     let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse"))?;
     adtally_host::sink::install_schema(&ch.url())?;
+
+    // Raw: an rdkafka consumer that only counts, twice (the broker's first
+    // read of a topic can be slower); the host is compared with the faster.
+    let mut raw_secs = f64::INFINITY;
+    for round in 0..2 {
+        let raw: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", kafka.addr())
+            .set("group.id", format!("raw-{round}"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        raw.subscribe(&["clicks"])?;
+        let mut count = 0u64;
+        let mut first = None;
+        while count < n {
+            raw.recv().await?;
+            first.get_or_insert_with(Instant::now);
+            count += 1;
+        }
+        let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+        println!(
+            "raw rdkafka consume : {:>10.0} records/s ({secs:.2} s, run {})",
+            n as f64 / secs,
+            round + 1
+        );
+        raw_secs = raw_secs.min(secs);
+    }
+
+    // adtally run: the core component in wasmtime and every write to ClickHouse.
     let opts = source::ConsumeOptions {
         brokers: kafka.addr().to_string(),
         topic: "clicks".into(),
@@ -79,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         db: "adtally",
         module: &module,
         config_json: "{}",
+        compress: std::env::var_os("ADTALLY_BENCH_LZ4").is_some(),
     };
     let stats = pipeline::run(&opts, &target).await?.stats;
     anyhow::ensure!(
@@ -91,13 +104,17 @@ async fn main() -> anyhow::Result<()> {
         _ => f64::NAN,
     };
     let (raw_rate, host_rate) = (n as f64 / raw_secs, n as f64 / host_secs);
-    println!("raw rdkafka consume : {raw_rate:>10.0} records/s ({raw_secs:.2} s)");
     println!(
-        "adtally run, e2e    : {host_rate:>10.0} records/s ({host_secs:.2} s, {} rollup rows written)",
-        stats.rollups
+        "adtally run, e2e    : {host_rate:>10.0} records/s ({host_secs:.2} s, {} rollup rows written, inserts {})",
+        stats.rollups,
+        if target.compress {
+            "LZ4"
+        } else {
+            "uncompressed (loopback)"
+        }
     );
     println!(
-        "host / raw rate     : {:.2} (target >= 0.9)",
+        "host / faster raw   : {:.2} (target >= 0.9)",
         host_rate / raw_rate
     );
     // Latency: from the arrival of a batch's first record to the

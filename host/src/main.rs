@@ -100,6 +100,10 @@ enum Command {
         /// replays at most about this much).
         #[arg(long, default_value_t = 10)]
         snapshot_interval: u64,
+        /// LZ4-compress inserts (`lz4`, the default) or not (`none`: for a
+        /// ClickHouse on the same machine, where compression only costs CPU).
+        #[arg(long, default_value = "lz4", value_parser = ["lz4", "none"])]
+        clickhouse_compression: String,
         /// Which partitions to read: `group` (the consumer group shares them
         /// out), `all`, or a list like `0,2,5` (no group: static deployments).
         #[arg(long, default_value = "group")]
@@ -132,18 +136,58 @@ struct StreamArgs {
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Clicks per second of event time.
+    #[arg(long, default_value_t = 50)]
+    rate: u32,
+    /// Fraction of records that repeat an earlier click exactly.
+    #[arg(long, default_value_t = 0.01)]
+    duplicates: f64,
+    /// Fraction of clicks placed 30 minutes behind (late), once the stream
+    /// is 40 minutes long.
+    #[arg(long, default_value_t = 0.005)]
+    late: f64,
+    /// Fraction of invalid records (an unknown country).
+    #[arg(long, default_value_t = 0.005)]
+    invalid: f64,
+    /// Largest backwards jitter of a click's time, in ms (disorder); at most
+    /// the core's out-of-orderness (15,000) for the totals to hold.
+    #[arg(long, default_value_t = 5_000)]
+    disorder_ms: i64,
 }
 
 impl StreamArgs {
     fn config(&self) -> Result<generator::GenConfig> {
-        if self.partitions == 0 || self.ads == 0 {
-            bail!("--partitions and --ads must be at least 1");
+        if self.partitions == 0 || self.ads == 0 || self.rate == 0 {
+            bail!("--partitions, --ads and --rate must be at least 1");
+        }
+        for (name, f) in [
+            ("--duplicates", self.duplicates),
+            ("--late", self.late),
+            ("--invalid", self.invalid),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                bail!("{name} {f}: a fraction between 0 and 1");
+            }
+        }
+        if self.duplicates + self.late + self.invalid > 1.0 {
+            bail!("--duplicates + --late + --invalid must not exceed 1");
+        }
+        if !(0..=15_000).contains(&self.disorder_ms) {
+            bail!(
+                "--disorder-ms {}: between 0 and the core's out-of-orderness (15000), or the expected totals would not hold",
+                self.disorder_ms
+            );
         }
         Ok(generator::GenConfig {
             records: self.records,
             ads: self.ads,
             partitions: self.partitions,
             seed: self.seed,
+            rate_per_s: self.rate,
+            duplicates: self.duplicates,
+            late: self.late,
+            invalid: self.invalid,
+            disorder_ms: self.disorder_ms,
             ..generator::GenConfig::default()
         })
     }
@@ -202,6 +246,7 @@ fn main() -> Result<()> {
             batch,
             exit_when_idle,
             snapshot_interval,
+            clickhouse_compression,
             partitions,
         } => {
             let config_json = match config {
@@ -221,7 +266,14 @@ fn main() -> Result<()> {
                 snapshot_every: std::time::Duration::from_secs(snapshot_interval),
                 assignment: partitions,
             };
-            run(&opts, &clickhouse, &db, &module, &config_json)
+            run(
+                &opts,
+                &clickhouse,
+                &db,
+                &module,
+                &config_json,
+                clickhouse_compression == "lz4",
+            )
         }
         Command::Ship {
             brokers,
@@ -295,6 +347,8 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         db: "adtally",
         module: module_path,
         config_json: "{}",
+        // The embedded server is on this machine.
+        compress: false,
     };
     let start = Instant::now();
     let report = pipeline::run(&opts, &target).await?;
@@ -378,12 +432,14 @@ async fn run(
     db: &str,
     module_path: &Path,
     config_json: &str,
+    compress: bool,
 ) -> Result<()> {
     let target = pipeline::Target {
         url,
         db,
         module: module_path,
         config_json,
+        compress,
     };
     eprintln!("adtally run: {} -> {url}/{db}", opts.topic);
     let report = pipeline::run(opts, &target).await?;

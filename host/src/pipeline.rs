@@ -17,6 +17,10 @@ pub struct Target<'a> {
     pub module: &'a Path,
     /// The core's configuration (JSON; defaults fill gaps).
     pub config_json: &'a str,
+    /// LZ4-compress inserts (the `clickhouse` crate's default). Worth it
+    /// over a network; on loopback to a co-located server it only costs
+    /// CPU on both sides.
+    pub compress: bool,
 }
 
 /// What a run did, and with which module.
@@ -35,7 +39,13 @@ pub async fn run(opts: &ConsumeOptions, target: &Target<'_>) -> Result<Report> {
     let module = rt.load_file(target.module)?;
     // The configuration is checked before anything is consumed.
     module.create(target.config_json)?;
-    let sink = Sink::new(target.url, target.db, &opts.topic, module.sha256());
+    let sink = Sink::new(
+        target.url,
+        target.db,
+        &opts.topic,
+        module.sha256(),
+        target.compress,
+    );
     let stats = source::consume(opts, &module, target.config_json, &sink).await?;
     Ok(Report {
         stats,

@@ -95,7 +95,21 @@ fn hex32(key: adtally_core::EventKey) -> [u8; 32] {
     out
 }
 
+/// A ClickHouse client whose connections send small writes at once
+/// (`TCP_NODELAY`): an insert ends with a small chunk, and Nagle's algorithm
+/// would hold it until the server's delayed ACK (40 ms on Linux), per insert.
+pub fn client(url: &str) -> Client {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .build(connector);
+    Client::with_http_client(http).with_url(url)
+}
+
 /// Where the outputs go.
+#[derive(Clone)]
 pub struct Sink {
     client: Client,
     db: String,
@@ -105,9 +119,15 @@ pub struct Sink {
 
 impl Sink {
     /// A sink into database `db` of the ClickHouse at `url`.
-    pub fn new(url: &str, db: &str, topic: &str, module_sha256: &str) -> Sink {
+    pub fn new(url: &str, db: &str, topic: &str, module_sha256: &str, compress: bool) -> Sink {
+        let client = client(url).with_database(db);
+        let client = if compress {
+            client
+        } else {
+            client.with_compression(clickhouse::Compression::None)
+        };
         Sink {
-            client: Client::default().with_url(url).with_database(db),
+            client,
             db: db.into(),
             topic: topic.into(),
             module_sha256: module_sha256.into(),
@@ -159,6 +179,20 @@ impl Sink {
         }))
     }
 
+    /// Offsets of partition `p` quarantined earlier (by any consumer).
+    pub async fn quarantined(&self, p: u32) -> Result<Vec<i64>> {
+        self.client
+            .query(
+                "SELECT source_offset FROM invalid_events \
+                 WHERE topic = ? AND source_partition = ? AND startsWith(reason, 'module_trap')",
+            )
+            .bind(&self.topic)
+            .bind(p)
+            .fetch_all::<i64>()
+            .await
+            .with_context(|| format!("reading the quarantined records of partition {p}"))
+    }
+
     /// Side-lines a record the module could not process (it trapped on it
     /// on its own), with the error, in `invalid_events`.
     pub async fn write_quarantined(
@@ -207,10 +241,20 @@ impl Sink {
     /// returns when ClickHouse acknowledged all of it.
     pub async fn write(&self, outs: &[(u32, Outputs)]) -> Result<()> {
         let sha = self.module_sha256.as_str();
-        let all = || outs.iter().map(|(_, o)| o);
-        if all().any(|o| !o.rollups.is_empty()) {
+        let rollups: Vec<&adtally_core::Rollup> =
+            outs.iter().flat_map(|(_, o)| &o.rollups).collect();
+        let late: Vec<&adtally_core::LateEvent> = outs.iter().flat_map(|(_, o)| &o.late).collect();
+        let invalid: Vec<&adtally_core::InvalidEvent> =
+            outs.iter().flat_map(|(_, o)| &o.invalid).collect();
+        let mut top_n: Vec<(u32, &adtally_core::TopNRow)> = Vec::new();
+        for (p, o) in outs {
+            for t in &o.top_n {
+                top_n.push((*p, t));
+            }
+        }
+        if !rollups.is_empty() {
             let mut ins = self.client.insert::<RollupRow>("rollups").await?;
-            for r in all().flat_map(|o| &o.rollups) {
+            for r in rollups {
                 ins.write(&RollupRow {
                     window_start: r.window_start.0,
                     ad_id: r.ad_id.as_str(),
@@ -226,12 +270,9 @@ impl Sink {
                 .await
                 .with_context(|| format!("writing rollups to {}", self.db))?;
         }
-        if all().any(|o| !o.top_n.is_empty()) {
+        if !top_n.is_empty() {
             let mut ins = self.client.insert::<TopNRowOut>("most_clicked_ads").await?;
-            for (p, t) in outs
-                .iter()
-                .flat_map(|(p, o)| o.top_n.iter().map(move |t| (*p, t)))
-            {
+            for (p, t) in top_n {
                 ins.write(&TopNRowOut {
                     window_minutes: t.windows,
                     update_time_minute: t.minute.0,
@@ -245,9 +286,9 @@ impl Sink {
             }
             ins.end().await.context("writing top-N rows")?;
         }
-        if all().any(|o| !o.late.is_empty()) {
+        if !late.is_empty() {
             let mut ins = self.client.insert::<LateRow>("late_events").await?;
-            for l in all().flat_map(|o| &o.late) {
+            for l in late {
                 ins.write(&LateRow {
                     topic: &self.topic,
                     source_partition: l.partition.0,
@@ -263,9 +304,9 @@ impl Sink {
             }
             ins.end().await.context("writing late events")?;
         }
-        if all().any(|o| !o.invalid.is_empty()) {
+        if !invalid.is_empty() {
             let mut ins = self.client.insert::<InvalidRow>("invalid_events").await?;
-            for i in all().flat_map(|o| &o.invalid) {
+            for i in invalid {
                 ins.write(&InvalidRow {
                     topic: &self.topic,
                     source_partition: i.partition.0,

@@ -240,10 +240,13 @@ struct Cores<'m, 'a> {
 
 impl<'m> Cores<'m, '_> {
     /// A core for `p`: its latest snapshot restored, or a fresh one.
-    async fn open(&self, p: u32, stats: &mut ConsumeStats) -> Result<PartitionCore<'m>> {
+    async fn open(&mut self, p: u32, stats: &mut ConsumeStats) -> Result<PartitionCore<'m>> {
+        for offset in self.sink.quarantined(p).await? {
+            self.quarantined.insert((p, offset));
+        }
         let semantics = self.module.info().semantics_version;
         if let Some(snap) = self.sink.load_snapshot(p, semantics).await? {
-            match self.module.restore(&snap.state) {
+            match wasm(|| self.module.restore(&snap.state)) {
                 Ok(agg) => {
                     eprintln!(
                         "adtally: partition {p}: state restored, resuming at offset {}",
@@ -266,7 +269,7 @@ impl<'m> Cores<'m, '_> {
             }
         }
         Ok(PartitionCore {
-            agg: self.module.create(self.config_json)?,
+            agg: wasm(|| self.module.create(self.config_json))?,
             next_offset: 0,
             last_snapshot: Instant::now(),
             snapshot_offset: 0,
@@ -276,7 +279,7 @@ impl<'m> Cores<'m, '_> {
     }
 
     async fn snapshot(&self, p: u32, core: &mut PartitionCore<'m>) -> Result<()> {
-        let state = core.agg.snapshot()?;
+        let state = wasm(|| core.agg.snapshot())?;
         let semantics = self.module.info().semantics_version;
         self.sink
             .write_snapshot(p, core.next_offset, semantics, &state)
@@ -285,6 +288,13 @@ impl<'m> Cores<'m, '_> {
         core.snapshot_offset = core.next_offset;
         Ok(())
     }
+}
+
+/// Runs a call into the module off the async scheduler: module calls are
+/// CPU-bound, and WASI output (a panicking module's message) blocks on a
+/// runtime of its own, which tokio allows only from a blocking section.
+fn wasm<T>(call: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(call)
 }
 
 fn offset_of(next: i64) -> Offset {
@@ -337,6 +347,11 @@ pub async fn consume(
         quarantined: BTreeSet::new(),
     };
     let mut stats = ConsumeStats::default();
+    let mut writer = Writer {
+        sink: sink.clone(),
+        topic: opts.topic.clone(),
+        inflight: Default::default(),
+    };
     let mut last_record = Instant::now();
     let mut assigned_once = false;
     let fixed = match &opts.assignment {
@@ -379,12 +394,17 @@ pub async fn consume(
         }
     }
     loop {
-        // One batch: what arrives within 200 ms, up to `batch` records.
+        // One batch: up to `batch` records, within 200 ms, and no longer
+        // than a short pause in arrivals once it has records (what is
+        // queued goes at once; waiting would only add latency).
         let mut batch: Vec<(u32, i64, Vec<u8>, Option<i64>)> = Vec::new();
         let window_end = Instant::now() + Duration::from_millis(200);
         let mut first_at = None;
         while batch.len() < opts.batch {
-            let left = window_end.saturating_duration_since(Instant::now());
+            let mut left = window_end.saturating_duration_since(Instant::now());
+            if !batch.is_empty() {
+                left = left.min(Duration::from_millis(10));
+            }
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => {
                     first_at.get_or_insert_with(Instant::now);
@@ -398,13 +418,31 @@ pub async fn consume(
                 Ok(Err(e)) => eprintln!("adtally: kafka: {e}"),
                 Err(_) => break,
             }
-            if apply_changes(&changes, &consumer, &opts.topic, &mut cores, &mut stats).await? {
+            if apply_changes(
+                &changes,
+                &consumer,
+                &opts.topic,
+                &mut cores,
+                &mut writer,
+                &mut stats,
+            )
+            .await?
+            {
                 assigned_once |= !cores.held.is_empty();
                 last_record = Instant::now();
                 break;
             }
         }
-        if apply_changes(&changes, &consumer, &opts.topic, &mut cores, &mut stats).await? {
+        if apply_changes(
+            &changes,
+            &consumer,
+            &opts.topic,
+            &mut cores,
+            &mut writer,
+            &mut stats,
+        )
+        .await?
+        {
             assigned_once |= !cores.held.is_empty();
             last_record = Instant::now();
         }
@@ -412,9 +450,11 @@ pub async fn consume(
         let mut outs: Vec<(u32, adtally_core::Outputs)> = Vec::new();
         if batch.is_empty() {
             for (p, core) in cores.held.iter_mut() {
-                outs.push((*p, core.agg.tick(now)?));
+                outs.push((*p, wasm(|| core.agg.tick(now))?));
             }
-            sink.write(&outs).await?;
+            writer
+                .start(outs, BTreeMap::new(), None, &mut stats)
+                .await?;
             // Idle: no record (nor a change of assignment) for that long; a
             // consumer that never held a partition yet waits at least a
             // minute (group joins, and a dead member's eviction, take time).
@@ -429,6 +469,7 @@ pub async fn consume(
                 .exit_when_idle
                 .is_some_and(|idle| last_record.elapsed() >= idle_for(idle))
             {
+                writer.settle(&mut stats).await?;
                 for (p, mut core) in std::mem::take(&mut cores.held) {
                     if core.next_offset > core.snapshot_offset {
                         cores.snapshot(p, &mut core).await?;
@@ -470,9 +511,10 @@ pub async fn consume(
                 }
                 core.rewind = None;
             }
-            let out = match push(core, &recs, now, &cores.quarantined) {
+            let out = match wasm(|| push(core, &recs, now, &cores.quarantined)) {
                 Ok(out) => out,
                 Err(e) => {
+                    writer.settle(&mut stats).await?;
                     recover(&mut cores, p, &recs, e, &consumer, &opts.topic, &mut stats).await?;
                     continue;
                 }
@@ -481,13 +523,6 @@ pub async fn consume(
             next.insert(p, core.next_offset);
             outs.push((p, out));
         }
-        sink.write(&outs).await?;
-        // Only now, with the rows acknowledged, does the position move.
-        sink.write_offsets(&opts.topic, &next).await?;
-        let written = Instant::now();
-        if let Some(first) = first_at {
-            stats.batch_latencies.push(written - first);
-        }
         stats.records += batch.len() as u64;
         for (_, out) in &outs {
             stats.rollups += out.rollups.len() as u64;
@@ -495,7 +530,7 @@ pub async fn consume(
             stats.late += out.late.len() as u64;
             stats.invalid += out.invalid.len() as u64;
         }
-        stats.last_written_at = Some(written);
+        writer.start(outs, next, first_at, &mut stats).await?;
         let due: Vec<u32> = cores
             .held
             .iter()
@@ -505,12 +540,78 @@ pub async fn consume(
             })
             .map(|(p, _)| *p)
             .collect();
+        if !due.is_empty() {
+            writer.settle(&mut stats).await?;
+        }
         for p in due {
             if let Some(mut core) = cores.held.remove(&p) {
                 cores.snapshot(p, &mut core).await?;
                 cores.held.insert(p, core);
             }
         }
+    }
+}
+
+/// Writes batches' outputs, then the offsets they cover, while the next
+/// batches are read and aggregated: at most `WRITES_IN_FLIGHT` batches are
+/// in flight, and anything that needs every earlier row acknowledged (a
+/// snapshot, a hand-over, a restore, the exit) settles them first. Offsets
+/// may land out of order: the table keeps the highest.
+struct Writer {
+    sink: Sink,
+    topic: String,
+    inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<BatchWritten>>>,
+}
+
+/// (when the batch's first record arrived, if it had records; when its
+/// writes were acknowledged).
+type BatchWritten = (Option<Instant>, Instant);
+
+const WRITES_IN_FLIGHT: usize = 2;
+
+impl Writer {
+    /// Waits for the batch in flight; its failure fails the run (a restart
+    /// replays from the last snapshot and rewrites the same rows).
+    async fn settle(&mut self, stats: &mut ConsumeStats) -> Result<()> {
+        while !self.inflight.is_empty() {
+            self.settle_oldest(stats).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_oldest(&mut self, stats: &mut ConsumeStats) -> Result<()> {
+        if let Some(h) = self.inflight.pop_front() {
+            let (first, done) = h.await.context("the ClickHouse write task")??;
+            // Only batches of records count (not the ticks of an idle loop).
+            if let Some(first) = first {
+                stats.batch_latencies.push(done - first);
+                stats.last_written_at = Some(done);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts writing `outs` and then `next` (the offsets they cover).
+    async fn start(
+        &mut self,
+        outs: Vec<(u32, adtally_core::Outputs)>,
+        next: BTreeMap<u32, i64>,
+        first_at: Option<Instant>,
+        stats: &mut ConsumeStats,
+    ) -> Result<()> {
+        while self.inflight.len() >= WRITES_IN_FLIGHT {
+            self.settle_oldest(stats).await?;
+        }
+        let (sink, topic) = (self.sink.clone(), self.topic.clone());
+        self.inflight.push_back(tokio::spawn(async move {
+            sink.write(&outs).await?;
+            // Only now, with the rows acknowledged, does the position move.
+            if !next.is_empty() {
+                sink.write_offsets(&topic, &next).await?;
+            }
+            Ok((first_at, Instant::now()))
+        }));
+        Ok(())
     }
 }
 
@@ -602,10 +703,15 @@ async fn apply_changes<C: ConsumerContext>(
     consumer: &StreamConsumer<C>,
     topic: &str,
     cores: &mut Cores<'_, '_>,
+    writer: &mut Writer,
     stats: &mut ConsumeStats,
 ) -> Result<bool> {
     let mut any = false;
     while let Ok(change) = changes.try_recv() {
+        if !any {
+            // A hand-over snapshot must cover only acknowledged rows.
+            writer.settle(stats).await?;
+        }
         any = true;
         match change {
             Change::Revoked(parts) => {

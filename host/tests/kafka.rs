@@ -432,3 +432,83 @@ fn ship_follows_logs_across_restarts_then_exact() {
     };
     assert_exact(&s, 150_016);
 }
+
+/// A module that traps on one record: the host reports it, restores the
+/// partition's core from its snapshot, replays one record at a time,
+/// quarantines the record the module fails on by itself, and goes on; the
+/// counts are exact. (`adtally_component_trap_marker.wasm` is a test build
+/// that traps on records containing `adtally-trap-test`.)
+#[test]
+fn a_trapping_record_is_quarantined_then_exact() {
+    use adtally_host::generator::{GenConfig, GenRecord, generate};
+    let tmp = std::env::temp_dir().join(format!("adtally-kafka-trap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let broker = Broker::start("memory://tansu/", &tmp).unwrap();
+    let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
+    adtally_host::sink::install_schema(&ch.url()).unwrap();
+    let mut g = generate(GenConfig {
+        records: 150_000,
+        ..GenConfig::default()
+    });
+    // The poison goes into the middle of partition 2.
+    let at = g.records.len() / 2;
+    g.records.insert(
+        at,
+        GenRecord {
+            partition: 2,
+            payload: "adtally-trap-test".into(),
+        },
+    );
+    let expected_path = tmp.join("expected.tsv");
+    let mut f = std::fs::File::create(&expected_path).unwrap();
+    for ((w, ad), c) in &g.expected {
+        std::io::Write::write_all(&mut f, format!("{w}\t{ad}\t{c}\n").as_bytes()).unwrap();
+    }
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(adtally_host::source::ensure_topic(
+            broker.addr(),
+            "clicks",
+            4,
+        ))
+        .unwrap();
+    adtally_host::source::produce(broker.addr(), "clicks", &g.records).unwrap();
+    let url = ch.url();
+    let run = adtally(&[
+        "run",
+        "--brokers",
+        broker.addr(),
+        "--topic",
+        "clicks",
+        "--clickhouse",
+        &url,
+        "--partitions",
+        "all",
+        "--batch",
+        "5000",
+        "--snapshot-interval",
+        "1",
+        "--exit-when-idle",
+        "8",
+        "--module",
+        "target/wasm/adtally_component_trap_marker.wasm",
+    ]);
+    assert!(run.contains("1 records quarantined"), "{run}");
+    assert!(
+        run.contains("the core failed at offset"),
+        "the trap is reported:\n{run}"
+    );
+    let q = query_tsv(
+        &url,
+        "SELECT source_partition, reason FROM adtally.invalid_events WHERE startsWith(reason, 'module_trap') FORMAT TSV",
+    );
+    assert!(q.starts_with("2\tmodule_trap: "), "{q}");
+    let s = Setup {
+        tmp,
+        broker,
+        ch,
+        expected_path,
+    };
+    assert_exact(&s, 150_005);
+}

@@ -114,6 +114,13 @@ impl wit::GuestAggregator for Aggregator {
             let mut engine = self.engine.borrow_mut();
             let mut out = self.out.borrow_mut();
             for (i, range) in ranges.enumerate() {
+                #[cfg(feature = "trap-test-marker")]
+                if records.payloads[range.clone()]
+                    .windows(17)
+                    .any(|w| w == b"adtally-trap-test")
+                {
+                    panic!("trap-test-marker: record at offset {}", records.offsets[i]);
+                }
                 engine.push_record(
                     Partition(records.partitions[i]),
                     Offset(records.offsets[i]),
