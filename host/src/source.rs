@@ -21,7 +21,7 @@
 
 use crate::generator::GenRecord;
 use crate::sink::Sink;
-use adtally_runtime::{Aggregator, Module, RecordIn};
+use adtally_runtime::{Aggregator, Module, RecordBatch, RecordIn};
 use anyhow::{Context, Result, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
@@ -397,23 +397,27 @@ pub async fn consume(
         // One batch: up to `batch` records, within 200 ms, and no longer
         // than a short pause in arrivals once it has records (what is
         // queued goes at once; waiting would only add latency).
-        let mut batch: Vec<(u32, i64, Vec<u8>, Option<i64>)> = Vec::new();
+        // Each record is copied once, into its partition's packed batch.
+        let mut by_partition: BTreeMap<u32, RecordBatch> = BTreeMap::new();
+        let mut records = 0usize;
         let window_end = Instant::now() + Duration::from_millis(200);
         let mut first_at = None;
-        while batch.len() < opts.batch {
+        while records < opts.batch {
             let mut left = window_end.saturating_duration_since(Instant::now());
-            if !batch.is_empty() {
+            if records > 0 {
                 left = left.min(Duration::from_millis(10));
             }
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => {
                     first_at.get_or_insert_with(Instant::now);
-                    batch.push((
-                        m.partition() as u32,
+                    let p = m.partition() as u32;
+                    by_partition.entry(p).or_default().push(
+                        p,
                         m.offset(),
-                        m.payload().unwrap_or_default().to_vec(),
+                        m.payload().unwrap_or_default(),
                         m.timestamp().to_millis(),
-                    ))
+                    )?;
+                    records += 1;
                 }
                 Ok(Err(e)) => eprintln!("adtally: kafka: {e}"),
                 Err(_) => break,
@@ -448,7 +452,7 @@ pub async fn consume(
         }
         let now = now_ms();
         let mut outs: Vec<(u32, adtally_core::Outputs)> = Vec::new();
-        if batch.is_empty() {
+        if records == 0 {
             for (p, core) in cores.held.iter_mut() {
                 outs.push((*p, wasm(|| core.agg.tick(now))?));
             }
@@ -481,17 +485,10 @@ pub async fn consume(
         }
         last_record = Instant::now();
         stats.first_record_at.get_or_insert(last_record);
-        let mut by_partition: BTreeMap<u32, Vec<RecordIn>> = BTreeMap::new();
-        for (p, o, payload, t) in &batch {
-            by_partition.entry(*p).or_default().push(RecordIn {
-                partition: *p,
-                offset: *o,
-                payload,
-                record_time_ms: *t,
-            });
-        }
         let mut next: BTreeMap<u32, i64> = BTreeMap::new();
-        for (p, recs) in by_partition {
+        for (p, packed) in &by_partition {
+            let p = *p;
+            let recs: Vec<RecordIn> = packed.records().collect();
             let Some(core) = cores.held.get_mut(&p) else {
                 // Not (or no longer) ours: its new owner reads it.
                 continue;
@@ -511,7 +508,7 @@ pub async fn consume(
                 }
                 core.rewind = None;
             }
-            let out = match wasm(|| push(core, &recs, now, &cores.quarantined)) {
+            let out = match wasm(|| push(core, packed, &recs, now, &cores.quarantined)) {
                 Ok(out) => out,
                 Err(e) => {
                     writer.settle(&mut stats).await?;
@@ -523,7 +520,7 @@ pub async fn consume(
             next.insert(p, core.next_offset);
             outs.push((p, out));
         }
-        stats.records += batch.len() as u64;
+        stats.records += records as u64;
         for (_, out) in &outs {
             stats.rollups += out.rollups.len() as u64;
             stats.duplicates += out.duplicates;
@@ -619,6 +616,7 @@ impl Writer {
 /// time while recovering from a trap (skipping quarantined records).
 fn push(
     core: &mut PartitionCore<'_>,
+    packed: &RecordBatch,
     recs: &[RecordIn<'_>],
     now: i64,
     quarantined: &BTreeSet<(u32, i64)>,
@@ -639,13 +637,22 @@ fn push(
         if core.careful_until.is_some_and(|u| core.next_offset > u) {
             core.careful_until = None;
         }
-    } else {
+    } else if recs
+        .iter()
+        .any(|r| quarantined.contains(&(r.partition, r.offset)))
+    {
         let kept: Vec<RecordIn> = recs
             .iter()
             .filter(|r| !quarantined.contains(&(r.partition, r.offset)))
             .copied()
             .collect();
         out = core.agg.push(&kept, now)?;
+        if let Some(last) = recs.last() {
+            core.next_offset = last.offset + 1;
+        }
+    } else {
+        // The common case: the packed batch goes in as it is.
+        out = core.agg.push_batch(packed, now)?;
         if let Some(last) = recs.last() {
             core.next_offset = last.offset + 1;
         }

@@ -20,6 +20,11 @@ fn demo_pipeline_is_exact() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("exact: all"), "{stdout}");
+    // And it prints the top ads, merged over the partitions.
+    assert!(
+        stdout.contains("Top 10 ads of the 5 minutes") && stdout.contains("   1. ad"),
+        "{stdout}"
+    );
     // The stream had every kind of record, and the core saw each.
     let line = stdout.lines().find(|l| l.contains("consumed ")).unwrap();
     for kind in ["duplicates dropped", "late", "invalid"] {

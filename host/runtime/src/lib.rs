@@ -327,24 +327,22 @@ impl Aggregator<'_> {
 
     /// Pushes a batch of records (packed into one buffer on the way).
     pub fn push(&mut self, records: &[RecordIn<'_>], now_ms: i64) -> Result<Outputs> {
-        self.arm();
-        let mut batch = wit::RecordBatch {
-            partitions: Vec::with_capacity(records.len()),
-            offsets: Vec::with_capacity(records.len()),
-            record_times_ms: Vec::with_capacity(records.len()),
-            payload_ends: Vec::with_capacity(records.len()),
-            payloads: Vec::with_capacity(records.iter().map(|r| r.payload.len()).sum()),
-        };
+        let mut batch = RecordBatch::with_capacity(
+            records.len(),
+            records.iter().map(|r| r.payload.len()).sum(),
+        );
         for r in records {
-            batch.partitions.push(r.partition);
-            batch.offsets.push(r.offset);
-            batch.record_times_ms.push(r.record_time_ms);
-            batch.payloads.extend_from_slice(r.payload);
-            batch.payload_ends.push(end_offset(batch.payloads.len())?);
+            batch.push(r.partition, r.offset, r.payload, r.record_time_ms)?;
         }
+        self.push_batch(&batch, now_ms)
+    }
+
+    /// Pushes records packed beforehand (no copy on the host side).
+    pub fn push_batch(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<Outputs> {
+        self.arm();
         let api = self.bindings.adtally_core_aggregate().aggregator();
         let out = api
-            .call_push(&mut self.store, self.handle, &batch, now_ms)
+            .call_push(&mut self.store, self.handle, &batch.0, now_ms)
             .ctx("module trapped in push")?
             .map_err(|e| anyhow!("module refused the batch: {e}"))?;
         from_wit(out)
@@ -487,6 +485,76 @@ fn ranked(r: wit::RankedAd) -> Result<RankedAd> {
 fn end_offset(len: usize) -> Result<u32> {
     u32::try_from(len)
         .map_err(|_| anyhow!("a batch's text must stay under 4 GiB, this one has {len} bytes"))
+}
+
+/// Records packed the way the component takes them: one buffer for every
+/// payload, one list per field. Build it as records arrive, then push it
+/// with [`Aggregator::push_batch`].
+#[derive(Clone, Debug)]
+pub struct RecordBatch(wit::RecordBatch);
+
+impl Default for RecordBatch {
+    fn default() -> RecordBatch {
+        RecordBatch::with_capacity(0, 0)
+    }
+}
+
+impl RecordBatch {
+    /// An empty batch with room for `records` records of `bytes` payload bytes.
+    pub fn with_capacity(records: usize, bytes: usize) -> RecordBatch {
+        RecordBatch(wit::RecordBatch {
+            partitions: Vec::with_capacity(records),
+            offsets: Vec::with_capacity(records),
+            record_times_ms: Vec::with_capacity(records),
+            payload_ends: Vec::with_capacity(records),
+            payloads: Vec::with_capacity(bytes),
+        })
+    }
+
+    /// Appends a record (its payload is copied into the batch).
+    pub fn push(
+        &mut self,
+        partition: u32,
+        offset: i64,
+        payload: &[u8],
+        record_time_ms: Option<i64>,
+    ) -> Result<()> {
+        let b = &mut self.0;
+        b.payloads.extend_from_slice(payload);
+        b.payload_ends.push(end_offset(b.payloads.len())?);
+        b.partitions.push(partition);
+        b.offsets.push(offset);
+        b.record_times_ms.push(record_time_ms);
+        Ok(())
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.0.offsets.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.offsets.is_empty()
+    }
+
+    /// The records, borrowed.
+    pub fn records(&self) -> impl Iterator<Item = RecordIn<'_>> + '_ {
+        let b = &self.0;
+        (0..b.offsets.len()).map(move |i| {
+            let start = if i == 0 {
+                0
+            } else {
+                b.payload_ends[i - 1] as usize
+            };
+            RecordIn {
+                partition: b.partitions[i],
+                offset: b.offsets[i],
+                payload: &b.payloads[start..b.payload_ends[i] as usize],
+                record_time_ms: b.record_times_ms[i],
+            }
+        })
+    }
 }
 
 /// Parsed clicks packed column by column, the way the component takes them:
