@@ -5,6 +5,11 @@
 //! placed far behind the watermark (30 minutes), disorder stays within the
 //! out-of-orderness, and invalid records break one field. So every valid,
 //! non-duplicate, non-late click counts once in its minute.
+//!
+//! In Yahoo Streaming Benchmark mode (`ysb`) the records are that
+//! benchmark's JSON events (UUID-like ids, `event_type` view, click or
+//! purchase drawn uniformly, `event_time`, `ip_address`, no country and no
+//! event id) and only the views count, as in the benchmark's own query.
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -34,6 +39,8 @@ pub struct GenConfig {
     pub disorder_ms: i64,
     /// Seed.
     pub seed: u64,
+    /// Yahoo Streaming Benchmark events instead of log lines.
+    pub ysb: bool,
 }
 
 impl Default for GenConfig {
@@ -49,6 +56,7 @@ impl Default for GenConfig {
             invalid: 0.005,
             disorder_ms: 5_000,
             seed: 7,
+            ysb: false,
         }
     }
 }
@@ -75,6 +83,8 @@ pub struct Generated {
     pub late: u64,
     /// See above.
     pub invalid: u64,
+    /// YSB events other than views (not counted).
+    pub not_views: u64,
     /// The newest event time in the stream.
     pub max_time_ms: i64,
 }
@@ -85,6 +95,16 @@ pub fn generate(c: GenConfig) -> Generated {
     let zipf = Zipf::new(c.ads as f64, 1.0).expect("ads >= 1");
     let mut g = Generated::default();
     let mut counted: Vec<(u32, String, i64)> = Vec::new(); // for duplicates
+    // YSB events carry no event id: a view is the same click as another of
+    // the same (ad, user, ip, second), so no two generated views share one.
+    let mut ysb_keys: std::collections::HashSet<(u64, u32, i64)> = Default::default();
+    let ad_name = |ad: u64| {
+        if c.ysb {
+            format!("{ad:08x}-7c1e-4d2a-9b3f-adadadadadad")
+        } else {
+            format!("ad{ad:06}")
+        }
+    };
     for i in 0..c.records {
         let now = c.start_ms + i as i64 * 1000 / c.rate_per_s.max(1) as i64;
         let roll: f64 = rng.random();
@@ -99,13 +119,23 @@ pub fn generate(c: GenConfig) -> Generated {
         }
         let ad = zipf.sample(&mut rng) as u64;
         let partition = (ad % c.partitions as u64) as u32;
-        let user: u32 = rng.random_range(0..1_000_000);
-        let ip = format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
+        let mut user: u32 = rng.random_range(0..1_000_000);
+        let ip_of =
+            |user: u32| format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
+        let ysb_event = |ad: u64, user: u32, t: i64, event_type: &str, ip: &str| {
+            format!(
+                r#"{{"user_id":"{user:08x}-0000-4000-8000-000000000000","page_id":"{:08x}-0000-4000-8000-000000000000","ad_id":"{}","ad_type":"banner78","event_type":"{event_type}","event_time":"{t}","ip_address":"{ip}"}}"#,
+                user ^ 0x5a5a,
+                ad_name(ad)
+            )
+        };
         if roll < c.duplicates + c.invalid {
-            g.records.push(GenRecord {
-                partition,
-                payload: format!("ad{ad:06}, {now}, user{user}, {ip}, XXX"),
-            });
+            let payload = if c.ysb {
+                ysb_event(ad, user, now, "view", "10.0.0")
+            } else {
+                format!("ad{ad:06}, {now}, user{user}, {}, XXX", ip_of(user))
+            };
+            g.records.push(GenRecord { partition, payload });
             g.invalid += 1;
             continue;
         }
@@ -115,12 +145,29 @@ pub fn generate(c: GenConfig) -> Generated {
         } else {
             now - rng.random_range(0..=c.disorder_ms)
         };
-        let line = format!("ad{ad:06}, {t}, user{user}, {ip}, USA, e{i}");
+        if c.ysb {
+            let event_type = ["view", "click", "purchase"][rng.random_range(0..3usize)];
+            if event_type != "view" {
+                let payload = ysb_event(ad, user, t, event_type, &ip_of(user));
+                g.records.push(GenRecord { partition, payload });
+                g.not_views += 1;
+                continue;
+            }
+            while !ysb_keys.insert((ad, user, t.div_euclid(1000))) {
+                user = (user + 1) % 1_000_000;
+            }
+        }
+        let ip = ip_of(user);
+        let line = if c.ysb {
+            ysb_event(ad, user, t, "view", &ip)
+        } else {
+            format!("ad{ad:06}, {t}, user{user}, {ip}, USA, e{i}")
+        };
         if late {
             g.late += 1;
         } else {
             *g.expected
-                .entry((t.div_euclid(60_000) * 60_000, format!("ad{ad:06}")))
+                .entry((t.div_euclid(60_000) * 60_000, ad_name(ad)))
                 .or_default() += 1;
             counted.push((partition, line.clone(), t));
             g.max_time_ms = g.max_time_ms.max(t);

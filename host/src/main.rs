@@ -153,6 +153,10 @@ struct StreamArgs {
     /// the core's out-of-orderness (15,000) for the totals to hold.
     #[arg(long, default_value_t = 5_000)]
     disorder_ms: i64,
+    /// Yahoo Streaming Benchmark events (its JSON schema; its `view` events
+    /// are the clicks) instead of log lines.
+    #[arg(long)]
+    ysb: bool,
 }
 
 impl StreamArgs {
@@ -188,6 +192,7 @@ impl StreamArgs {
             late: self.late,
             invalid: self.invalid,
             disorder_ms: self.disorder_ms,
+            ysb: self.ysb,
             ..generator::GenConfig::default()
         })
     }
@@ -227,11 +232,12 @@ fn main() -> Result<()> {
             }
             let clicks: u64 = g.expected.values().sum();
             eprintln!(
-                "{} records: {clicks} distinct on-time clicks, {} duplicates, {} late, {} invalid",
+                "{} records: {clicks} distinct on-time clicks, {} duplicates, {} late, {} invalid, {} YSB events other than views",
                 g.records.len(),
                 g.duplicates,
                 g.late,
-                g.invalid
+                g.invalid,
+                g.not_views
             );
             Ok(())
         }

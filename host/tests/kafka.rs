@@ -56,6 +56,15 @@ fn setup(name: &str, records: usize) -> Setup {
 }
 
 fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> Setup {
+    setup_gen(name, records, storage, &[])
+}
+
+fn setup_gen(
+    name: &str,
+    records: usize,
+    storage: impl Fn(&Path) -> String,
+    gen_args: &[&str],
+) -> Setup {
     let tmp = std::env::temp_dir().join(format!("adtally-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
@@ -65,17 +74,22 @@ fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> 
     let expected_path = tmp.join("expected.tsv");
     let records = records.to_string();
     let expected = expected_path.to_str().unwrap();
-    adtally(&[
-        "gen",
-        "--records",
-        &records,
-        "--brokers",
-        broker.addr(),
-        "--topic",
-        "clicks",
-        "--expected",
-        expected,
-    ]);
+    adtally(
+        &[
+            "gen",
+            "--records",
+            &records,
+            "--brokers",
+            broker.addr(),
+            "--topic",
+            "clicks",
+            "--expected",
+            expected,
+        ]
+        .into_iter()
+        .chain(gen_args.iter().copied())
+        .collect::<Vec<_>>(),
+    );
     Setup {
         tmp,
         broker,
@@ -511,4 +525,29 @@ fn a_trapping_record_is_quarantined_then_exact() {
         expected_path,
     };
     assert_exact(&s, 150_005);
+}
+
+/// The Yahoo Streaming Benchmark mode: its JSON events through Kafka, its
+/// views counted as clicks; exact.
+#[test]
+fn ysb_views_are_counted_exactly() {
+    let s = setup_gen(
+        "kafka-ysb",
+        150_000,
+        |_| "memory://tansu/".to_string(),
+        &["--ysb"],
+    );
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
+    let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.contains("150004 records"), "{run}");
+    let reasons = query_tsv(
+        &s.ch.url(),
+        "SELECT reason, count() FROM adtally.invalid_events FINAL GROUP BY reason ORDER BY reason FORMAT TSV",
+    );
+    assert!(
+        reasons.contains("bad_ip\t") && reasons.contains("not_a_view\t"),
+        "{reasons}"
+    );
+    assert_exact(&s, 150_004);
 }

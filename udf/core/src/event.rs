@@ -90,7 +90,12 @@ impl EventId {
 pub struct Country([u8; 3]);
 
 impl Country {
-    /// Looks up an alpha-3 or alpha-2 code, case-insensitively.
+    /// `ZZZ`, the user-assigned code for an unknown or unspecified country
+    /// (as in ICAO 9303): what a click without a country (a Yahoo Streaming
+    /// Benchmark event) is counted under. Accepted on input too.
+    pub const UNSPECIFIED: Country = Country(*b"ZZZ");
+
+    /// Looks up an alpha-3 or alpha-2 code, case-insensitively (and `ZZZ`).
     pub fn new(code: &str) -> Result<Country, crate::InvalidReason> {
         crate::validate::country(code)
     }

@@ -36,6 +36,14 @@
 //! records are outputs ([`InvalidEvent`], with the full payload), never
 //! panics and never silently dropped.
 //!
+//! A JSON object with an `event_type` field is a Yahoo Streaming Benchmark
+//! event (`{"user_id", "page_id", "ad_id", "ad_type", "event_type",
+//! "event_time", "ip_address"}`): `event_time` is its click_timestamp and
+//! `ip_address` its ip; only `view` events are clicks (others are invalid
+//! with [`InvalidReason::NotAView`]); without a `country` a view counts
+//! under `ZZZ` ([`Country::UNSPECIFIED`], the user-assigned code for an
+//! unknown country, which every record may also give).
+//!
 //! ## Event key and dedup
 //!
 //! Each click has an [`EventKey`] (128 bits): the XXH3-128 hash of its
@@ -184,7 +192,7 @@ pub use window::{WindowSize, WindowStart};
 /// Version of the semantics described in this crate's documentation. It
 /// changes whenever the same input could produce a different output; modules
 /// record it so that every number can be traced to the rules that made it.
-pub const SEMANTICS_VERSION: u32 = 1;
+pub const SEMANTICS_VERSION: u32 = 2;
 
 /// The crate version, recorded as the module's semver.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

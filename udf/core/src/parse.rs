@@ -91,6 +91,8 @@ struct Fields<'a> {
     ip: Option<&'a str>,
     country: Option<&'a str>,
     event_id: Option<&'a str>,
+    /// A missing country is `ZZZ` (Yahoo Streaming Benchmark events have none).
+    country_optional: bool,
 }
 
 enum Timestamp<'a> {
@@ -111,15 +113,26 @@ fn parse_json(text: &str) -> Result<Parsed<'static>, InvalidReason> {
         validate::timestamp_range(ms)?;
         return Ok(Parsed::Heartbeat(EventTime(ms)));
     }
+    // A Yahoo Streaming Benchmark event: its own field names for time and
+    // ip, and only its views are clicks.
+    let ysb = map.contains_key("event_type");
+    if ysb && map.get("event_type").and_then(Value::as_str) != Some("view") {
+        return Err(InvalidReason::NotAView);
+    }
+    let key = |f: Field| match (ysb, f) {
+        (true, Field::ClickTimestamp) => "event_time",
+        (true, Field::Ip) => "ip_address",
+        _ => f.name(),
+    };
     let text_field = |f: Field| -> Result<Option<&str>, InvalidReason> {
-        match map.get(f.name()) {
+        match map.get(key(f)) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
             Some(_) => Err(InvalidReason::WrongType(f)),
         }
     };
     let ad_id = text_field(Field::AdId)?;
-    let timestamp = match map.get(Field::ClickTimestamp.name()) {
+    let timestamp = match map.get(key(Field::ClickTimestamp)) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(Timestamp::Text(s.as_str())),
         Some(Value::Number(n)) => Some(Timestamp::Ms(json_ms(n)?)),
@@ -132,6 +145,7 @@ fn parse_json(text: &str) -> Result<Parsed<'static>, InvalidReason> {
         ip: text_field(Field::Ip)?,
         country: text_field(Field::Country)?,
         event_id: text_field(Field::EventId)?,
+        country_optional: ysb,
     };
     build(fields).map(|c| Parsed::Owned(c.to_click()))
 }
@@ -174,6 +188,7 @@ fn parse_line(text: &str) -> Result<Parsed<'_>, InvalidReason> {
         ip: Some(parts[3]),
         country: Some(parts[4]),
         event_id: (n == 6).then_some(parts[5]),
+        country_optional: false,
     };
     build(fields).map(Parsed::Click)
 }
@@ -202,7 +217,10 @@ fn build(f: Fields<'_>) -> Result<ClickRef<'_>, InvalidReason> {
             .map_err(|_| InvalidReason::BadIp)?
             .to_canonical(),
     };
-    let country = validate::country(f.country.unwrap_or(""))?;
+    let country = match f.country {
+        None if f.country_optional => crate::Country::UNSPECIFIED,
+        c => validate::country(c.unwrap_or(""))?,
+    };
     let event_id = match f.event_id {
         None => None,
         // An empty sixth field or empty JSON string means "no event id".

@@ -85,8 +85,11 @@ pub enum InvalidReason {
     TimestampInFuture,
     /// `ip` is not an IPv4 or IPv6 address.
     BadIp,
-    /// `country` is not an ISO 3166-1 alpha-2 or alpha-3 code.
+    /// `country` is not an ISO 3166-1 alpha-2 or alpha-3 code (or `ZZZ`).
     UnknownCountry,
+    /// A Yahoo Streaming Benchmark event other than a `view`: only views
+    /// count as clicks.
+    NotAView,
 }
 
 impl InvalidReason {
@@ -101,7 +104,7 @@ impl InvalidReason {
             BadTimestamp | TimestampOutOfRange | TimestampInFuture => Some(Field::ClickTimestamp),
             BadIp => Some(Field::Ip),
             UnknownCountry => Some(Field::Country),
-            OversizeRecord | NotUtf8 | Malformed => None,
+            OversizeRecord | NotUtf8 | Malformed | NotAView => None,
         }
     }
 
@@ -121,6 +124,7 @@ impl InvalidReason {
             TimestampInFuture,
             BadIp,
             UnknownCountry,
+            NotAView,
         ];
         fixed.into_iter().chain(
             Field::ALL
@@ -172,6 +176,7 @@ impl fmt::Display for CodeDisplay {
             TimestampInFuture => f.write_str("timestamp_in_future"),
             BadIp => f.write_str("bad_ip"),
             UnknownCountry => f.write_str("unknown_country"),
+            NotAView => f.write_str("not_a_view"),
         }
     }
 }
@@ -202,6 +207,9 @@ impl fmt::Display for InvalidReason {
             ),
             BadIp => f.write_str("`ip` is not an IPv4 or IPv6 address"),
             UnknownCountry => f.write_str("`country` is not an ISO 3166-1 code"),
+            NotAView => f.write_str(
+                "a Yahoo Streaming Benchmark event whose `event_type` is not `view` (only views count)",
+            ),
         }
     }
 }
@@ -308,6 +316,9 @@ const ALPHA3_BITS: [u64; 275] = {
 };
 
 pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
+    if s.eq_ignore_ascii_case(Country::UNSPECIFIED.as_str()) {
+        return Ok(Country::UNSPECIFIED);
+    }
     // The common case, one bit test: an upper-case alpha-3 code.
     if let &[a, b, c] = s.as_bytes() {
         if a.is_ascii_uppercase() && b.is_ascii_uppercase() && c.is_ascii_uppercase() {
@@ -392,7 +403,7 @@ mod tests {
                 for c in b'A'..=b'Z' {
                     let code = [a, b, c];
                     let s = core::str::from_utf8(&code).unwrap();
-                    let known = ISO_3166.iter().any(|(a3, _)| a3.as_bytes() == code);
+                    let known = ISO_3166.iter().any(|(a3, _)| a3.as_bytes() == code) || s == "ZZZ";
                     assert_eq!(country(s).is_ok(), known, "{s}");
                 }
             }
@@ -405,6 +416,7 @@ mod tests {
         assert_eq!(country("us").unwrap().as_str(), "USA");
         assert_eq!(country("gb").unwrap().as_str(), "GBR");
         assert_eq!(country("XXX"), Err(InvalidReason::UnknownCountry));
+        assert_eq!(country("zzz"), Ok(Country::UNSPECIFIED));
         assert_eq!(country("GPB"), Err(InvalidReason::UnknownCountry));
     }
 }
