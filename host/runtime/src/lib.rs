@@ -50,7 +50,8 @@ use exports::adtally::core::aggregate as wit;
 pub struct Limits {
     /// Largest linear memory of one instance.
     pub max_memory_bytes: usize,
-    /// How long one call may run.
+    /// How long one call may run: at least this, at most one epoch tick
+    /// (10 ms) more; then it is interrupted and reported as a trap.
     pub call_deadline: Duration,
     /// Instances the pooling allocator keeps ready.
     pub max_instances: u32,
@@ -244,8 +245,15 @@ impl Module {
         Ok((store, bindings))
     }
 
+    /// Epoch ticks per call: the next tick may come at once, so one more
+    /// than the deadline holds guarantees a call at least `call_deadline`
+    /// (and at most one tick more).
     fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+        self.limits
+            .call_deadline
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis()) as u64
+            + 1
     }
 
     /// A new aggregator with this configuration (JSON; defaults fill gaps).

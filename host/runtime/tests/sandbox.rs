@@ -91,7 +91,7 @@ fn running_out_of_memory_is_an_error_not_a_crash() {
 #[test]
 fn a_call_past_its_deadline_is_interrupted_and_reported() {
     let limits = Limits {
-        call_deadline: std::time::Duration::from_millis(10),
+        call_deadline: std::time::Duration::from_millis(50),
         ..Limits::default()
     };
     let rt = Runtime::new(limits).unwrap();
@@ -101,7 +101,7 @@ fn a_call_past_its_deadline_is_interrupted_and_reported() {
     let recs = records(&payloads);
     let err = agg
         .push(&recs, 0)
-        .expect_err("200k records cannot be aggregated in 10 ms");
+        .expect_err("200k records cannot be aggregated in 50-60 ms");
     let msg = format!("{err:#}");
     assert!(msg.contains("module trapped in push"), "{msg}");
     assert!(msg.contains("interrupt"), "the epoch deadline fired: {msg}");
