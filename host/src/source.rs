@@ -422,21 +422,10 @@ pub async fn consume(
                 Ok(Err(e)) => eprintln!("adtally: kafka: {e}"),
                 Err(_) => break,
             }
-            if apply_changes(
-                &changes,
-                &consumer,
-                &opts.topic,
-                &mut cores,
-                &mut writer,
-                &mut stats,
-            )
-            .await?
-            {
-                assigned_once |= !cores.held.is_empty();
-                last_record = Instant::now();
-                break;
-            }
         }
+        // Rebalances that came meanwhile: hand revoked partitions over, open
+        // and position assigned ones (records of a partition no longer held
+        // are left to its new owner below).
         if apply_changes(
             &changes,
             &consumer,

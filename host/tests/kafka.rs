@@ -355,6 +355,12 @@ fn ship_follows_logs_across_restarts_then_exact() {
         ))
         .unwrap();
     let expected_path = tmp.join("expected.tsv");
+    let s = Setup {
+        tmp: tmp.clone(),
+        broker,
+        ch,
+        expected_path: expected_path.clone(),
+    };
     let stream = adtally(&[
         "gen",
         "--records",
@@ -374,7 +380,7 @@ fn ship_follows_logs_across_restarts_then_exact() {
         adtally(&[
             "ship",
             "--brokers",
-            broker.addr(),
+            s.broker.addr(),
             "--topic",
             "clicks",
             "--state",
@@ -422,28 +428,11 @@ fn ship_follows_logs_across_restarts_then_exact() {
         out.contains("50004 lines shipped") && out.contains("1 files followed from their start"),
         "{out}"
     );
-    let url = ch.url();
-    let run = adtally(&[
-        "run",
-        "--brokers",
-        broker.addr(),
-        "--topic",
-        "clicks",
-        "--clickhouse",
-        &url,
-        "--partitions",
-        "all",
-        "--exit-when-idle",
-        "8",
-    ]);
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
+    let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
     // Heartbeat lines go to every partition: 4 lines, 16 records.
     assert!(run.contains("150016 records"), "{run}");
-    let s = Setup {
-        tmp,
-        broker,
-        ch,
-        expected_path,
-    };
     assert_exact(&s, 150_016);
 }
 
@@ -488,42 +477,33 @@ fn a_trapping_record_is_quarantined_then_exact() {
         ))
         .unwrap();
     adtally_host::source::produce(broker.addr(), "clicks", &g.records).unwrap();
-    let url = ch.url();
-    let run = adtally(&[
-        "run",
-        "--brokers",
-        broker.addr(),
-        "--topic",
-        "clicks",
-        "--clickhouse",
-        &url,
-        "--partitions",
-        "all",
-        "--batch",
-        "5000",
-        "--snapshot-interval",
-        "1",
-        "--exit-when-idle",
-        "8",
-        "--module",
-        "target/wasm/adtally_component_trap_marker.wasm",
-    ]);
-    assert!(run.contains("1 records quarantined"), "{run}");
-    assert!(
-        run.contains("the core failed at offset"),
-        "the trap is reported:\n{run}"
-    );
-    let q = query_tsv(
-        &url,
-        "SELECT source_partition, reason FROM adtally.invalid_events WHERE startsWith(reason, 'module_trap') FORMAT TSV",
-    );
-    assert!(q.starts_with("2\tmodule_trap: "), "{q}");
     let s = Setup {
         tmp,
         broker,
         ch,
         expected_path,
     };
+    let mut args = run_args(&s);
+    args.extend(
+        [
+            "--partitions",
+            "all",
+            "--module",
+            "target/wasm/adtally_component_trap_marker.wasm",
+        ]
+        .map(String::from),
+    );
+    let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run.contains("1 records quarantined"), "{run}");
+    assert!(
+        run.contains("the core failed at offset"),
+        "the trap is reported:\n{run}"
+    );
+    let q = query_tsv(
+        &s.ch.url(),
+        "SELECT source_partition, reason FROM adtally.invalid_events WHERE startsWith(reason, 'module_trap') FORMAT TSV",
+    );
+    assert!(q.starts_with("2\tmodule_trap: "), "{q}");
     assert_exact(&s, 150_005);
 }
 
