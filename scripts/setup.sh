@@ -4,7 +4,8 @@
 #   - Rust targets wasm32-unknown-unknown and wasm32-wasip2
 #   - wasm-bindgen-cli, the exact version of the wasm-bindgen crate
 #   - a Python virtual environment with chdb-core (embedded ClickHouse 26.9)
-#   - Node.js (for the JS build's conformance run)
+#   - system tools missing from the machine: a C toolchain and make, curl,
+#     python3-venv, Node.js (apt)
 #   - the Tansu Kafka broker (unless ADTALLY_SKIP_TANSU=1)
 set -euo pipefail
 ADTALLY_HOME=${ADTALLY_HOME:-$HOME/.cache/adtally}
@@ -12,6 +13,19 @@ WASM_BINDGEN_VERSION=0.2.130
 CHDB_VERSION=26.9.0
 mkdir -p "$ADTALLY_HOME"
 say() { echo "setup: $*"; }
+
+# System tools: a C toolchain and make (librdkafka and Tansu build from
+# source), python3-venv, curl (the tests query ClickHouse with it), Node.js
+# (the JS build's conformance run).
+missing=()
+for pair in cc:build-essential make:build-essential curl:curl node:nodejs; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get update -qq && apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u)
+fi
 
 installed_targets=$(rustup target list --installed)
 for t in wasm32-unknown-unknown wasm32-wasip2; do
@@ -32,11 +46,6 @@ if ! "$VENV/bin/python" -c "import chdb, lz4.block, clickhouse_cityhash, pytest,
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
   "$VENV/bin/pip" install --quiet "chdb-core==$CHDB_VERSION" "lz4==4.4.5" "clickhouse-cityhash==1.0.2.6" "pytest==9.2.0"
-fi
-
-if ! command -v node >/dev/null 2>&1; then
-  say "installing Node.js"
-  apt-get update -qq && apt-get install -y -qq nodejs
 fi
 
 if [ "${ADTALLY_SKIP_TANSU:-0}" != 1 ] && ! command -v tansu >/dev/null 2>&1; then

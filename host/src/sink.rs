@@ -7,7 +7,7 @@
 
 use adtally_core::Outputs;
 use anyhow::{Context, Result};
-use clickhouse::{Client, Row};
+use clickhouse::{Client, Row, RowWrite};
 use serde::Serialize;
 
 #[derive(Row, Serialize)]
@@ -143,19 +143,19 @@ impl Sink {
         semantics_version: u32,
         state: &[u8],
     ) -> Result<()> {
-        let mut ins = self.client.insert::<SnapshotRow>("snapshots").await?;
-        ins.write(&SnapshotRow {
-            topic: &self.topic,
-            source_partition: p,
-            next_offset,
-            semantics_version,
-            module_sha256: &self.module_sha256,
-            state,
-        })
-        .await?;
-        ins.end()
-            .await
-            .with_context(|| format!("writing the snapshot of partition {p}"))
+        self.insert::<SnapshotRow>(
+            "snapshots",
+            &[SnapshotRow {
+                topic: &self.topic,
+                source_partition: p,
+                next_offset,
+                semantics_version,
+                module_sha256: &self.module_sha256,
+                state,
+            }],
+        )
+        .await
+        .with_context(|| format!("writing the snapshot of partition {p}"))
     }
 
     /// The latest stored state of partition `p` under `semantics_version`.
@@ -202,16 +202,18 @@ impl Sink {
         payload: &[u8],
         error: &str,
     ) -> Result<()> {
-        let mut ins = self.client.insert::<InvalidRow>("invalid_events").await?;
-        ins.write(&InvalidRow {
-            topic: &self.topic,
-            source_partition: p,
-            source_offset: offset,
-            reason: format!("module_trap: {error}"),
-            payload,
-        })
-        .await?;
-        ins.end().await.context("writing a quarantined record")
+        self.insert::<InvalidRow>(
+            "invalid_events",
+            &[InvalidRow {
+                topic: &self.topic,
+                source_partition: p,
+                source_offset: offset,
+                reason: format!("module_trap: {error}"),
+                payload,
+            }],
+        )
+        .await
+        .context("writing a quarantined record")
     }
 
     /// The client, for queries.
@@ -219,106 +221,95 @@ impl Sink {
         &self.client
     }
 
+    /// One insert of `rows` into `table`, acknowledged (none when empty).
+    async fn insert<R: RowWrite>(&self, table: &str, rows: &[R::Value<'_>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut ins = self.client.insert::<R>(table).await?;
+        for r in rows {
+            ins.write(r).await?;
+        }
+        ins.end()
+            .await
+            .with_context(|| format!("writing {} rows to {}.{table}", rows.len(), self.db))
+    }
+
     /// Records where the consumer stands, after the rows it covers were written.
-    pub async fn write_offsets(
-        &self,
-        topic: &str,
-        next: &std::collections::BTreeMap<u32, i64>,
-    ) -> Result<()> {
-        let mut ins = self.client.insert::<OffsetRow>("consumer_offsets").await?;
-        for (&partition, &next_offset) in next {
-            ins.write(&OffsetRow {
-                topic,
+    pub async fn write_offsets(&self, next: &std::collections::BTreeMap<u32, i64>) -> Result<()> {
+        let rows: Vec<OffsetRow> = next
+            .iter()
+            .map(|(&partition, &next_offset)| OffsetRow {
+                topic: &self.topic,
                 partition,
                 next_offset,
             })
-            .await?;
-        }
-        ins.end().await.context("writing consumer offsets")
+            .collect();
+        self.insert::<OffsetRow>("consumer_offsets", &rows).await
     }
 
     /// Writes the outputs of each partition's core, one insert per table;
     /// returns when ClickHouse acknowledged all of it.
     pub async fn write(&self, outs: &[(u32, Outputs)]) -> Result<()> {
         let sha = self.module_sha256.as_str();
-        let rollups: Vec<&adtally_core::Rollup> =
-            outs.iter().flat_map(|(_, o)| &o.rollups).collect();
-        let late: Vec<&adtally_core::LateEvent> = outs.iter().flat_map(|(_, o)| &o.late).collect();
-        let invalid: Vec<&adtally_core::InvalidEvent> =
-            outs.iter().flat_map(|(_, o)| &o.invalid).collect();
-        let mut top_n: Vec<(u32, &adtally_core::TopNRow)> = Vec::new();
+        let rollups: Vec<RollupRow> = outs
+            .iter()
+            .flat_map(|(_, o)| &o.rollups)
+            .map(|r| RollupRow {
+                window_start: r.window_start.0,
+                ad_id: r.ad_id.as_str(),
+                filter_id: r.filter_id.0,
+                source_partition: r.partition.0,
+                clicks: r.clicks,
+                version: r.version,
+                module_sha256: sha,
+            })
+            .collect();
+        self.insert::<RollupRow>("rollups", &rollups).await?;
+        let mut top_n: Vec<TopNRowOut> = Vec::new();
         for (p, o) in outs {
             for t in &o.top_n {
-                top_n.push((*p, t));
-            }
-        }
-        if !rollups.is_empty() {
-            let mut ins = self.client.insert::<RollupRow>("rollups").await?;
-            for r in rollups {
-                ins.write(&RollupRow {
-                    window_start: r.window_start.0,
-                    ad_id: r.ad_id.as_str(),
-                    filter_id: r.filter_id.0,
-                    source_partition: r.partition.0,
-                    clicks: r.clicks,
-                    version: r.version,
-                    module_sha256: sha,
-                })
-                .await?;
-            }
-            ins.end()
-                .await
-                .with_context(|| format!("writing rollups to {}", self.db))?;
-        }
-        if !top_n.is_empty() {
-            let mut ins = self.client.insert::<TopNRowOut>("most_clicked_ads").await?;
-            for (p, t) in top_n {
-                ins.write(&TopNRowOut {
+                top_n.push(TopNRowOut {
                     window_minutes: t.windows,
                     update_time_minute: t.minute.0,
                     filter_id: t.filter_id.0,
-                    source_partition: p,
+                    source_partition: *p,
                     version: t.version,
                     most_clicked_ads: t.ads.iter().map(|a| (a.ad_id.as_str(), a.clicks)).collect(),
                     module_sha256: sha,
-                })
-                .await?;
+                });
             }
-            ins.end().await.context("writing top-N rows")?;
         }
-        if !late.is_empty() {
-            let mut ins = self.client.insert::<LateRow>("late_events").await?;
-            for l in late {
-                ins.write(&LateRow {
-                    topic: &self.topic,
-                    source_partition: l.partition.0,
-                    source_offset: l.offset.0,
-                    event_key: hex32(l.key),
-                    ad_id: l.click.ad_id.as_str(),
-                    click_ts: l.click.timestamp.0,
-                    window_start: l.window_start.0,
-                    watermark: l.watermark,
-                    module_sha256: sha,
-                })
-                .await?;
-            }
-            ins.end().await.context("writing late events")?;
-        }
-        if !invalid.is_empty() {
-            let mut ins = self.client.insert::<InvalidRow>("invalid_events").await?;
-            for i in invalid {
-                ins.write(&InvalidRow {
-                    topic: &self.topic,
-                    source_partition: i.partition.0,
-                    source_offset: i.offset.0,
-                    reason: i.reason.code().to_string(),
-                    payload: &i.payload,
-                })
-                .await?;
-            }
-            ins.end().await.context("writing invalid events")?;
-        }
-        Ok(())
+        self.insert::<TopNRowOut>("most_clicked_ads", &top_n)
+            .await?;
+        let late: Vec<LateRow> = outs
+            .iter()
+            .flat_map(|(_, o)| &o.late)
+            .map(|l| LateRow {
+                topic: &self.topic,
+                source_partition: l.partition.0,
+                source_offset: l.offset.0,
+                event_key: hex32(l.key),
+                ad_id: l.click.ad_id.as_str(),
+                click_ts: l.click.timestamp.0,
+                window_start: l.window_start.0,
+                watermark: l.watermark,
+                module_sha256: sha,
+            })
+            .collect();
+        self.insert::<LateRow>("late_events", &late).await?;
+        let invalid: Vec<InvalidRow> = outs
+            .iter()
+            .flat_map(|(_, o)| &o.invalid)
+            .map(|i| InvalidRow {
+                topic: &self.topic,
+                source_partition: i.partition.0,
+                source_offset: i.offset.0,
+                reason: i.reason.code().to_string(),
+                payload: &i.payload,
+            })
+            .collect();
+        self.insert::<InvalidRow>("invalid_events", &invalid).await
     }
 }
 

@@ -349,7 +349,6 @@ pub async fn consume(
     let mut stats = ConsumeStats::default();
     let mut writer = Writer {
         sink: sink.clone(),
-        topic: opts.topic.clone(),
         inflight: Default::default(),
     };
     let mut last_record = Instant::now();
@@ -545,7 +544,6 @@ pub async fn consume(
 /// may land out of order: the table keeps the highest.
 struct Writer {
     sink: Sink,
-    topic: String,
     inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<BatchWritten>>>,
 }
 
@@ -554,6 +552,9 @@ struct Writer {
 type BatchWritten = (Option<Instant>, Instant);
 
 const WRITES_IN_FLIGHT: usize = 2;
+
+/// Batch latencies kept in [`ConsumeStats`] at most.
+const LATENCY_SAMPLES: usize = 100_000;
 
 impl Writer {
     /// Waits for the batch in flight; its failure fails the run (a restart
@@ -570,6 +571,10 @@ impl Writer {
             let (first, done) = h.await.context("the ClickHouse write task")??;
             // Only batches of records count (not the ticks of an idle loop).
             if let Some(first) = first {
+                // A long run keeps only the recent ones.
+                if stats.batch_latencies.len() >= LATENCY_SAMPLES {
+                    stats.batch_latencies.drain(..LATENCY_SAMPLES / 2);
+                }
                 stats.batch_latencies.push(done - first);
                 stats.last_written_at = Some(done);
             }
@@ -588,13 +593,11 @@ impl Writer {
         while self.inflight.len() >= WRITES_IN_FLIGHT {
             self.settle_oldest(stats).await?;
         }
-        let (sink, topic) = (self.sink.clone(), self.topic.clone());
+        let sink = self.sink.clone();
         self.inflight.push_back(tokio::spawn(async move {
             sink.write(&outs).await?;
             // Only now, with the rows acknowledged, does the position move.
-            if !next.is_empty() {
-                sink.write_offsets(&topic, &next).await?;
-            }
+            sink.write_offsets(&next).await?;
             Ok((first_at, Instant::now()))
         }));
         Ok(())
@@ -613,10 +616,11 @@ fn push(
     let careful = core
         .careful_until
         .is_some_and(|until| recs.first().is_some_and(|r| r.offset <= until));
-    let mut out = adtally_core::Outputs::default();
+    let is_quarantined = |r: &RecordIn| quarantined.contains(&(r.partition, r.offset));
     if careful {
+        let mut out = adtally_core::Outputs::default();
         for r in recs {
-            if quarantined.contains(&(r.partition, r.offset)) {
+            if is_quarantined(r) {
                 continue;
             }
             let mut o = core.agg.push(std::slice::from_ref(r), now)?;
@@ -626,25 +630,21 @@ fn push(
         if core.careful_until.is_some_and(|u| core.next_offset > u) {
             core.careful_until = None;
         }
-    } else if recs
+        return Ok(out);
+    }
+    let kept: Vec<RecordIn> = recs
         .iter()
-        .any(|r| quarantined.contains(&(r.partition, r.offset)))
-    {
-        let kept: Vec<RecordIn> = recs
-            .iter()
-            .filter(|r| !quarantined.contains(&(r.partition, r.offset)))
-            .copied()
-            .collect();
-        out = core.agg.push(&kept, now)?;
-        if let Some(last) = recs.last() {
-            core.next_offset = last.offset + 1;
-        }
-    } else {
+        .filter(|r| !is_quarantined(r))
+        .copied()
+        .collect();
+    let out = if kept.len() == recs.len() {
         // The common case: the packed batch goes in as it is.
-        out = core.agg.push_batch(packed, now)?;
-        if let Some(last) = recs.last() {
-            core.next_offset = last.offset + 1;
-        }
+        core.agg.push_batch(packed, now)?
+    } else {
+        core.agg.push(&kept, now)?
+    };
+    if let Some(last) = recs.last() {
+        core.next_offset = last.offset + 1;
     }
     Ok(out)
 }

@@ -28,22 +28,19 @@ fn a_bad_core_configuration_is_refused_by_field_before_consuming() {
     // count a duplicate twice: refused.
     std::fs::write(&bad, r#"{"dedup_horizon_ms": 1000}"#).unwrap();
     // No broker listens on port 1: the configuration is checked first.
-    let err = refused(&[
-        "run",
-        "--brokers",
-        "127.0.0.1:1",
-        "--config",
-        bad.to_str().unwrap(),
-    ]);
+    let run = || {
+        refused(&[
+            "run",
+            "--brokers",
+            "127.0.0.1:1",
+            "--config",
+            bad.to_str().unwrap(),
+        ])
+    };
+    let err = run();
     assert!(err.contains("dedup_horizon_ms"), "{err}");
     std::fs::write(&bad, r#"{"windw_ms": 60000}"#).unwrap();
-    let err = refused(&[
-        "run",
-        "--brokers",
-        "127.0.0.1:1",
-        "--config",
-        bad.to_str().unwrap(),
-    ]);
+    let err = run();
     assert!(err.contains("windw_ms"), "an unknown field is named: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

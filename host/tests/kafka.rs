@@ -55,6 +55,18 @@ fn setup(name: &str, records: usize) -> Setup {
     setup_with(name, records, |_| "memory://tansu/".to_string())
 }
 
+/// A fresh directory for test `name`, a broker on `storage` and an embedded
+/// ClickHouse with the schema installed.
+fn start(name: &str, storage: impl Fn(&Path) -> String) -> (PathBuf, Broker, EmbeddedClickHouse) {
+    let tmp = std::env::temp_dir().join(format!("adtally-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let broker = Broker::start(&storage(&tmp), &tmp).unwrap();
+    let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
+    adtally_host::sink::install_schema(&ch.url()).unwrap();
+    (tmp, broker, ch)
+}
+
 fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> Setup {
     setup_gen(name, records, storage, &[])
 }
@@ -65,12 +77,7 @@ fn setup_gen(
     storage: impl Fn(&Path) -> String,
     gen_args: &[&str],
 ) -> Setup {
-    let tmp = std::env::temp_dir().join(format!("adtally-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
-    let broker = Broker::start(&storage(&tmp), &tmp).unwrap();
-    let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
-    adtally_host::sink::install_schema(&ch.url()).unwrap();
+    let (tmp, broker, ch) = start(name, storage);
     let expected_path = tmp.join("expected.tsv");
     let records = records.to_string();
     let expected = expected_path.to_str().unwrap();
@@ -340,12 +347,7 @@ fn assert_top_n_exact(url: &str, expected: &BTreeMap<String, String>) {
 /// rotation, shipping each line once; the counts are exact.
 #[test]
 fn ship_follows_logs_across_restarts_then_exact() {
-    let tmp = std::env::temp_dir().join(format!("adtally-kafka-ship-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
-    let broker = Broker::start("memory://tansu/", &tmp).unwrap();
-    let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
-    adtally_host::sink::install_schema(&ch.url()).unwrap();
+    let (tmp, broker, ch) = start("kafka-ship", |_| "memory://tansu/".to_string());
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(adtally_host::source::ensure_topic(
@@ -444,12 +446,7 @@ fn ship_follows_logs_across_restarts_then_exact() {
 #[test]
 fn a_trapping_record_is_quarantined_then_exact() {
     use adtally_host::generator::{GenConfig, GenRecord, generate};
-    let tmp = std::env::temp_dir().join(format!("adtally-kafka-trap-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
-    let broker = Broker::start("memory://tansu/", &tmp).unwrap();
-    let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
-    adtally_host::sink::install_schema(&ch.url()).unwrap();
+    let (tmp, broker, ch) = start("kafka-trap", |_| "memory://tansu/".to_string());
     let mut g = generate(GenConfig {
         records: 150_000,
         ..GenConfig::default()
