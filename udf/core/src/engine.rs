@@ -317,6 +317,39 @@ impl Engine {
         }
     }
 
+    /// [`Engine::push_click_ref`] for a run of clicks of partition `p` at
+    /// offsets `first_offset`, `first_offset + 1`, ...: the same outputs,
+    /// faster, because the dedup table's memory for a few clicks ahead is
+    /// fetched while earlier clicks are counted.
+    pub fn push_click_refs(
+        &mut self,
+        p: Partition,
+        first_offset: Offset,
+        clicks: &[ClickRef<'_>],
+        now_ms: i64,
+        out: &mut Outputs,
+    ) {
+        const AHEAD: usize = 16;
+        let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
+        let mut keys = [EventKey(0); AHEAD];
+        for (c, chunk) in clicks.chunks(AHEAD).enumerate() {
+            let dedup = &self.state(p).dedup;
+            for (key, click) in keys.iter_mut().zip(chunk) {
+                *key = EventKey::of_ref(click);
+                dedup.prefetch(*key);
+            }
+            for (i, (&key, click)) in keys.iter().zip(chunk).enumerate() {
+                let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
+                if !self.is_replay(p, offset, out) {
+                    self.click_keyed(p, offset, *click, key, now_ms, out);
+                }
+            }
+        }
+        if now_changed {
+            self.emit_due_top_n(out);
+        }
+    }
+
     /// Tells the engine the processing time, without records: partitions
     /// may become idle and top-N rows due. (A record's partition is active
     /// at the record's `now_ms`, so idleness is judged after the record.)
@@ -360,7 +393,19 @@ impl Engine {
         now_ms: i64,
         out: &mut Outputs,
     ) {
-        let key = EventKey::of_ref(&click);
+        self.click_keyed(p, offset, click, EventKey::of_ref(&click), now_ms, out)
+    }
+
+    /// [`Engine::click`] with the click's key computed beforehand.
+    fn click_keyed(
+        &mut self,
+        p: Partition,
+        offset: Offset,
+        click: ClickRef<'_>,
+        key: EventKey,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) {
         let size = self.size;
         let lateness = self.config.allowed_lateness_ms;
         let config = &self.config;

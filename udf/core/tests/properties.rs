@@ -244,3 +244,68 @@ proptest! {
         prop_assert_eq!(merge(&lists, n).unwrap(), top_n(all, n));
     }
 }
+
+/// One operation on a dedup set: insert a key (few distinct keys, so many
+/// repeats and long probe runs) seen some seconds before now, or let time
+/// pass and move the watermark to now.
+#[derive(Clone, Debug)]
+enum DedupOp {
+    Insert { key: u16, back_s: i64 },
+    Advance(i64),
+}
+
+fn dedup_ops() -> impl Strategy<Value = Vec<DedupOp>> {
+    prop::collection::vec(
+        prop_oneof![
+            8 => (0u16..2_000, 0i64..40).prop_map(|(key, back_s)| DedupOp::Insert { key, back_s }),
+            1 => (0i64..4_000).prop_map(DedupOp::Advance),
+        ],
+        0..4_000,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The open-addressing dedup table equals a plain map from key to the
+    /// second it was first seen, swept by the documented rule: a key seen in
+    /// second s is forgotten at the first sweep whose watermark reaches
+    /// (s + 1) s + horizon; sweeps happen when the watermark crosses a
+    /// multiple of horizon / 16 (at least 1 s).
+    #[test]
+    fn dedup_table_equals_a_map(ops in dedup_ops()) {
+        use adtally_core::dedup::DedupSet;
+        use adtally_core::{EventKey, EventTime};
+        const HORIZON: i64 = 20_000;
+        let step = (HORIZON / 16 / 1000 * 1000).max(1000);
+        // The table indexes by a key's top bits: spread them like a hash.
+        let key = |k: u16| EventKey(((k as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15) << 64) | 0xabcd);
+        let mut set = DedupSet::new(HORIZON);
+        let mut model: BTreeMap<u16, i64> = BTreeMap::new();
+        let mut last_sweep: Option<i64> = None;
+        let mut now = 40_000i64;
+        for op in ops {
+            match op {
+                DedupOp::Insert { key: k, back_s } => {
+                    let second = now.div_euclid(1000) - back_s;
+                    let new = set.insert_new(key(k), EventTime(second * 1000 + 999));
+                    prop_assert_eq!(new, !model.contains_key(&k), "key {}", k);
+                    model.entry(k).or_insert(second);
+                }
+                DedupOp::Advance(ms) => {
+                    now += ms;
+                    set.on_watermark(now);
+                    let due = last_sweep.is_none_or(|l| now.div_euclid(step) > l.div_euclid(step));
+                    if due {
+                        last_sweep = Some(now);
+                        model.retain(|_, s| (*s + 1) * 1000 + HORIZON > now);
+                    }
+                }
+            }
+            prop_assert_eq!(set.len(), model.len());
+        }
+        for k in 0..2_000u16 {
+            prop_assert_eq!(set.contains(key(k)), model.contains_key(&k), "key {}", k);
+        }
+    }
+}
