@@ -41,7 +41,7 @@ impl EventKey {
         let mut buf = [0u8; 320];
         let mut n = 0;
         let mut put = |bytes: &[u8]| {
-            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            copy_short(&mut buf[n..n + bytes.len()], bytes);
             n += bytes.len();
         };
         match click.event_id {
@@ -77,6 +77,38 @@ impl EventKey {
             return None;
         }
         u128::from_str_radix(s, 16).ok().map(EventKey)
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short fields of a click, in at most
+/// four fixed-size moves (overlapping when the length is not a power of
+/// two) rather than a call to `memcpy` per field.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    fn fixed<const N: usize>(dst: &mut [u8], src: &[u8], at: usize) {
+        dst[at..at + N].copy_from_slice(&src[at..at + N]);
+    }
+    let n = src.len();
+    match n {
+        0 => {}
+        1..4 => {
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
+        }
+        4..8 => {
+            fixed::<4>(dst, src, 0);
+            fixed::<4>(dst, src, n - 4);
+        }
+        8..16 => {
+            fixed::<8>(dst, src, 0);
+            fixed::<8>(dst, src, n - 8);
+        }
+        16..32 => {
+            fixed::<16>(dst, src, 0);
+            fixed::<16>(dst, src, n - 16);
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
