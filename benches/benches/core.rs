@@ -6,6 +6,7 @@
 
 use adtally_bench::{Shape, batches, stream};
 use adtally_core::Click;
+use adtally_core::columns::ClickColumns;
 use adtally_core::{Config, Engine, Offset, Outputs, Partition};
 use adtally_runtime::{ClickBatch, Limits, RecordIn, Runtime};
 use std::time::{Duration, Instant};
@@ -49,23 +50,34 @@ fn main() -> anyhow::Result<()> {
     );
 
     let component_only = std::env::var_os("ADTALLY_BENCH_COMPONENT_ONLY").is_some();
-    // Native: the clicks are cloned before the clock starts.
+    // Both builds get each batch's parsed clicks in the same columns (the
+    // WIT `click-batch`), packed before the clock starts, and check them
+    // out of the columns as part of the timed work.
+    let columns: Vec<(u32, ClickColumns)> = batches
+        .iter()
+        .map(|(p, clicks)| {
+            let mut c = ClickColumns::default();
+            for click in clicks {
+                c.push(click.as_click_ref())?;
+            }
+            Ok((*p, c))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut native_times = Vec::new();
     let mut bytes_per_key = 0.0;
     let mut keys = 0;
     let mut native_counts = (0usize, 0u64);
     for _ in 0..if component_only { 1 } else { RUNS } {
-        let input = batches.clone();
         let mut engine = Engine::new(Config::default())?;
         let mut out = Outputs::default();
         let mut offsets = [0i64; 64];
         let (mut rollups, mut dups) = (0usize, 0u64);
         let start = Instant::now();
-        for (p, clicks) in input {
-            for c in clicks {
-                engine.push_click(Partition(p), Offset(offsets[p as usize]), c, 0, &mut out);
-                offsets[p as usize] += 1;
-            }
+        for (p, cols) in &columns {
+            let clicks = cols.as_ref().clicks()?;
+            let first = Offset(offsets[*p as usize]);
+            engine.push_click_refs(Partition(*p), first, &clicks, 0, &mut out);
+            offsets[*p as usize] += clicks.len() as i64;
             rollups += out.rollups.len();
             dups += out.duplicates;
             out.clear();
@@ -97,8 +109,7 @@ fn main() -> anyhow::Result<()> {
     let module = rt.load_file(path.as_ref())?;
     let mut wasm_times = Vec::new();
     let mut wasm_counts = (0usize, 0u64);
-    // Parsed clicks in the component's input form (columns), packed before
-    // the clock starts, as the native run gets its clicks ready-made.
+    // The same columns in the runtime's wrapper.
     let packed: Vec<(u32, ClickBatch)> = batches
         .iter()
         .map(|(p, clicks)| Ok((*p, ClickBatch::new(clicks)?)))

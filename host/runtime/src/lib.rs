@@ -20,6 +20,7 @@
 //! # anyhow::Ok(())
 //! ```
 
+use adtally_core::columns::ClickColumns;
 use adtally_core::topn::RankedAd;
 use adtally_core::{
     AdId, Click, Country, EventId, EventKey, EventTime, FilterId, InvalidEvent, InvalidReason,
@@ -573,28 +574,17 @@ pub struct ClickBatch(wit::ClickBatch);
 impl ClickBatch {
     /// Packs `clicks`.
     pub fn new(clicks: &[Click]) -> Result<ClickBatch> {
-        let mut b = wit::ClickBatch {
-            text: Vec::new(),
-            text_ends: Vec::with_capacity(3 * clicks.len()),
-            timestamps_ms: Vec::with_capacity(clicks.len()),
-            ips: Vec::with_capacity(16 * clicks.len()),
-            countries: Vec::with_capacity(3 * clicks.len()),
-        };
-        for c in clicks {
-            let event_id = c.event_id.as_ref().map_or("", |e| e.as_str());
-            for text in [c.ad_id.as_str(), c.user_id.as_str(), event_id] {
-                b.text.extend_from_slice(text.as_bytes());
-                b.text_ends.push(end_offset(b.text.len())?);
-            }
-            b.timestamps_ms.push(c.timestamp.0);
-            let v6 = match c.ip {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                std::net::IpAddr::V6(v6) => v6,
-            };
-            b.ips.extend_from_slice(&v6.octets());
-            b.countries.extend_from_slice(c.country.as_str().as_bytes());
+        let mut c = ClickColumns::default();
+        for click in clicks {
+            c.push(click.as_click_ref())?;
         }
-        Ok(ClickBatch(b))
+        Ok(ClickBatch(wit::ClickBatch {
+            text: c.text,
+            text_ends: c.text_ends,
+            timestamps_ms: c.timestamps_ms,
+            ips: c.ips,
+            countries: c.countries,
+        }))
     }
 
     /// How many clicks.

@@ -5,8 +5,9 @@
 //! and does no I/O. Build it with
 //! `cargo build -p adtally-component --target wasm32-wasip2 --profile wasm`.
 
+use adtally_core::columns::{ClickColumnsRef, ranges};
 use adtally_core::{
-    AdId, Click, ClickRef, Config, Country, Engine, EventTime, Offset, Outputs, Partition, Rollup,
+    AdId, Click, ClickRef, Config, Engine, Offset, Outputs, Partition, Rollup,
     topn::{self, RankedAd},
 };
 use core::cell::RefCell;
@@ -109,7 +110,8 @@ impl wit::GuestAggregator for Aggregator {
             &records.payload_ends,
             records.payloads.len(),
             "payload-ends",
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         {
             let mut engine = self.engine.borrow_mut();
             let mut out = self.out.borrow_mut();
@@ -145,15 +147,13 @@ impl wit::GuestAggregator for Aggregator {
         {
             let mut engine = self.engine.borrow_mut();
             let mut out = self.out.borrow_mut();
-            for (i, click) in checked.into_iter().enumerate() {
-                engine.push_click_ref(
-                    Partition(partition),
-                    Offset(first_offset + i as i64),
-                    click,
-                    now_ms,
-                    &mut out,
-                );
-            }
+            engine.push_click_refs(
+                Partition(partition),
+                Offset(first_offset),
+                &checked,
+                now_ms,
+                &mut out,
+            );
         }
         Ok(self.take_outputs())
     }
@@ -197,81 +197,16 @@ impl wit::GuestAggregator for Aggregator {
     }
 }
 
-/// The ranges `ends` marks off in a buffer of `len` bytes; refused when
-/// they go backwards or past the end.
-fn ranges<'a>(
-    ends: &'a [u32],
-    len: usize,
-    what: &'a str,
-) -> Result<impl Iterator<Item = core::ops::Range<usize>> + 'a, String> {
-    let mut prev = 0u32;
-    for (i, &e) in ends.iter().enumerate() {
-        if e < prev || e as usize > len {
-            return Err(format!("{what}[{i}] = {e}: outside {prev}..={len}"));
-        }
-        prev = e;
-    }
-    Ok(ends.iter().scan(0usize, |start, &e| {
-        let r = *start..e as usize;
-        *start = e as usize;
-        Some(r)
-    }))
-}
-
-/// Every click of a batch, checked like a parsed record; the error names
-/// the click, the field and its value.
+/// Every click of a batch, checked like a parsed record.
 fn click_refs(b: &wit::ClickBatch) -> Result<Vec<ClickRef<'_>>, String> {
-    let n = b.timestamps_ms.len();
-    for (name, len, per) in [
-        ("text-ends", b.text_ends.len(), 3),
-        ("ips", b.ips.len(), 16),
-        ("countries", b.countries.len(), 3),
-    ] {
-        if len != n * per {
-            return Err(format!(
-                "click-batch: {name} has {len} elements, {per} per click expected for {n} clicks"
-            ));
-        }
-    }
-    let text: Vec<core::ops::Range<usize>> =
-        ranges(&b.text_ends, b.text.len(), "text-ends")?.collect();
-    let str_at = |i: usize, field: &str| {
-        core::str::from_utf8(&b.text[text[i].clone()])
-            .map_err(|_| format!("clicks[{}]: {field} is not UTF-8", i / 3))
+    let columns = ClickColumnsRef {
+        text: &b.text,
+        text_ends: &b.text_ends,
+        timestamps_ms: &b.timestamps_ms,
+        ips: &b.ips,
+        countries: &b.countries,
     };
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let ad_id = str_at(3 * i, "ad_id")?;
-        let user_id = str_at(3 * i + 1, "user_id")?;
-        let event_id = str_at(3 * i + 2, "event_id")?;
-        let ip: [u8; 16] = b.ips[16 * i..16 * i + 16].try_into().expect("16 bytes");
-        let ip = adtally_core::IpAddr::from(ip);
-        let country = core::str::from_utf8(&b.countries[3 * i..3 * i + 3])
-            .map_err(|_| "not ASCII")
-            .and_then(|c| Country::new(c).map_err(|_| "not an ISO 3166-1 code"))
-            .map_err(|e| {
-                format!(
-                    "clicks[{i}]: country {:?}: {e}",
-                    &b.countries[3 * i..3 * i + 3]
-                )
-            })?;
-        let t = EventTime(b.timestamps_ms[i]);
-        let click = ClickRef::new(ad_id, t, user_id, ip, country, Some(event_id)).map_err(|e| {
-            use adtally_core::Field;
-            let v = match e.field() {
-                Some(Field::AdId) => ad_id.into(),
-                Some(Field::UserId) => user_id.into(),
-                Some(Field::EventId) => event_id.into(),
-                _ => t.0.to_string(),
-            };
-            format!(
-                "clicks[{i}]: {} {v:?}: {e}",
-                e.field().map_or("click", |f| f.name())
-            )
-        })?;
-        out.push(click);
-    }
-    Ok(out)
+    columns.clicks().map_err(|e| e.to_string())
 }
 
 fn ranked(r: &RankedAd) -> wit::RankedAd {

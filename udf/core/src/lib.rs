@@ -158,6 +158,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod columns;
 mod config;
 mod country_codes;
 pub mod dedup;

@@ -1,0 +1,191 @@
+//! Parsed clicks in columns: how a batch of clicks crosses a boundary (the
+//! component's WIT `click-batch`) as five buffers instead of an allocation
+//! per click.
+//!
+//! This module owns packing clicks into columns and checking them back out
+//! as [`ClickRef`]s that borrow the columns; it never parses records.
+//!
+//! ```
+//! use adtally_core::{ClickRef, Country, EventTime};
+//! use adtally_core::columns::ClickColumns;
+//! let usa = Country::new("USA").unwrap();
+//! let click = ClickRef::new("ad1", EventTime(0), "u1", "1.2.3.4".parse().unwrap(), usa, None).unwrap();
+//! let mut cols = ClickColumns::default();
+//! cols.push(click).unwrap();
+//! assert_eq!(cols.as_ref().clicks().unwrap(), vec![click]);
+//! ```
+
+use crate::{ClickRef, Country, EventTime, IpAddr};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+/// Clicks packed column by column (the layout of WIT `click-batch`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClickColumns {
+    /// Each click's ad_id, user_id and event_id (empty: none), concatenated.
+    pub text: Vec<u8>,
+    /// Three ends into `text` per click: of its ad_id, user_id, event_id.
+    pub text_ends: Vec<u32>,
+    /// Milliseconds since the Unix epoch, UTC.
+    pub timestamps_ms: Vec<i64>,
+    /// 16 bytes per click: the address as IPv6 (IPv4 as `::ffff:a.b.c.d`).
+    pub ips: Vec<u8>,
+    /// 3 bytes per click: ISO 3166-1 alpha-3.
+    pub countries: Vec<u8>,
+}
+
+/// Columns borrowed from wherever they were received.
+#[derive(Clone, Copy, Debug)]
+pub struct ClickColumnsRef<'a> {
+    /// See [`ClickColumns::text`].
+    pub text: &'a [u8],
+    /// See [`ClickColumns::text_ends`].
+    pub text_ends: &'a [u32],
+    /// See [`ClickColumns::timestamps_ms`].
+    pub timestamps_ms: &'a [i64],
+    /// See [`ClickColumns::ips`].
+    pub ips: &'a [u8],
+    /// See [`ClickColumns::countries`].
+    pub countries: &'a [u8],
+}
+
+/// Columns that do not hold valid clicks; the message names the column or
+/// the click, the field and its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnsError(String);
+
+impl fmt::Display for ColumnsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl core::error::Error for ColumnsError {}
+
+impl ClickColumns {
+    /// Appends a click; refused only when the text would pass 4 GiB.
+    pub fn push(&mut self, c: ClickRef<'_>) -> Result<(), ColumnsError> {
+        for text in [c.ad_id, c.user_id, c.event_id.unwrap_or("")] {
+            self.text.extend_from_slice(text.as_bytes());
+            let end = u32::try_from(self.text.len()).map_err(|_| {
+                ColumnsError(format!(
+                    "click-batch: text of {} bytes does not fit 32-bit ends",
+                    self.text.len()
+                ))
+            })?;
+            self.text_ends.push(end);
+        }
+        self.timestamps_ms.push(c.timestamp.0);
+        let v6 = match c.ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        self.ips.extend_from_slice(&v6.octets());
+        self.countries
+            .extend_from_slice(c.country.as_str().as_bytes());
+        Ok(())
+    }
+
+    /// How many clicks.
+    pub fn len(&self) -> usize {
+        self.timestamps_ms.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The columns, borrowed.
+    pub fn as_ref(&self) -> ClickColumnsRef<'_> {
+        ClickColumnsRef {
+            text: &self.text,
+            text_ends: &self.text_ends,
+            timestamps_ms: &self.timestamps_ms,
+            ips: &self.ips,
+            countries: &self.countries,
+        }
+    }
+}
+
+impl<'a> ClickColumnsRef<'a> {
+    /// Every click, checked like a parsed record; the error names the click,
+    /// the field and its value.
+    pub fn clicks(&self) -> Result<Vec<ClickRef<'a>>, ColumnsError> {
+        let n = self.timestamps_ms.len();
+        for (name, len, per) in [
+            ("text-ends", self.text_ends.len(), 3),
+            ("ips", self.ips.len(), 16),
+            ("countries", self.countries.len(), 3),
+        ] {
+            if len != n * per {
+                return Err(ColumnsError(format!(
+                    "click-batch: {name} has {len} elements, {per} per click expected for {n} clicks"
+                )));
+            }
+        }
+        let text: Vec<Range<usize>> =
+            ranges(self.text_ends, self.text.len(), "text-ends")?.collect();
+        let all = self.text;
+        let str_at = |i: usize, field: &str| {
+            core::str::from_utf8(&all[text[i].clone()])
+                .map_err(|_| ColumnsError(format!("clicks[{}]: {field} is not UTF-8", i / 3)))
+        };
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let ad_id = str_at(3 * i, "ad_id")?;
+            let user_id = str_at(3 * i + 1, "user_id")?;
+            let event_id = str_at(3 * i + 2, "event_id")?;
+            let ip: [u8; 16] = self.ips[16 * i..16 * i + 16].try_into().expect("16 bytes");
+            let ip = IpAddr::from(ip);
+            let code = &self.countries[3 * i..3 * i + 3];
+            let country = core::str::from_utf8(code)
+                .map_err(|_| "not ASCII")
+                .and_then(|c| Country::new(c).map_err(|_| "not an ISO 3166-1 code"))
+                .map_err(|e| ColumnsError(format!("clicks[{i}]: country {code:?}: {e}")))?;
+            let t = EventTime(self.timestamps_ms[i]);
+            let click =
+                ClickRef::new(ad_id, t, user_id, ip, country, Some(event_id)).map_err(|e| {
+                    use crate::Field;
+                    let v = match e.field() {
+                        Some(Field::AdId) => ad_id.to_string(),
+                        Some(Field::UserId) => user_id.to_string(),
+                        Some(Field::EventId) => event_id.to_string(),
+                        _ => t.0.to_string(),
+                    };
+                    ColumnsError(format!(
+                        "clicks[{i}]: {} {v:?}: {e}",
+                        e.field().map_or("click", |f| f.name())
+                    ))
+                })?;
+            out.push(click);
+        }
+        Ok(out)
+    }
+}
+
+/// The ranges `ends` marks off in a buffer of `len` bytes; refused when
+/// they go backwards or past the end. `what` names `ends` in the error.
+pub fn ranges<'a>(
+    ends: &'a [u32],
+    len: usize,
+    what: &'a str,
+) -> Result<impl Iterator<Item = Range<usize>> + 'a, ColumnsError> {
+    let mut prev = 0u32;
+    for (i, &e) in ends.iter().enumerate() {
+        if e < prev || e as usize > len {
+            return Err(ColumnsError(format!(
+                "{what}[{i}] = {e}: outside {prev}..={len}"
+            )));
+        }
+        prev = e;
+    }
+    Ok(ends.iter().scan(0usize, |start, &e| {
+        let r = *start..e as usize;
+        *start = e as usize;
+        Some(r)
+    }))
+}
