@@ -7,7 +7,7 @@
 use adtally_bench::{Shape, batches, stream};
 use adtally_core::Click;
 use adtally_core::columns::ClickColumns;
-use adtally_core::{Config, Engine, Offset, Outputs, Partition};
+use adtally_core::{Config, Engine, Offset, Outputs, Partition, RawRecord};
 use adtally_runtime::{ClickBatch, Limits, RecordIn, Runtime};
 use std::time::{Duration, Instant};
 
@@ -155,17 +155,20 @@ fn main() -> anyhow::Result<()> {
         let mut offsets = [0i64; 64];
         let start = Instant::now();
         for (p, recs) in &lines {
-            for r in recs {
-                engine.push_record(
-                    Partition(*p),
-                    Offset(offsets[*p as usize]),
-                    r,
-                    None,
-                    0,
-                    &mut out,
-                );
-                offsets[*p as usize] += 1;
-            }
+            let batch: Vec<RawRecord> = recs
+                .iter()
+                .map(|r| {
+                    let offset = Offset(offsets[*p as usize]);
+                    offsets[*p as usize] += 1;
+                    RawRecord {
+                        partition: Partition(*p),
+                        offset,
+                        payload: r,
+                        record_time_ms: None,
+                    }
+                })
+                .collect();
+            engine.push_records(&batch, 0, &mut out);
             out.clear();
         }
         raw_native.push(start.elapsed());

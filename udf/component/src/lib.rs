@@ -7,7 +7,7 @@
 
 use adtally_core::columns::{ClickColumnsRef, ranges};
 use adtally_core::{
-    AdId, Click, ClickRef, Config, Engine, Offset, Outputs, Partition, Rollup,
+    AdId, Click, ClickRef, Config, Engine, Offset, Outputs, Partition, RawRecord, Rollup,
     topn::{self, RankedAd},
 };
 use core::cell::RefCell;
@@ -115,23 +115,22 @@ impl wit::GuestAggregator for Aggregator {
         {
             let mut engine = self.engine.borrow_mut();
             let mut out = self.out.borrow_mut();
-            for (i, range) in ranges.enumerate() {
-                #[cfg(feature = "trap-test-marker")]
-                if records.payloads[range.clone()]
-                    .windows(17)
-                    .any(|w| w == b"adtally-trap-test")
-                {
-                    panic!("trap-test-marker: record at offset {}", records.offsets[i]);
+            let raw: Vec<RawRecord<'_>> = ranges
+                .enumerate()
+                .map(|(i, range)| RawRecord {
+                    partition: Partition(records.partitions[i]),
+                    offset: Offset(records.offsets[i]),
+                    payload: &records.payloads[range],
+                    record_time_ms: records.record_times_ms[i],
+                })
+                .collect();
+            #[cfg(feature = "trap-test-marker")]
+            for r in &raw {
+                if r.payload.windows(17).any(|w| w == b"adtally-trap-test") {
+                    panic!("trap-test-marker: record at offset {}", r.offset.0);
                 }
-                engine.push_record(
-                    Partition(records.partitions[i]),
-                    Offset(records.offsets[i]),
-                    &records.payloads[range],
-                    records.record_times_ms[i],
-                    now_ms,
-                    &mut out,
-                );
             }
+            engine.push_records(&raw, now_ms, &mut out);
         }
         Ok(self.take_outputs())
     }

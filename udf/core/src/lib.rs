@@ -176,7 +176,7 @@ mod watermark;
 mod window;
 
 pub use config::{Config, ConfigError};
-pub use engine::{Engine, InvalidEvent, LateEvent, Outputs, Rollup, TopNRow};
+pub use engine::{Engine, InvalidEvent, LateEvent, Outputs, RawRecord, Rollup, TopNRow};
 pub use event::{
     AdId, Click, ClickRef, Country, EventId, EventTime, IpAddr, Offset, Partition, UserId,
 };
