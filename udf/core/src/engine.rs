@@ -317,9 +317,9 @@ impl Engine {
                     continue;
                 }
                 match parsed {
-                    Ok(Parsed::Click(c)) => self.click_keyed(p, offset, c, key, now_ms, out),
+                    Ok(Parsed::Click(c)) => self.click(p, offset, c, key, now_ms, out),
                     Ok(Parsed::Owned(c)) => {
-                        self.click_keyed(p, offset, c.as_click_ref(), key, now_ms, out)
+                        self.click(p, offset, c.as_click_ref(), key, now_ms, out)
                     }
                     Ok(Parsed::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
                     Err(reason) => {
@@ -361,13 +361,7 @@ impl Engine {
         now_ms: i64,
         out: &mut Outputs,
     ) {
-        let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
-        if !self.is_replay(p, offset, out) {
-            self.click(p, offset, click, now_ms, out);
-        }
-        if now_changed {
-            self.emit_due_top_n(out);
-        }
+        self.push_click_refs(p, offset, core::slice::from_ref(&click), now_ms, out)
     }
 
     /// [`Engine::push_click_ref`] for a run of clicks of partition `p` at
@@ -393,7 +387,7 @@ impl Engine {
             for (i, (&key, click)) in keys.iter().zip(chunk).enumerate() {
                 let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
                 if !self.is_replay(p, offset, out) {
-                    self.click_keyed(p, offset, *click, key, now_ms, out);
+                    self.click(p, offset, *click, key, now_ms, out);
                 }
             }
         }
@@ -437,19 +431,8 @@ impl Engine {
         }
     }
 
+    /// Counts a valid click whose key was computed beforehand.
     fn click(
-        &mut self,
-        p: Partition,
-        offset: Offset,
-        click: ClickRef<'_>,
-        now_ms: i64,
-        out: &mut Outputs,
-    ) {
-        self.click_keyed(p, offset, click, EventKey::of_ref(&click), now_ms, out)
-    }
-
-    /// [`Engine::click`] with the click's key computed beforehand.
-    fn click_keyed(
         &mut self,
         p: Partition,
         offset: Offset,

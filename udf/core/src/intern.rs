@@ -2,9 +2,6 @@
 //! integer handle, so the engine's maps hash and compare integers instead of
 //! text, and the text is stored once.
 //!
-//! Ids of up to 27 bytes are also kept inside the hash table's slots, so
-//! looking one up reads the table only.
-//!
 //! Handles never leak into outputs: everything emitted is ordered by the ad
 //! id's text, so a restored engine (which numbers its ads afresh) emits the
 //! same bytes.
@@ -28,35 +25,11 @@ struct Entry {
     id: Option<AdId>,
 }
 
-/// The longest ad id kept inside the hash table itself.
-const INLINE: usize = 27;
-
-/// A hash-table slot: the handle, and the ad's text when it is short, so a
-/// lookup of a short id touches the table only.
-#[derive(Clone, Copy)]
-struct Slot {
-    handle: u32,
-    /// The text's length, or `u8::MAX` for an id longer than [`INLINE`].
-    len: u8,
-    /// The text, zero-padded.
-    text: [u8; INLINE],
-}
-
-/// `id` as an inline slot's text, if it fits.
-fn inline(id: &str) -> Option<(u8, [u8; INLINE])> {
-    let b = id.as_bytes();
-    (b.len() <= INLINE).then(|| {
-        let mut text = [0u8; INLINE];
-        text[..b.len()].copy_from_slice(b);
-        (b.len() as u8, text)
-    })
-}
-
 /// The set of ads an engine holds state for.
 #[derive(Default)]
 pub(crate) struct Interner {
     /// Handles, hashed by their ad's text.
-    table: HashTable<Slot>,
+    table: HashTable<u32>,
     /// By handle; `None` for a freed handle.
     entries: Vec<Entry>,
     free: Vec<u32>,
@@ -83,20 +56,13 @@ impl Interner {
     /// The handle of `id` (a checked ad id), allocating it when new.
     pub(crate) fn intern(&mut self, id: &str) -> AdHandle {
         let hash = FastHash::default().hash_one(id);
-        let short = inline(id);
         let entries = &self.entries;
-        let found = self.table.find(hash, |slot| match short {
-            Some((len, text)) => slot.len == len && slot.text == text,
-            None => {
-                slot.len == u8::MAX
-                    && entries[slot.handle as usize]
-                        .id
-                        .as_ref()
-                        .is_some_and(|a| a.as_str() == id)
-            }
+        let found = self.table.find(hash, |&h| {
+            let e = &entries[h as usize];
+            e.hash == hash && e.id.as_ref().is_some_and(|a| a.as_str() == id)
         });
-        if let Some(slot) = found {
-            return AdHandle(slot.handle);
+        if let Some(&h) = found {
+            return AdHandle(h);
         }
         let entry = Entry {
             hash,
@@ -112,15 +78,9 @@ impl Interner {
                 (self.entries.len() - 1) as u32
             }
         };
-        let (len, text) = short.unwrap_or((u8::MAX, [0; INLINE]));
-        let slot = Slot {
-            handle: h,
-            len,
-            text,
-        };
         let entries = &self.entries;
         self.table
-            .insert_unique(hash, slot, |s| entries[s.handle as usize].hash);
+            .insert_unique(hash, h, |&x| entries[x as usize].hash);
         AdHandle(h)
     }
 
@@ -140,7 +100,7 @@ impl Interner {
     /// Frees every handle for which `live` is false.
     pub(crate) fn retain(&mut self, live: &[bool]) {
         let is_live = |h: u32| live.get(h as usize).copied().unwrap_or(false);
-        self.table.retain(|s| is_live(s.handle));
+        self.table.retain(|h| is_live(*h));
         for (h, e) in self.entries.iter_mut().enumerate() {
             if e.id.is_some() && !is_live(h as u32) {
                 e.id = None;
