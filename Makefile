@@ -3,6 +3,8 @@ ADTALLY_HOME ?= $(HOME)/.cache/adtally
 export ADTALLY_HOME
 export ADTALLY_PYTHON ?= $(ADTALLY_HOME)/venv/bin/python
 WASM_DIR := target/wasm
+# Where cargo builds (CARGO_TARGET_DIR, when set, moves it).
+CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: setup wasm test conformance bench demo lint clean
 
@@ -13,15 +15,15 @@ setup:
 wasm:
 	@mkdir -p $(WASM_DIR)
 	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm --features trap-test-marker
-	cp target/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/adtally_component_trap_marker.wasm
+	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/adtally_component_trap_marker.wasm
 	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm
 	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm --features upgrade-test-marker
-	cp target/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/adtally_clickhouse_marker.wasm
+	cp $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/adtally_clickhouse_marker.wasm
 	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm
 	cargo build -p adtally-js --target wasm32-unknown-unknown --profile wasm
-	cp target/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/
-	cp target/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/
-	wasm-bindgen --target nodejs --out-dir $(WASM_DIR)/js target/wasm32-unknown-unknown/wasm/adtally_js.wasm
+	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/
+	cp $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/
+	wasm-bindgen --target nodejs --out-dir $(WASM_DIR)/js $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_js.wasm
 
 # Every vector against every build: a table of vector x build.
 conformance: wasm
