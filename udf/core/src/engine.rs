@@ -307,7 +307,12 @@ impl Engine {
                     Ok(Parsed::Owned(c)) => EventKey::of(c),
                     _ => EventKey(0),
                 };
-                self.state(r.partition).dedup.prefetch(key);
+                // Only a partition with state has a table to fetch from;
+                // creating state here would make a partition known (and
+                // hold back top-N) before its first record is processed.
+                if let Some(st) = self.partitions.get(&r.partition) {
+                    st.dedup.prefetch(key);
+                }
                 *slot = Some((parsed, key));
             }
             for (r, slot) in chunk.iter().zip(&mut ahead) {
@@ -379,10 +384,12 @@ impl Engine {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let mut keys = [EventKey(0); AHEAD];
         for (c, chunk) in clicks.chunks(AHEAD).enumerate() {
-            let dedup = &self.state(p).dedup;
+            let dedup = self.partitions.get(&p).map(|st| &st.dedup);
             for (key, click) in keys.iter_mut().zip(chunk) {
                 *key = EventKey::of_ref(click);
-                dedup.prefetch(*key);
+                if let Some(d) = dedup {
+                    d.prefetch(*key);
+                }
             }
             for (i, (&key, click)) in keys.iter().zip(chunk).enumerate() {
                 let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);

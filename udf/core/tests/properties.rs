@@ -309,3 +309,77 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A batch of records from several partitions gives the same outputs, in
+    /// the same order, as the same records pushed one at a time.
+    #[test]
+    fn a_batch_equals_its_records_one_by_one(events in stream(), batch in 1usize..40) {
+        use adtally_core::RawRecord;
+        let lines: Vec<(Partition, Offset, String)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Partition(e.p), Offset(i as i64), e.line()))
+            .collect();
+        let config = Config::default();
+        let mut one = Engine::new(config.clone()).unwrap();
+        let mut by_one = Outputs::default();
+        for (p, o, l) in &lines {
+            one.push_record(*p, *o, l.as_bytes(), None, 0, &mut by_one);
+        }
+        let mut many = Engine::new(config).unwrap();
+        let mut by_batch = Outputs::default();
+        for chunk in lines.chunks(batch) {
+            let records: Vec<RawRecord> = chunk
+                .iter()
+                .map(|(p, o, l)| RawRecord { partition: *p, offset: *o, payload: l.as_bytes(), record_time_ms: None })
+                .collect();
+            many.push_records(&records, 0, &mut by_batch);
+        }
+        prop_assert_eq!(by_batch, by_one);
+    }
+}
+
+/// The case the property above may miss: a partition's first record comes
+/// in a batch after another partition's records have made a minute final.
+#[test]
+fn a_new_partition_later_in_a_batch_holds_nothing_back_early() {
+    use adtally_core::RawRecord;
+    let lines = [
+        (0, "ad1, 1000, u1, 10.0.0.1, USA"),
+        (0, "ad1, 200000, u2, 10.0.0.2, USA"),
+        (1, "ad2, 1000, u3, 10.0.0.3, USA"),
+    ];
+    let mut one = Engine::new(Config::default()).unwrap();
+    let mut by_one = Outputs::default();
+    for (o, (p, l)) in lines.iter().enumerate() {
+        one.push_record(
+            Partition(*p),
+            Offset(o as i64),
+            l.as_bytes(),
+            None,
+            0,
+            &mut by_one,
+        );
+    }
+    let records: Vec<RawRecord> = lines
+        .iter()
+        .enumerate()
+        .map(|(o, (p, l))| RawRecord {
+            partition: Partition(*p),
+            offset: Offset(o as i64),
+            payload: l.as_bytes(),
+            record_time_ms: None,
+        })
+        .collect();
+    let mut many = Engine::new(Config::default()).unwrap();
+    let mut by_batch = Outputs::default();
+    many.push_records(&records, 0, &mut by_batch);
+    assert!(
+        !by_one.top_n.is_empty(),
+        "minute 0 is ranked before partition 1 is known"
+    );
+    assert_eq!(by_batch, by_one);
+}
