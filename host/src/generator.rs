@@ -90,6 +90,19 @@ pub struct Generated {
 }
 
 /// Generates a stream.
+impl Generated {
+    /// Writes the expected totals to `path`: one `minute start ms, ad,
+    /// clicks` line per (minute, ad), tab-separated, in order.
+    pub fn write_expected(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for ((w, ad), c) in &self.expected {
+            writeln!(f, "{w}\t{ad}\t{c}")?;
+        }
+        f.flush()
+    }
+}
+
 pub fn generate(c: GenConfig) -> Generated {
     let mut rng = StdRng::seed_from_u64(c.seed);
     let zipf = Zipf::new(c.ads as f64, 1.0).expect("ads >= 1");

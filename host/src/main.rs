@@ -209,10 +209,8 @@ fn main() -> Result<()> {
             let config = stream.config()?;
             let g = generator::generate(config);
             if let Some(path) = expected {
-                let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-                for ((w, ad), c) in &g.expected {
-                    writeln!(f, "{w}\t{ad}\t{c}")?;
-                }
+                g.write_expected(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             match brokers {
                 Some(brokers) => {

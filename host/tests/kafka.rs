@@ -71,6 +71,18 @@ fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> 
     setup_gen(name, records, storage, &[])
 }
 
+/// The `clicks` topic with 4 partitions, as `adtally gen` creates it.
+fn create_topic(broker: &Broker) {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(adtally_host::source::ensure_topic(
+            broker.addr(),
+            "clicks",
+            4,
+        ))
+        .unwrap();
+}
+
 fn setup_gen(
     name: &str,
     records: usize,
@@ -348,14 +360,7 @@ fn assert_top_n_exact(url: &str, expected: &BTreeMap<String, String>) {
 #[test]
 fn ship_follows_logs_across_restarts_then_exact() {
     let (tmp, broker, ch) = start("kafka-ship", |_| "memory://tansu/".to_string());
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(adtally_host::source::ensure_topic(
-            broker.addr(),
-            "clicks",
-            4,
-        ))
-        .unwrap();
+    create_topic(&broker);
     let expected_path = tmp.join("expected.tsv");
     let s = Setup {
         tmp: tmp.clone(),
@@ -461,18 +466,8 @@ fn a_trapping_record_is_quarantined_then_exact() {
         },
     );
     let expected_path = tmp.join("expected.tsv");
-    let mut f = std::fs::File::create(&expected_path).unwrap();
-    for ((w, ad), c) in &g.expected {
-        std::io::Write::write_all(&mut f, format!("{w}\t{ad}\t{c}\n").as_bytes()).unwrap();
-    }
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(adtally_host::source::ensure_topic(
-            broker.addr(),
-            "clicks",
-            4,
-        ))
-        .unwrap();
+    g.write_expected(&expected_path).unwrap();
+    create_topic(&broker);
     adtally_host::source::produce(broker.addr(), "clicks", &g.records).unwrap();
     let s = Setup {
         tmp,
