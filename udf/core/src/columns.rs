@@ -127,12 +127,22 @@ impl<'a> ClickColumnsRef<'a> {
                 )));
             }
         }
-        let text: Vec<Range<usize>> =
-            ranges(self.text_ends, self.text.len(), "text-ends")?.collect();
+        check_ends(self.text_ends, self.text.len(), "text-ends")?;
+        // One UTF-8 check for the whole buffer: when it passes, a field is
+        // UTF-8 exactly when its ends are character boundaries. When it
+        // fails, each field is checked alone, so the error names the first
+        // bad click, as it would have anyway.
         let all = self.text;
-        let str_at = |i: usize, field: &str| {
-            core::str::from_utf8(&all[text[i].clone()])
-                .map_err(|_| ColumnsError(format!("clicks[{}]: {field} is not UTF-8", i / 3)))
+        let whole = core::str::from_utf8(all).ok();
+        let ends = self.text_ends;
+        let str_at = |j: usize, field: &str| {
+            let from = if j == 0 { 0 } else { ends[j - 1] as usize };
+            let to = ends[j] as usize;
+            match whole {
+                Some(t) => t.get(from..to),
+                None => core::str::from_utf8(&all[from..to]).ok(),
+            }
+            .ok_or_else(|| ColumnsError(format!("clicks[{}]: {field} is not UTF-8", j / 3)))
         };
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
@@ -140,28 +150,36 @@ impl<'a> ClickColumnsRef<'a> {
             let user_id = str_at(3 * i + 1, "user_id")?;
             let event_id = str_at(3 * i + 2, "event_id")?;
             let ip: [u8; 16] = self.ips[16 * i..16 * i + 16].try_into().expect("16 bytes");
-            let ip = IpAddr::from(ip);
             let code = &self.countries[3 * i..3 * i + 3];
             let country = core::str::from_utf8(code)
                 .map_err(|_| "not ASCII")
                 .and_then(|c| Country::new(c).map_err(|_| "not an ISO 3166-1 code"))
                 .map_err(|e| ColumnsError(format!("clicks[{i}]: country {code:?}: {e}")))?;
             let t = EventTime(self.timestamps_ms[i]);
-            let click =
-                ClickRef::new(ad_id, t, user_id, ip, country, Some(event_id)).map_err(|e| {
-                    use crate::Field;
-                    let v = match e.field() {
-                        Some(Field::AdId) => ad_id.to_string(),
-                        Some(Field::UserId) => user_id.to_string(),
-                        Some(Field::EventId) => event_id.to_string(),
-                        _ => t.0.to_string(),
-                    };
-                    ColumnsError(format!(
-                        "clicks[{i}]: {} {v:?}: {e}",
-                        e.field().map_or("click", |f| f.name())
-                    ))
-                })?;
-            out.push(click);
+            let event_id = (!event_id.is_empty()).then_some(event_id);
+            // Checked, then built in place: a click is too large to pass
+            // through a `Result` at this rate.
+            ClickRef::check(ad_id, t, user_id, event_id).map_err(|e| {
+                use crate::Field;
+                let v = match e.field() {
+                    Some(Field::AdId) => ad_id.to_string(),
+                    Some(Field::UserId) => user_id.to_string(),
+                    Some(Field::EventId) => event_id.unwrap_or("").to_string(),
+                    _ => t.0.to_string(),
+                };
+                ColumnsError(format!(
+                    "clicks[{i}]: {} {v:?}: {e}",
+                    e.field().map_or("click", |f| f.name())
+                ))
+            })?;
+            out.push(ClickRef {
+                ad_id,
+                timestamp: t,
+                user_id,
+                ip: IpAddr::from(ip).to_canonical(),
+                country,
+                event_id,
+            });
         }
         Ok(out)
     }
@@ -174,6 +192,16 @@ pub fn ranges<'a>(
     len: usize,
     what: &'a str,
 ) -> Result<impl Iterator<Item = Range<usize>> + 'a, ColumnsError> {
+    check_ends(ends, len, what)?;
+    Ok(ends.iter().scan(0usize, |start, &e| {
+        let r = *start..e as usize;
+        *start = e as usize;
+        Some(r)
+    }))
+}
+
+/// Refuses `ends` that go backwards or past `len`.
+fn check_ends(ends: &[u32], len: usize, what: &str) -> Result<(), ColumnsError> {
     let mut prev = 0u32;
     for (i, &e) in ends.iter().enumerate() {
         if e < prev || e as usize > len {
@@ -183,9 +211,55 @@ pub fn ranges<'a>(
         }
         prev = e;
     }
-    Ok(ends.iter().scan(0usize, |start, &e| {
-        let r = *start..e as usize;
-        *start = e as usize;
-        Some(r)
-    }))
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_clicks() -> ClickColumns {
+        let usa = Country::new("USA").unwrap();
+        let ip = "1.2.3.4".parse().unwrap();
+        let mut cols = ClickColumns::default();
+        for (ad, user) in [("ad1", "u1"), ("ad2", "ü2")] {
+            let c = ClickRef::new(ad, EventTime(0), user, ip, usa, None).unwrap();
+            cols.push(c).unwrap();
+        }
+        cols
+    }
+
+    fn error(cols: &ClickColumns) -> String {
+        cols.as_ref().clicks().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_utf8_names_the_click_and_field() {
+        let mut cols = two_clicks();
+        // "ü" is C3 BC; a lone continuation byte is not UTF-8.
+        let at = cols.text.iter().position(|&b| b == 0xc3).unwrap();
+        cols.text[at] = b'x';
+        assert_eq!(error(&cols), "clicks[1]: user_id is not UTF-8");
+    }
+
+    #[test]
+    fn an_end_inside_a_character_is_not_utf8() {
+        let mut cols = two_clicks();
+        // The whole text stays UTF-8, but ad2's end moves into "ü".
+        cols.text_ends[3] += 1;
+        assert!(core::str::from_utf8(&cols.text).is_ok());
+        assert_eq!(error(&cols), "clicks[1]: ad_id is not UTF-8");
+    }
+
+    #[test]
+    fn the_first_bad_click_is_named() {
+        let mut cols = two_clicks();
+        let at = cols.text.iter().position(|&b| b == 0xc3).unwrap();
+        cols.text[at] = b'x';
+        cols.countries[..3].copy_from_slice(b"QQQ");
+        assert_eq!(
+            error(&cols),
+            "clicks[0]: country [81, 81, 81]: not an ISO 3166-1 code"
+        );
+    }
 }

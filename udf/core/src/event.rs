@@ -202,13 +202,8 @@ impl<'a> ClickRef<'a> {
         country: Country,
         event_id: Option<&'a str>,
     ) -> Result<ClickRef<'a>, crate::InvalidReason> {
-        crate::validate::ad_id(ad_id)?;
-        crate::validate::timestamp_range(timestamp.0)?;
-        crate::validate::user_id(user_id)?;
         let event_id = event_id.filter(|e| !e.is_empty());
-        if let Some(e) = event_id {
-            crate::validate::event_id(e)?;
-        }
+        ClickRef::check(ad_id, timestamp, user_id, event_id)?;
         Ok(ClickRef {
             ad_id,
             timestamp,
@@ -217,6 +212,23 @@ impl<'a> ClickRef<'a> {
             country,
             event_id,
         })
+    }
+
+    /// The checks of [`ClickRef::new`] on the text fields and the time
+    /// (`event_id` already `None` when empty), without building a click.
+    pub(crate) fn check(
+        ad_id: &str,
+        timestamp: EventTime,
+        user_id: &str,
+        event_id: Option<&str>,
+    ) -> Result<(), crate::InvalidReason> {
+        crate::validate::ad_id(ad_id)?;
+        crate::validate::timestamp_range(timestamp.0)?;
+        crate::validate::user_id(user_id)?;
+        if let Some(e) = event_id {
+            crate::validate::event_id(e)?;
+        }
+        Ok(())
     }
 
     /// The clicked ad.

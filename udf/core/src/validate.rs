@@ -265,19 +265,34 @@ fn non_empty(s: &str, field: Field, max: usize) -> Result<(), InvalidReason> {
 
 pub(crate) fn ad_id(s: &str) -> Result<(), InvalidReason> {
     non_empty(s, Field::AdId, MAX_AD_ID_BYTES)?;
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-    {
+    // No early exit: the loop is branch-free and the compiler widens it.
+    if s.bytes().fold(true, |ok, b| ok & AD_ID_BYTE[b as usize]) {
         Ok(())
     } else {
         Err(InvalidReason::BadAdId)
     }
 }
 
+/// The bytes an ad id may hold: `[A-Za-z0-9._:-]`.
+const AD_ID_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-');
+        b += 1;
+    }
+    t
+};
+
 /// Whether `s` has a control character (Unicode Cc: U+0000-001F,
 /// U+007F-009F), by its UTF-8 bytes: the C1 range is `C2 80`-`C2 9F`.
 fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
+    // The common case, printable ASCII, in one branch-free pass.
+    if b.iter().fold(true, |ok, &c| ok & (0x20..0x7f).contains(&c)) {
+        return false;
+    }
     b.iter().enumerate().any(|(i, &c)| {
         c < 0x20 || c == 0x7f || (c == 0xc2 && b.get(i + 1).is_some_and(|&n| n <= 0x9f))
     })
