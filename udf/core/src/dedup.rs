@@ -18,6 +18,7 @@
 //! memory can be fetched ahead of the probe: [`DedupSet::prefetch`] lets a
 //! batch of keys wait for memory together instead of one after another.
 
+use crate::prefetch::prefetch_line;
 use crate::{EventKey, EventTime};
 use alloc::vec::Vec;
 
@@ -56,22 +57,6 @@ fn identity(slot: u128) -> u128 {
 /// (its top bits) does not use.
 fn tag(slot: u128) -> u8 {
     0x80 | ((slot >> 64) as u8 & 0x7f)
-}
-
-/// Asks the memory system for the line holding `p`; a hint only.
-#[inline]
-fn prefetch_line<T>(p: *const T) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
-    // SAFETY: a prefetch never faults, whatever the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
-    // A load nothing waits for: the CPU issues it and runs on.
-    // SAFETY: callers pass a valid, aligned element of a live vector.
-    unsafe {
-        core::hint::black_box(core::ptr::read_volatile(p));
-    }
 }
 
 impl DedupSet {

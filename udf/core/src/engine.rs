@@ -2,7 +2,7 @@
 
 use crate::dedup::DedupSet;
 use crate::filter::{FilterId, FilterSet};
-use crate::intern::{AdHandle, FastHash, Interner};
+use crate::intern::{AdHandle, AdHash, FastHash, Interner};
 use crate::parse::{Parsed, parse_borrowed};
 use crate::topn::{self, RankedAd};
 use crate::{
@@ -17,6 +17,22 @@ use serde::{Serialize, Serializer};
 /// How many clicks the batch paths key (and fetch the dedup memory for)
 /// before counting them.
 const AHEAD: usize = 16;
+
+/// What the batch paths compute for a click before counting it.
+#[derive(Clone, Copy)]
+struct Keys {
+    event: EventKey,
+    ad: AdHash,
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys {
+            event: EventKey(0),
+            ad: AdHash::default(),
+        }
+    }
+}
 
 /// A record as a consumer hands it over: where it came from and its bytes.
 #[derive(Clone, Copy, Debug)]
@@ -170,6 +186,9 @@ pub(crate) struct PartitionState {
     pub(crate) next_offset: Option<Offset>,
     pub(crate) dedup: DedupSet,
     pub(crate) windows: BTreeMap<WindowStart, WindowState>,
+    /// Cells of the last window finalized: a new window's map starts this
+    /// large instead of growing there step by step (a hint, not state).
+    pub(crate) cells_hint: usize,
 }
 
 impl PartitionState {
@@ -180,6 +199,7 @@ impl PartitionState {
             next_offset: None,
             dedup: DedupSet::new(config.dedup_horizon_ms),
             windows: BTreeMap::new(),
+            cells_hint: 0,
         }
     }
 }
@@ -297,34 +317,28 @@ impl Engine {
     pub fn push_records(&mut self, records: &[RawRecord<'_>], now_ms: i64, out: &mut Outputs) {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let skew = self.config.max_future_skew_ms;
-        let mut ahead: [Option<(Result<Parsed<'_>, InvalidReason>, EventKey)>; AHEAD] =
+        let mut ahead: [Option<(Result<Parsed<'_>, InvalidReason>, Keys)>; AHEAD] =
             Default::default();
         for chunk in records.chunks(AHEAD) {
             for (r, slot) in chunk.iter().zip(&mut ahead) {
                 let parsed = parse_borrowed(r.payload, r.record_time_ms, skew);
-                let key = match &parsed {
-                    Ok(Parsed::Click(c)) => EventKey::of_ref(c),
-                    Ok(Parsed::Owned(c)) => EventKey::of(c),
-                    _ => EventKey(0),
+                let keys = match &parsed {
+                    Ok(Parsed::Click(c)) => self.keys(r.partition, c),
+                    Ok(Parsed::Owned(c)) => self.keys(r.partition, &c.as_click_ref()),
+                    _ => Keys::default(),
                 };
-                // Only a partition with state has a table to fetch from;
-                // creating state here would make a partition known (and
-                // hold back top-N) before its first record is processed.
-                if let Some(st) = self.partitions.get(&r.partition) {
-                    st.dedup.prefetch(key);
-                }
-                *slot = Some((parsed, key));
+                *slot = Some((parsed, keys));
             }
             for (r, slot) in chunk.iter().zip(&mut ahead) {
-                let (parsed, key) = slot.take().expect("parsed above");
+                let (parsed, keys) = slot.take().expect("parsed above");
                 let (p, offset) = (r.partition, r.offset);
                 if self.is_replay(p, offset, out) {
                     continue;
                 }
                 match parsed {
-                    Ok(Parsed::Click(c)) => self.click(p, offset, c, key, now_ms, out),
+                    Ok(Parsed::Click(c)) => self.click(p, offset, c, keys, now_ms, out),
                     Ok(Parsed::Owned(c)) => {
-                        self.click(p, offset, c.as_click_ref(), key, now_ms, out)
+                        self.click(p, offset, c.as_click_ref(), keys, now_ms, out)
                     }
                     Ok(Parsed::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
                     Err(reason) => {
@@ -382,19 +396,15 @@ impl Engine {
         out: &mut Outputs,
     ) {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
-        let mut keys = [EventKey(0); AHEAD];
+        let mut keys = [Keys::default(); AHEAD];
         for (c, chunk) in clicks.chunks(AHEAD).enumerate() {
-            let dedup = self.partitions.get(&p).map(|st| &st.dedup);
-            for (key, click) in keys.iter_mut().zip(chunk) {
-                *key = EventKey::of_ref(click);
-                if let Some(d) = dedup {
-                    d.prefetch(*key);
-                }
+            for (k, click) in keys.iter_mut().zip(chunk) {
+                *k = self.keys(p, click);
             }
-            for (i, (&key, click)) in keys.iter().zip(chunk).enumerate() {
+            for (i, (&k, click)) in keys.iter().zip(chunk).enumerate() {
                 let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
                 if !self.is_replay(p, offset, out) {
-                    self.click(p, offset, *click, key, now_ms, out);
+                    self.click(p, offset, *click, k, now_ms, out);
                 }
             }
         }
@@ -410,6 +420,22 @@ impl Engine {
         if self.now_ms.replace(now_ms) != Some(now_ms) {
             self.emit_due_top_n(out);
         }
+    }
+
+    /// A click's keys, computed ahead, with the memory their lookups will
+    /// read asked for. Only a partition with state has a table to fetch
+    /// from; creating state here would make a partition known (and hold
+    /// back top-N) before its first record is processed.
+    fn keys(&self, p: Partition, click: &ClickRef<'_>) -> Keys {
+        let keys = Keys {
+            event: EventKey::of_ref(click),
+            ad: AdHash::of(click.ad_id),
+        };
+        if let Some(st) = self.partitions.get(&p) {
+            st.dedup.prefetch(keys.event);
+        }
+        self.interner.prefetch(keys.ad);
+        keys
     }
 
     fn state(&mut self, p: Partition) -> &mut PartitionState {
@@ -438,16 +464,17 @@ impl Engine {
         }
     }
 
-    /// Counts a valid click whose key was computed beforehand.
+    /// Counts a valid click whose keys were computed beforehand.
     fn click(
         &mut self,
         p: Partition,
         offset: Offset,
         click: ClickRef<'_>,
-        key: EventKey,
+        keys: Keys,
         now_ms: i64,
         out: &mut Outputs,
     ) {
+        let key = keys.event;
         let size = self.size;
         let lateness = self.config.allowed_lateness_ms;
         let config = &self.config;
@@ -487,11 +514,12 @@ impl Engine {
         // A window whose end W_p passed while it had no clicks was emitted
         // empty: its first click (within lateness) emits at once.
         let passed = wm.is_some_and(|wm| w.end(size) <= wm);
+        let hint = st.cells_hint;
         let ws = st.windows.entry(w).or_insert_with(|| WindowState {
             emitted: passed,
-            ..WindowState::default()
+            cells: Cells::with_capacity_and_hasher(hint, FastHash::default()),
         });
-        let ad = self.interner.intern(click.ad_id);
+        let ad = self.interner.intern_hashed(click.ad_id, keys.ad);
         let ad_id = ws.emitted.then(|| self.interner.id(ad).clone());
         for &filter in &self.scratch {
             let cell = ws.cells.entry(CellKey { ad, filter }).or_default();
@@ -540,6 +568,7 @@ impl Engine {
                 break;
             }
             let (start, ws) = entry.remove_entry();
+            st.cells_hint = ws.cells.len();
             self.topn.add_final(start, ws.cells);
             finalized = true;
             // A revision is due when this window's top-N rows went out

@@ -5,12 +5,17 @@
 //! Handles never leak into outputs: everything emitted is ordered by the ad
 //! id's text, so a restored engine (which numbers its ads afresh) emits the
 //! same bytes.
+//!
+//! The lookup table is open-addressed with linear probing; a slot holds its
+//! handle and up to [`INLINE`] bytes of the ad id, so looking up an ad id of
+//! that length reads one cache line, which [`Interner::prefetch`] can fetch
+//! ahead. Longer ids are compared with their text in full.
 
 use crate::AdId;
+use crate::prefetch::prefetch_line;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
-use hashbrown::HashTable;
 
 /// An ad interned in one engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,92 +25,216 @@ pub(crate) struct AdHandle(pub(crate) u32);
 /// fixed, so runs are reproducible to the byte.
 pub(crate) type FastHash = rustc_hash::FxBuildHasher;
 
-struct Entry {
-    hash: u64,
-    id: Option<AdId>,
+/// Bytes of an ad id a table slot holds.
+const INLINE: usize = 24;
+/// The smallest table, in slots.
+const MIN_SLOTS: usize = 64;
+
+/// An ad id's first [`INLINE`] bytes, zero-padded, as little-endian
+/// words, and its length.
+#[derive(Clone, Copy)]
+struct Head {
+    words: [u64; INLINE / 8],
+    len: u32,
 }
 
-/// The set of ads an engine holds state for.
-#[derive(Default)]
-pub(crate) struct Interner {
-    /// Handles, hashed by their ad's text.
-    table: HashTable<u32>,
-    /// By handle; `None` for a freed handle.
-    entries: Vec<Entry>,
-    free: Vec<u32>,
-}
-
-impl Clone for Interner {
-    fn clone(&self) -> Interner {
-        Interner {
-            table: self.table.clone(),
-            entries: self
-                .entries
-                .iter()
-                .map(|e| Entry {
-                    hash: e.hash,
-                    id: e.id.clone(),
-                })
-                .collect(),
-            free: self.free.clone(),
+impl Head {
+    /// Built from whole-word loads: bytes copied one by one (or by a
+    /// `memcpy` of variable length) and then read as words stall the load.
+    fn of(id: &str) -> Head {
+        let b = id.as_bytes();
+        Head {
+            words: core::array::from_fn(|k| word(b, 8 * k)),
+            // Ad ids are at most 64 bytes (checked before they get here).
+            len: b.len() as u32,
         }
     }
 }
 
+/// The bytes of `b` from `at` (at most 8), zero-padded, little-endian.
+fn word(b: &[u8], at: usize) -> u64 {
+    let n = b.len().saturating_sub(at).min(8);
+    if n == 8 {
+        u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+    } else if n == 0 {
+        0
+    } else if b.len() >= 8 {
+        // The last n bytes are the top n of the word that ends with `b`.
+        let last = u64::from_le_bytes(b[b.len() - 8..].try_into().expect("8 bytes"));
+        last >> (8 * (8 - n))
+    } else {
+        b.iter().rev().fold(0, |w, &x| (w << 8) | u64::from(x))
+    }
+}
+
+/// One table slot: its ad id's head and handle (plus one; 0 = free), in
+/// 32 bytes.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Slot {
+    words: [u64; INLINE / 8],
+    len: u32,
+    handle_plus_one: u32,
+}
+
+impl Slot {
+    fn new(head: Head, handle: u32) -> Slot {
+        Slot {
+            words: head.words,
+            len: head.len,
+            handle_plus_one: handle + 1,
+        }
+    }
+
+    fn holds(&self, head: &Head) -> bool {
+        // Word by word, without a call.
+        let w = |k: usize| self.words[k] == head.words[k];
+        self.len == head.len && w(0) & w(1) & w(2)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Slot>() == 32);
+
+const FREE: Slot = Slot {
+    words: [0; INLINE / 8],
+    len: 0,
+    handle_plus_one: 0,
+};
+
+/// The hash a lookup of `id` starts from.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AdHash(u64);
+
+impl AdHash {
+    pub(crate) fn of(id: &str) -> AdHash {
+        AdHash(FastHash::default().hash_one(id))
+    }
+}
+
+/// The set of ads an engine holds state for.
+#[derive(Clone, Default)]
+pub(crate) struct Interner {
+    /// A power-of-two number of slots (or none), at most 7/8 taken.
+    slots: Vec<Slot>,
+    /// Taken slots.
+    len: usize,
+    /// By handle; `None` for a freed handle.
+    ids: Vec<Option<AdId>>,
+    free: Vec<u32>,
+}
+
 impl Interner {
+    fn home(&self, hash: AdHash) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        (hash.0 >> (64 - bits)) as usize
+    }
+
+    /// Asks the memory system for the slot a lookup of the ad with `hash`
+    /// starts at; a hint only, it changes nothing.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: AdHash) {
+        if !self.slots.is_empty() {
+            prefetch_line(&self.slots[self.home(hash)]);
+        }
+    }
+
     /// The handle of `id` (a checked ad id), allocating it when new.
     pub(crate) fn intern(&mut self, id: &str) -> AdHandle {
-        let hash = FastHash::default().hash_one(id);
-        let entries = &self.entries;
-        let found = self.table.find(hash, |&h| {
-            let e = &entries[h as usize];
-            e.hash == hash && e.id.as_ref().is_some_and(|a| a.as_str() == id)
-        });
-        if let Some(&h) = found {
-            return AdHandle(h);
+        self.intern_hashed(id, AdHash::of(id))
+    }
+
+    /// [`Interner::intern`] with the hash computed beforehand.
+    pub(crate) fn intern_hashed(&mut self, id: &str, hash: AdHash) -> AdHandle {
+        if (self.len + 1) * 8 > self.slots.len() * 7 {
+            self.rebuild((self.len + 1) * 2);
         }
-        let entry = Entry {
-            hash,
-            id: Some(AdId(Arc::from(id))),
-        };
+        let head = Head::of(id);
+        let (i, found) = self.probe(id, head, hash);
+        if let Some(h) = found {
+            return h;
+        }
+        let id = AdId(Arc::from(id));
         let h = match self.free.pop() {
             Some(h) => {
-                self.entries[h as usize] = entry;
+                self.ids[h as usize] = Some(id);
                 h
             }
             None => {
-                self.entries.push(entry);
-                (self.entries.len() - 1) as u32
+                self.ids.push(Some(id));
+                (self.ids.len() - 1) as u32
             }
         };
-        let entries = &self.entries;
-        self.table
-            .insert_unique(hash, h, |&x| entries[x as usize].hash);
+        self.slots[i] = Slot::new(head, h);
+        self.len += 1;
         AdHandle(h)
+    }
+
+    /// The slot holding `id`'s handle, or the free slot that ends its probe.
+    fn probe(&self, id: &str, head: Head, hash: AdHash) -> (usize, Option<AdHandle>) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(hash);
+        loop {
+            let s = &self.slots[i];
+            if s.handle_plus_one == 0 {
+                return (i, None);
+            }
+            if s.holds(&head) {
+                let h = s.handle_plus_one - 1;
+                if id.len() <= INLINE || self.id(AdHandle(h)).as_str() == id {
+                    return (i, Some(AdHandle(h)));
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// A table of at least `n` slots, at most 7/8 full, holding every
+    /// live handle.
+    fn rebuild(&mut self, n: usize) {
+        let mut size = MIN_SLOTS;
+        while self.len * 8 > size * 7 || size < n {
+            size *= 2;
+        }
+        self.slots = alloc::vec![FREE; size];
+        self.len = 0;
+        for h in 0..self.ids.len() {
+            if let Some(id) = &self.ids[h] {
+                let (s, head) = (id.as_str(), Head::of(id.as_str()));
+                let (i, _) = self.probe(s, head, AdHash::of(s));
+                self.slots[i] = Slot::new(head, h as u32);
+                self.len += 1;
+            }
+        }
     }
 
     /// The ad id of a live handle.
     pub(crate) fn id(&self, h: AdHandle) -> &AdId {
-        self.entries[h.0 as usize]
-            .id
+        self.ids[h.0 as usize]
             .as_ref()
             .expect("a handle held by the engine is live")
     }
 
     /// One more than the largest handle ever given out.
     pub(crate) fn bound(&self) -> usize {
-        self.entries.len()
+        self.ids.len()
     }
 
     /// Frees every handle for which `live` is false.
     pub(crate) fn retain(&mut self, live: &[bool]) {
-        let is_live = |h: u32| live.get(h as usize).copied().unwrap_or(false);
-        self.table.retain(|h| is_live(*h));
-        for (h, e) in self.entries.iter_mut().enumerate() {
-            if e.id.is_some() && !is_live(h as u32) {
-                e.id = None;
+        let is_live = |h: usize| live.get(h).copied().unwrap_or(false);
+        let mut freed = false;
+        for (h, id) in self.ids.iter_mut().enumerate() {
+            if id.is_some() && !is_live(h) {
+                *id = None;
                 self.free.push(h as u32);
+                freed = true;
             }
+        }
+        if freed {
+            // Linear probing has no cheap removal of many slots: the table
+            // is rebuilt from the live ids, at the size it had.
+            self.len = self.ids.iter().filter(|i| i.is_some()).count();
+            self.rebuild(self.slots.len());
         }
     }
 }
@@ -129,5 +258,36 @@ mod tests {
         assert_eq!(c, a, "a's handle is free again");
         assert_eq!(i.id(c).as_str(), "c");
         assert_eq!(i.intern("b"), b);
+    }
+
+    #[test]
+    fn long_ids_that_share_a_head_are_different_ads() {
+        let mut i = Interner::default();
+        let long = |tail: &str| alloc::format!("{}{tail}", "x".repeat(INLINE));
+        // Every length up to past the inline part, and ids that differ
+        // only in their last byte.
+        for n in 1..=INLINE + 2 {
+            let a = "y".repeat(n);
+            let b = alloc::format!("{}z", "y".repeat(n - 1));
+            assert_ne!(i.intern(&a), i.intern(&b), "{n}");
+            let h = i.intern(&a);
+            assert_eq!(i.id(h).as_str(), a);
+        }
+        let (a, b) = (long("a"), long("b"));
+        let (ha, hb) = (i.intern(&a), i.intern(&b));
+        assert_ne!(ha, hb);
+        assert_eq!(i.intern(&a), ha);
+        assert_eq!(i.id(hb).as_str(), b);
+        // And through growth and a retain that rebuilds the table.
+        let many: Vec<AdHandle> = (0..1000)
+            .map(|n| i.intern(&alloc::format!("ad{n}")))
+            .collect();
+        let mut live = alloc::vec![true; i.bound()];
+        live[ha.0 as usize] = false;
+        i.retain(&live);
+        assert_eq!(i.intern(&b), hb);
+        for (n, h) in many.iter().enumerate() {
+            assert_eq!(i.intern(&alloc::format!("ad{n}")), *h);
+        }
     }
 }

@@ -168,6 +168,7 @@ pub mod filter;
 mod intern;
 mod key;
 mod parse;
+mod prefetch;
 mod selftest;
 pub mod snapshot;
 pub mod topn;
