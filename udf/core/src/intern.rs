@@ -15,7 +15,6 @@ use crate::AdId;
 use crate::prefetch::prefetch_line;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::hash::BuildHasher;
 
 /// An ad interned in one engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,8 +105,27 @@ const FREE: Slot = Slot {
 pub(crate) struct AdHash(u64);
 
 impl AdHash {
+    /// 64 well-mixed bits on every target (a `usize` hasher such as Fx
+    /// gives 32 on wasm32, and the table indexes by the top bits).
     pub(crate) fn of(id: &str) -> AdHash {
-        AdHash(FastHash::default().hash_one(id))
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let b = id.as_bytes();
+        let mix = |h: u64, w: u64| {
+            let h = (h ^ w).wrapping_mul(K);
+            h ^ (h >> 32)
+        };
+        let mut h = mix(b.len() as u64, 0);
+        let mut at = 0;
+        while at < b.len() {
+            h = mix(h, word(b, at));
+            at += 8;
+        }
+        // A final avalanche (SplitMix64's), so every bit depends on every byte.
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        AdHash(h ^ (h >> 31))
     }
 }
 
@@ -258,6 +276,20 @@ mod tests {
         assert_eq!(c, a, "a's handle is free again");
         assert_eq!(i.id(c).as_str(), "c");
         assert_eq!(i.intern("b"), b);
+    }
+
+    #[test]
+    fn hashes_spread_over_the_top_bits_on_every_target() {
+        // The table indexes by the top bits: a hash whose top half is zero
+        // (a 32-bit `usize` hasher on wasm32) sends every ad to slot 0.
+        let homes: alloc::collections::BTreeSet<u64> = (0..4096)
+            .map(|n| AdHash::of(&alloc::format!("ad{n:07}")).0 >> 52)
+            .collect();
+        assert!(
+            homes.len() > 3000,
+            "{} of 4096 top-12-bit values",
+            homes.len()
+        );
     }
 
     #[test]
