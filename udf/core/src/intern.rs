@@ -285,8 +285,9 @@ mod tests {
         let homes: alloc::collections::BTreeSet<u64> = (0..4096)
             .map(|n| AdHash::of(&alloc::format!("ad{n:07}")).0 >> 52)
             .collect();
+        // Uniform hashes fill about 1 - 1/e of the 4096 values: ~2590.
         assert!(
-            homes.len() > 3000,
+            homes.len() > 2400,
             "{} of 4096 top-12-bit values",
             homes.len()
         );
