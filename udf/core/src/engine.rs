@@ -322,9 +322,10 @@ impl Engine {
         for chunk in records.chunks(AHEAD) {
             for (r, slot) in chunk.iter().zip(&mut ahead) {
                 let parsed = parse_borrowed(r.payload, r.record_time_ms, skew);
+                let dedup = self.partitions.get(&r.partition).map(|st| &st.dedup);
                 let keys = match &parsed {
-                    Ok(Parsed::Click(c)) => self.keys(r.partition, c),
-                    Ok(Parsed::Owned(c)) => self.keys(r.partition, &c.as_click_ref()),
+                    Ok(Parsed::Click(c)) => self.keys(dedup, c),
+                    Ok(Parsed::Owned(c)) => self.keys(dedup, &c.as_click_ref()),
                     _ => Keys::default(),
                 };
                 *slot = Some((parsed, keys));
@@ -398,8 +399,9 @@ impl Engine {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let mut keys = [Keys::default(); AHEAD];
         for (c, chunk) in clicks.chunks(AHEAD).enumerate() {
+            let dedup = self.partitions.get(&p).map(|st| &st.dedup);
             for (k, click) in keys.iter_mut().zip(chunk) {
-                *k = self.keys(p, click);
+                *k = self.keys(dedup, click);
             }
             for (i, (&k, click)) in keys.iter().zip(chunk).enumerate() {
                 let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
@@ -423,16 +425,17 @@ impl Engine {
     }
 
     /// A click's keys, computed ahead, with the memory their lookups will
-    /// read asked for. Only a partition with state has a table to fetch
-    /// from; creating state here would make a partition known (and hold
-    /// back top-N) before its first record is processed.
-    fn keys(&self, p: Partition, click: &ClickRef<'_>) -> Keys {
+    /// read asked for. `dedup` is the click's partition's table: only a
+    /// partition with state has one; creating state here would make a
+    /// partition known (and hold back top-N) before its first record is
+    /// processed.
+    fn keys(&self, dedup: Option<&DedupSet>, click: &ClickRef<'_>) -> Keys {
         let keys = Keys {
             event: EventKey::of_ref(click),
             ad: AdHash::of(click.ad_id),
         };
-        if let Some(st) = self.partitions.get(&p) {
-            st.dedup.prefetch(keys.event);
+        if let Some(d) = dedup {
+            d.prefetch(keys.event);
         }
         self.interner.prefetch(keys.ad);
         keys

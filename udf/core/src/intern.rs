@@ -20,8 +20,8 @@ use alloc::vec::Vec;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct AdHandle(pub(crate) u32);
 
-/// The hasher of the engine's integer-keyed maps (and of ad text here):
-/// fixed, so runs are reproducible to the byte.
+/// The hasher of the engine's integer-keyed maps: fixed, so runs are
+/// reproducible to the byte. (Ad text is hashed by [`AdHash::of`].)
 pub(crate) type FastHash = rustc_hash::FxBuildHasher;
 
 /// Bytes of an ad id a table slot holds.
