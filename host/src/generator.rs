@@ -89,7 +89,6 @@ pub struct Generated {
     pub max_time_ms: i64,
 }
 
-/// Generates a stream.
 impl Generated {
     /// Writes the expected totals to `path`: one `minute start ms, ad,
     /// clicks` line per (minute, ad), tab-separated, in order.
@@ -103,6 +102,7 @@ impl Generated {
     }
 }
 
+/// Generates a stream.
 pub fn generate(c: GenConfig) -> Generated {
     let mut rng = StdRng::seed_from_u64(c.seed);
     let zipf = Zipf::new(c.ads as f64, 1.0).expect("ads >= 1");
@@ -117,6 +117,14 @@ pub fn generate(c: GenConfig) -> Generated {
         } else {
             format!("ad{ad:06}")
         }
+    };
+    let ip_of = |user: u32| format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
+    let ysb_event = |ad: u64, user: u32, t: i64, event_type: &str, ip: &str| {
+        format!(
+            r#"{{"user_id":"{user:08x}-0000-4000-8000-000000000000","page_id":"{:08x}-0000-4000-8000-000000000000","ad_id":"{}","ad_type":"banner78","event_type":"{event_type}","event_time":"{t}","ip_address":"{ip}"}}"#,
+            user ^ 0x5a5a,
+            ad_name(ad)
+        )
     };
     for i in 0..c.records {
         let now = c.start_ms + i as i64 * 1000 / c.rate_per_s.max(1) as i64;
@@ -133,15 +141,6 @@ pub fn generate(c: GenConfig) -> Generated {
         let ad = zipf.sample(&mut rng) as u64;
         let partition = (ad % c.partitions as u64) as u32;
         let mut user: u32 = rng.random_range(0..1_000_000);
-        let ip_of =
-            |user: u32| format!("10.{}.{}.{}", user >> 16 & 255, user >> 8 & 255, user & 255);
-        let ysb_event = |ad: u64, user: u32, t: i64, event_type: &str, ip: &str| {
-            format!(
-                r#"{{"user_id":"{user:08x}-0000-4000-8000-000000000000","page_id":"{:08x}-0000-4000-8000-000000000000","ad_id":"{}","ad_type":"banner78","event_type":"{event_type}","event_time":"{t}","ip_address":"{ip}"}}"#,
-                user ^ 0x5a5a,
-                ad_name(ad)
-            )
-        };
         if roll < c.duplicates + c.invalid {
             let payload = if c.ysb {
                 ysb_event(ad, user, now, "view", "10.0.0")

@@ -632,15 +632,15 @@ fn push(
         }
         return Ok(out);
     }
-    let kept: Vec<RecordIn> = recs
-        .iter()
-        .filter(|r| !is_quarantined(r))
-        .copied()
-        .collect();
-    let out = if kept.len() == recs.len() {
+    let out = if !recs.iter().any(is_quarantined) {
         // The common case: the packed batch goes in as it is.
         core.agg.push_batch(packed, now)?
     } else {
+        let kept: Vec<RecordIn> = recs
+            .iter()
+            .filter(|r| !is_quarantined(r))
+            .copied()
+            .collect();
         core.agg.push(&kept, now)?
     };
     if let Some(last) = recs.last() {

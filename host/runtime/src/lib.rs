@@ -20,7 +20,7 @@
 //! # anyhow::Ok(())
 //! ```
 
-use adtally_core::columns::ClickColumns;
+use adtally_core::columns::{ClickColumns, ranges};
 use adtally_core::topn::RankedAd;
 use adtally_core::{
     AdId, Click, Country, EventId, EventKey, EventTime, FilterId, InvalidEvent, InvalidReason,
@@ -550,19 +550,15 @@ impl RecordBatch {
     /// The records, borrowed.
     pub fn records(&self) -> impl Iterator<Item = RecordIn<'_>> + '_ {
         let b = &self.0;
-        (0..b.offsets.len()).map(move |i| {
-            let start = if i == 0 {
-                0
-            } else {
-                b.payload_ends[i - 1] as usize
-            };
-            RecordIn {
+        ranges(&b.payload_ends, b.payloads.len(), "payload-ends")
+            .expect("ends written by push")
+            .enumerate()
+            .map(move |(i, range)| RecordIn {
                 partition: b.partitions[i],
                 offset: b.offsets[i],
-                payload: &b.payloads[start..b.payload_ends[i] as usize],
+                payload: &b.payloads[range],
                 record_time_ms: b.record_times_ms[i],
-            }
-        })
+            })
     }
 }
 

@@ -1,5 +1,5 @@
 //! ISO 3166-1 country codes (249 entries), generated from the `pycountry` package.
-//! Sorted by alpha-3 code so that lookups can binary-search.
+//! Sorted by alpha-3 code.
 
 /// (alpha-3, alpha-2), sorted by alpha-3.
 pub(crate) const ISO_3166: [(&str, &str); 249] = [

@@ -164,7 +164,7 @@ impl Interner {
     /// [`Interner::intern`] with the hash computed beforehand.
     pub(crate) fn intern_hashed(&mut self, id: &str, hash: AdHash) -> AdHandle {
         if (self.len + 1) * 8 > self.slots.len() * 7 {
-            self.rebuild((self.len + 1) * 2);
+            self.rebuild((self.slots.len() * 2).max(MIN_SLOTS));
         }
         let head = Head::of(id);
         let (i, found) = self.probe(id, head, hash);
@@ -206,13 +206,9 @@ impl Interner {
         }
     }
 
-    /// A table of at least `n` slots, at most 7/8 full, holding every
-    /// live handle.
-    fn rebuild(&mut self, n: usize) {
-        let mut size = MIN_SLOTS;
-        while self.len * 8 > size * 7 || size < n {
-            size *= 2;
-        }
+    /// A table of `size` slots (a power of two, with room for every live
+    /// handle) holding every live handle.
+    fn rebuild(&mut self, size: usize) {
         self.slots = alloc::vec![FREE; size];
         self.len = 0;
         for h in 0..self.ids.len() {
@@ -251,7 +247,6 @@ impl Interner {
         if freed {
             // Linear probing has no cheap removal of many slots: the table
             // is rebuilt from the live ids, at the size it had.
-            self.len = self.ids.iter().filter(|i| i.is_some()).count();
             self.rebuild(self.slots.len());
         }
     }

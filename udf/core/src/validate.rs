@@ -316,57 +316,48 @@ pub(crate) fn event_id(s: &str) -> Result<(), InvalidReason> {
     }
 }
 
-/// Which upper-case alpha-3 codes exist: bit `a*676 + b*26 + c` for the
-/// code of letters `a b c` (0-25), built at compile time from the table.
+/// Which upper-case alpha-3 codes are accepted: bit `a*676 + b*26 + c`
+/// for the code of letters `a b c` (0-25), built at compile time from the
+/// table, plus `ZZZ` ([`Country::UNSPECIFIED`]).
 const ALPHA3_BITS: [u64; 275] = {
+    const fn bit(b: &[u8]) -> usize {
+        (b[0] - b'A') as usize * 676 + (b[1] - b'A') as usize * 26 + (b[2] - b'A') as usize
+    }
     let mut bits = [0u64; 275];
     let mut i = 0;
     while i < ISO_3166.len() {
-        let b = ISO_3166[i].0.as_bytes();
-        let n = (b[0] - b'A') as usize * 676 + (b[1] - b'A') as usize * 26 + (b[2] - b'A') as usize;
+        let n = bit(ISO_3166[i].0.as_bytes());
         bits[n / 64] |= 1 << (n % 64);
         i += 1;
     }
+    let n = bit(b"ZZZ"); // Country::UNSPECIFIED
+    bits[n / 64] |= 1 << (n % 64);
     bits
 };
 
 pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
-    if s.eq_ignore_ascii_case(Country::UNSPECIFIED.as_str()) {
-        return Ok(Country::UNSPECIFIED);
-    }
-    // The common case, one bit test: an upper-case alpha-3 code.
-    if let &[a, b, c] = s.as_bytes() {
-        if a.is_ascii_uppercase() && b.is_ascii_uppercase() && c.is_ascii_uppercase() {
-            let n = (a - b'A') as usize * 676 + (b - b'A') as usize * 26 + (c - b'A') as usize;
-            return if ALPHA3_BITS[n / 64] & (1 << (n % 64)) != 0 {
-                Ok(Country::from_alpha3([a, b, c]))
+    match *s.as_bytes() {
+        [] => Err(InvalidReason::MissingField(Field::Country)),
+        // One bit test, in either case.
+        [a, b, c] => {
+            let code = [a, b, c].map(|x| x.to_ascii_uppercase());
+            let known = code.iter().all(u8::is_ascii_uppercase) && {
+                let n = (code[0] - b'A') as usize * 676
+                    + (code[1] - b'A') as usize * 26
+                    + (code[2] - b'A') as usize;
+                ALPHA3_BITS[n / 64] & (1 << (n % 64)) != 0
+            };
+            if known {
+                Ok(Country::from_alpha3(code))
             } else {
                 Err(InvalidReason::UnknownCountry)
-            };
+            }
         }
-    }
-    let upper = |s: &str| -> Option<[u8; 3]> {
-        let b = s.as_bytes();
-        let mut out = [0u8; 3];
-        for (o, c) in out.iter_mut().zip(b) {
-            *o = c.to_ascii_uppercase();
-        }
-        Some(out)
-    };
-    match s.len() {
-        0 => Err(InvalidReason::MissingField(Field::Country)),
-        3 => {
-            let code = upper(s).ok_or(InvalidReason::UnknownCountry)?;
-            ISO_3166
-                .binary_search_by(|(a3, _)| a3.as_bytes().cmp(&code[..]))
-                .map(|_| Country::from_alpha3(code))
-                .map_err(|_| InvalidReason::UnknownCountry)
-        }
-        2 => {
-            let code = upper(s).ok_or(InvalidReason::UnknownCountry)?;
+        [a, b] => {
+            let code = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
             ISO_3166
                 .iter()
-                .find(|(_, a2)| a2.as_bytes() == &code[..2])
+                .find(|(_, a2)| a2.as_bytes() == code)
                 .map(|(a3, _)| {
                     let b = a3.as_bytes();
                     Country::from_alpha3([b[0], b[1], b[2]])
