@@ -47,10 +47,16 @@ pub struct DedupSet {
     sweep_step_ms: i64,
     /// The watermark at the last sweep.
     last_sweep: Option<i64>,
+    /// No remembered key is older than this event-time second (`i64::MIN`
+    /// when unknown, after a restore): a sweep that could not evict
+    /// anything is skipped without reading the table.
+    oldest_s: i64,
 }
 
+/// A slot's identity bits (a mask, not a shift: a 128-bit shift is a
+/// call on wasm32).
 fn identity(slot: u128) -> u128 {
-    slot >> TIME_BITS
+    slot & !TIME_MASK
 }
 
 /// A taken slot's tag: the high bit, and 7 bits of the key that the index
@@ -70,6 +76,7 @@ impl DedupSet {
             horizon_ms,
             sweep_step_ms: step,
             last_sweep: None,
+            oldest_s: i64::MAX,
         }
     }
 
@@ -82,7 +89,9 @@ impl DedupSet {
     fn home(&self, key: u128) -> usize {
         // The table has a power-of-two number of slots, at least MIN_SLOTS.
         let bits = self.tags.len().trailing_zeros();
-        (key >> (128 - bits)) as usize
+        // The high word's top bits (a 128-bit shift is a call on wasm32).
+        let high = (key >> 64) as u64;
+        (high >> (64 - bits)) as usize
     }
 
     /// The index of `slot`'s identity, or of the free slot that ends its
@@ -131,6 +140,7 @@ impl DedupSet {
         self.tags[i] = tag(slot);
         self.slots[i] = slot;
         self.len += 1;
+        self.oldest_s = self.oldest_s.min(t.0.div_euclid(1000));
         true
     }
 
@@ -172,6 +182,14 @@ impl DedupSet {
         }
     }
 
+    /// The lowest watermark at which [`DedupSet::on_watermark`] sweeps.
+    pub fn next_sweep_at(&self) -> i64 {
+        match self.last_sweep {
+            None => i64::MIN,
+            Some(last) => (last.div_euclid(self.sweep_step_ms) + 1) * self.sweep_step_ms,
+        }
+    }
+
     /// Tells the set the partition's watermark moved to `wm`; sweeps when it
     /// crossed a multiple of the sweep step.
     pub fn on_watermark(&mut self, wm: i64) {
@@ -184,19 +202,30 @@ impl DedupSet {
             return;
         }
         self.last_sweep = Some(wm);
-        let wm_s = wm.div_euclid(1000);
         let horizon = self.horizon_ms;
-        let keep = |slot: u128| {
-            let age_s = (wm_s as u16).wrapping_sub(slot as u16) as i16 as i64;
-            let second_end_ms = (wm_s - age_s + 1) * 1000;
-            second_end_ms + horizon > wm
-        };
-        self.retain(keep);
+        let expires = |second: i64| (second + 1) * 1000 + horizon <= wm;
+        if self.oldest_s != i64::MIN && (self.len == 0 || !expires(self.oldest_s)) {
+            return;
+        }
+        let wm_s = wm.div_euclid(1000);
+        // A slot's full second, from its 16 bits: ages stay far below 2^15 s.
+        let second = |slot: u128| wm_s - (wm_s as u16).wrapping_sub(slot as u16) as i16 as i64;
+        let mut oldest = i64::MAX;
+        self.retain(|slot| {
+            let s = second(slot);
+            let keep = !expires(s);
+            if keep {
+                oldest = oldest.min(s);
+            }
+            keep
+        });
+        self.oldest_s = oldest;
     }
 
     /// Removes every slot `keep` refuses, closing each gap by shifting the
-    /// rest of its run back (no tombstones).
-    fn retain(&mut self, keep: impl Fn(u128) -> bool) {
+    /// rest of its run back (no tombstones). `keep` sees every slot that
+    /// stays at least once.
+    fn retain(&mut self, mut keep: impl FnMut(u128) -> bool) {
         let n = self.tags.len();
         // Start after a free slot: no run wraps through the start, and the
         // shifts below never move a slot past it.
@@ -276,6 +305,7 @@ impl DedupSet {
             set.put(s);
         }
         set.last_sweep = last_sweep;
+        set.oldest_s = i64::MIN;
         set
     }
 }
@@ -293,6 +323,25 @@ mod tests {
         assert!(d.contains(k));
         d.on_watermark(16_000);
         assert!(!d.contains(k));
+    }
+
+    #[test]
+    fn sweeps_skipped_while_nothing_expires_still_evict_on_time() {
+        // Keys of seconds 0 and 30; sweeps every second of watermark.
+        let mut d = DedupSet::new(10_000);
+        let (old, new) = (EventKey(1 << 100), EventKey(2 << 100));
+        assert!(d.insert_new(old, EventTime(0)));
+        assert!(d.insert_new(new, EventTime(30_000)));
+        d.on_watermark(10_999); // nothing older than 1 s + 10 s: skipped
+        assert_eq!(d.len(), 2);
+        d.on_watermark(11_000);
+        assert!(!d.contains(old) && d.contains(new));
+        // A restored set does not know its oldest key: its first sweep reads it.
+        let mut r = DedupSet::from_slots(10_000, &d.to_slots(), d.last_sweep());
+        r.on_watermark(40_999);
+        assert!(r.contains(new));
+        r.on_watermark(41_000);
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -25,6 +25,15 @@ struct Keys {
     ad: AdHash,
 }
 
+impl Keys {
+    fn of(click: &ClickRef<'_>) -> Keys {
+        Keys {
+            event: EventKey::of_ref(click),
+            ad: AdHash::of(click.ad_id),
+        }
+    }
+}
+
 impl Default for Keys {
     fn default() -> Keys {
         Keys {
@@ -33,6 +42,9 @@ impl Default for Keys {
         }
     }
 }
+
+/// A record parsed ahead, and its keys when it is a click.
+type Ahead<'a> = (Result<Parsed<'a>, InvalidReason>, Option<Keys>);
 
 /// A record as a consumer hands it over: where it came from and its bytes.
 #[derive(Clone, Copy, Debug)]
@@ -189,6 +201,11 @@ pub(crate) struct PartitionState {
     /// Cells of the last window finalized: a new window's map starts this
     /// large instead of growing there step by step (a hint, not state).
     pub(crate) cells_hint: usize,
+    /// The lowest watermark at which [`Engine::advance`] has work (a
+    /// window to emit or finalize, a dedup sweep, a window boundary to
+    /// cross); below it a moved watermark is only recorded. Derived, not
+    /// state: `i64::MIN` (advance at the next move) after a restore.
+    pub(crate) advance_at: i64,
 }
 
 impl PartitionState {
@@ -200,7 +217,16 @@ impl PartitionState {
             dedup: DedupSet::new(config.dedup_horizon_ms),
             windows: BTreeMap::new(),
             cells_hint: 0,
+            advance_at: i64::MIN,
         }
+    }
+
+    /// Moves the watermark with event time `t`; when that reached
+    /// `advance_at`, returns the watermark before, for [`Engine::advance`].
+    fn observe(&mut self, t: EventTime) -> Option<Option<i64>> {
+        let before = self.watermark.current();
+        let due = self.watermark.observe(t) && self.watermark.current() >= Some(self.advance_at);
+        due.then_some(before)
     }
 }
 
@@ -317,21 +343,27 @@ impl Engine {
     pub fn push_records(&mut self, records: &[RawRecord<'_>], now_ms: i64, out: &mut Outputs) {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let skew = self.config.max_future_skew_ms;
-        let mut ahead: [Option<(Result<Parsed<'_>, InvalidReason>, Keys)>; AHEAD] =
-            Default::default();
+        let mut ahead: [Option<Ahead<'_>>; AHEAD] = Default::default();
         for chunk in records.chunks(AHEAD) {
             for (r, slot) in chunk.iter().zip(&mut ahead) {
                 let parsed = parse_borrowed(r.payload, r.record_time_ms, skew);
-                let dedup = self.partitions.get(&r.partition).map(|st| &st.dedup);
                 let keys = match &parsed {
-                    Ok(Parsed::Click(c)) => self.keys(dedup, c),
-                    Ok(Parsed::Owned(c)) => self.keys(dedup, &c.as_click_ref()),
-                    _ => Keys::default(),
+                    Ok(Parsed::Click(c)) => Some(Keys::of(c)),
+                    Ok(Parsed::Owned(c)) => Some(Keys::of(&c.as_click_ref())),
+                    _ => None,
                 };
                 *slot = Some((parsed, keys));
             }
+            for (r, slot) in chunk.iter().zip(&ahead) {
+                if let Some((_, Some(keys))) = slot {
+                    let dedup = self.partitions.get(&r.partition).map(|st| &st.dedup);
+                    self.prefetch(dedup, core::slice::from_ref(keys));
+                }
+            }
             for (r, slot) in chunk.iter().zip(&mut ahead) {
                 let (parsed, keys) = slot.take().expect("parsed above");
+                // Every click has its keys.
+                let keys = keys.unwrap_or_default();
                 let (p, offset) = (r.partition, r.offset);
                 if self.is_replay(p, offset, out) {
                     continue;
@@ -399,10 +431,11 @@ impl Engine {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let mut keys = [Keys::default(); AHEAD];
         for (c, chunk) in clicks.chunks(AHEAD).enumerate() {
-            let dedup = self.partitions.get(&p).map(|st| &st.dedup);
             for (k, click) in keys.iter_mut().zip(chunk) {
-                *k = self.keys(dedup, click);
+                *k = Keys::of(click);
             }
+            let dedup = self.partitions.get(&p).map(|st| &st.dedup);
+            self.prefetch(dedup, &keys[..chunk.len()]);
             for (i, (&k, click)) in keys.iter().zip(chunk).enumerate() {
                 let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
                 if !self.is_replay(p, offset, out) {
@@ -424,21 +457,23 @@ impl Engine {
         }
     }
 
-    /// A click's keys, computed ahead, with the memory their lookups will
-    /// read asked for. `dedup` is the click's partition's table: only a
+    /// Asks for the memory the lookups of clicks with `keys`, computed
+    /// ahead, will read. `dedup` is the clicks' partition's table: only a
     /// partition with state has one; creating state here would make a
     /// partition known (and hold back top-N) before its first record is
     /// processed.
-    fn keys(&self, dedup: Option<&DedupSet>, click: &ClickRef<'_>) -> Keys {
-        let keys = Keys {
-            event: EventKey::of_ref(click),
-            ad: AdHash::of(click.ad_id),
-        };
-        if let Some(d) = dedup {
-            d.prefetch(keys.event);
+    ///
+    /// The hints come in one tight loop after the keys are computed: where
+    /// a hint is a plain load (WebAssembly has no prefetch), loads this
+    /// close together wait for memory at the same time, whereas a load
+    /// after each key's hashing waits alone.
+    fn prefetch(&self, dedup: Option<&DedupSet>, keys: &[Keys]) {
+        for k in keys {
+            if let Some(d) = dedup {
+                d.prefetch(k.event);
+            }
+            self.interner.prefetch(k.ad);
         }
-        self.interner.prefetch(keys.ad);
-        keys
     }
 
     fn state(&mut self, p: Partition) -> &mut PartitionState {
@@ -461,8 +496,13 @@ impl Engine {
     fn heartbeat(&mut self, p: Partition, t: EventTime, now_ms: i64, out: &mut Outputs) {
         let st = self.state(p);
         st.last_active_ms = Some(now_ms);
-        let before = st.watermark.current();
-        if st.watermark.observe(t) {
+        self.observe(p, t, out);
+    }
+
+    /// Moves `p`'s watermark with event time `t`, and advances when that
+    /// reached work.
+    fn observe(&mut self, p: Partition, t: EventTime, out: &mut Outputs) {
+        if let Some(before) = self.state(p).observe(t) {
             self.advance(p, before, out);
         }
     }
@@ -518,9 +558,13 @@ impl Engine {
         // empty: its first click (within lateness) emits at once.
         let passed = wm.is_some_and(|wm| w.end(size) <= wm);
         let hint = st.cells_hint;
-        let ws = st.windows.entry(w).or_insert_with(|| WindowState {
-            emitted: passed,
-            cells: Cells::with_capacity_and_hasher(hint, FastHash::default()),
+        let advance_at = &mut st.advance_at;
+        let ws = st.windows.entry(w).or_insert_with(|| {
+            *advance_at = (*advance_at).min(w.end(size));
+            WindowState {
+                emitted: passed,
+                cells: Cells::with_capacity_and_hasher(hint, FastHash::default()),
+            }
         });
         let ad = self.interner.intern_hashed(click.ad_id, keys.ad);
         let ad_id = ws.emitted.then(|| self.interner.id(ad).clone());
@@ -539,14 +583,16 @@ impl Engine {
                 });
             }
         }
-        let before = st.watermark.current();
-        if st.watermark.observe(t) {
+        if let Some(before) = st.observe(t) {
             self.advance(p, before, out);
         }
     }
 
     /// `p`'s watermark moved from `before`: emit, finalize, sweep, and maybe
-    /// emit top-N rows.
+    /// emit top-N rows. Called only once the watermark reached
+    /// `advance_at`, which it sets again; between two calls nothing here
+    /// would have acted, and no window boundary was crossed, so `before`
+    /// may be the watermark before the last move.
     fn advance(&mut self, p: Partition, before: Option<i64>, out: &mut Outputs) {
         let size = self.size;
         let lateness = self.config.allowed_lateness_ms;
@@ -594,6 +640,19 @@ impl Engine {
                 (b - lateness).div_euclid(size.ms()) != (wm - lateness).div_euclid(size.ms())
             }
         };
+        let next_boundary = ((wm - lateness).div_euclid(size.ms()) + 1) * size.ms() + lateness;
+        let first_open = st.windows.iter().find(|(_, ws)| !ws.emitted);
+        let first_final = st.windows.keys().next().map(|s| s.end(size) + lateness);
+        st.advance_at = [
+            Some(next_boundary),
+            first_open.map(|(s, _)| s.end(size)),
+            first_final,
+            Some(st.dedup.next_sweep_at()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("the boundary is always there");
         if crossed || finalized {
             self.emit_due_top_n(out);
         }
@@ -769,26 +828,27 @@ fn rank(
             (k.filter == f && c.clicks > 0).then_some((k.ad, c.clicks))
         }
     };
+    // Sums over several minutes, by handle (handles are dense).
+    let mut sums: Vec<u64> = Vec::new();
+    let mut ads: Vec<(AdHandle, u64)> = Vec::new();
     filters
         .into_iter()
         .map(|f| {
-            let ranked = if let [only] = minutes.as_slice() {
-                topn::top_n_ref(
-                    only.iter()
-                        .filter_map(counted(f))
-                        .map(|(ad, c)| (interner.id(ad), c)),
-                    n,
-                )
+            ads.clear();
+            if let [only] = minutes.as_slice() {
+                ads.extend(only.iter().filter_map(counted(f)));
             } else {
-                let mut sums: Map<AdHandle, u64> = Map::default();
+                sums.clear();
+                sums.resize(interner.bound(), 0);
                 for minute in &minutes {
                     for (ad, c) in minute.iter().filter_map(counted(f)) {
-                        *sums.entry(ad).or_insert(0) += c;
+                        sums[ad.0 as usize] += c;
                     }
                 }
-                topn::top_n_ref(sums.into_iter().map(|(ad, c)| (interner.id(ad), c)), n)
-            };
-            (f, ranked)
+                let summed = sums.iter().enumerate().filter(|(_, c)| **c > 0);
+                ads.extend(summed.map(|(h, &c)| (AdHandle(h as u32), c)));
+            }
+            (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad)))
         })
         .collect()
 }

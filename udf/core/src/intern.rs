@@ -85,6 +85,13 @@ impl Slot {
         }
     }
 
+    /// The hash of the slot's ad id, when the slot holds all of it.
+    fn hash(&self) -> Option<AdHash> {
+        let len = self.len as usize;
+        (len <= INLINE)
+            .then(|| AdHash::of_words(len, self.words[..len.div_ceil(8)].iter().copied()))
+    }
+
     fn holds(&self, head: &Head) -> bool {
         // Word by word, without a call.
         let w = |k: usize| self.words[k] == head.words[k];
@@ -108,17 +115,21 @@ impl AdHash {
     /// 64 well-mixed bits on every target (a `usize` hasher such as Fx
     /// gives 32 on wasm32, and the table indexes by the top bits).
     pub(crate) fn of(id: &str) -> AdHash {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let b = id.as_bytes();
+        AdHash::of_words(b.len(), (0..b.len()).step_by(8).map(|at| word(b, at)))
+    }
+
+    /// The hash of an id `len` bytes long from its words, as [`word`] reads
+    /// them: a table slot's head is enough for a short id.
+    fn of_words(len: usize, words: impl Iterator<Item = u64>) -> AdHash {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let mix = |h: u64, w: u64| {
             let h = (h ^ w).wrapping_mul(K);
             h ^ (h >> 32)
         };
-        let mut h = mix(b.len() as u64, 0);
-        let mut at = 0;
-        while at < b.len() {
-            h = mix(h, word(b, at));
-            at += 8;
+        let mut h = mix(len as u64, 0);
+        for w in words {
+            h = mix(h, w);
         }
         // A final avalanche (SplitMix64's), so every bit depends on every byte.
         h ^= h >> 30;
@@ -164,7 +175,7 @@ impl Interner {
     /// [`Interner::intern`] with the hash computed beforehand.
     pub(crate) fn intern_hashed(&mut self, id: &str, hash: AdHash) -> AdHandle {
         if (self.len + 1) * 8 > self.slots.len() * 7 {
-            self.rebuild((self.slots.len() * 2).max(MIN_SLOTS));
+            self.rebuild((self.slots.len() * 2).max(MIN_SLOTS), |_| true);
         }
         let head = Head::of(id);
         let (i, found) = self.probe(id, head, hash);
@@ -207,17 +218,32 @@ impl Interner {
     }
 
     /// A table of `size` slots (a power of two, with room for every live
-    /// handle) holding every live handle.
-    fn rebuild(&mut self, size: usize) {
-        self.slots = alloc::vec![FREE; size];
+    /// handle) holding the slots of every live handle. The old slots are
+    /// read in order and rehashed from their heads (only an id longer than
+    /// a head is read), so their new places come in nearly ascending order:
+    /// memory is read and written as streams, not at random.
+    /// Handles `keep` refuses are left out.
+    fn rebuild(&mut self, size: usize, keep: impl Fn(u32) -> bool) {
+        let old = core::mem::replace(&mut self.slots, alloc::vec![FREE; size]);
         self.len = 0;
-        for h in 0..self.ids.len() {
-            if let Some(id) = &self.ids[h] {
-                let (s, head) = (id.as_str(), Head::of(id.as_str()));
-                let (i, _) = self.probe(s, head, AdHash::of(s));
-                self.slots[i] = Slot::new(head, h as u32);
-                self.len += 1;
+        let mask = size - 1;
+        for slot in old {
+            let Some(h) = slot.handle_plus_one.checked_sub(1) else {
+                continue;
+            };
+            if !keep(h) {
+                continue;
             }
+            let hash = slot
+                .hash()
+                .unwrap_or_else(|| AdHash::of(self.id(AdHandle(h)).as_str()));
+            // Every id is in the table once: its place is the first free one.
+            let mut i = self.home(hash);
+            while self.slots[i].handle_plus_one != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
+            self.len += 1;
         }
     }
 
@@ -246,8 +272,8 @@ impl Interner {
         }
         if freed {
             // Linear probing has no cheap removal of many slots: the table
-            // is rebuilt from the live ids, at the size it had.
-            self.rebuild(self.slots.len());
+            // is rebuilt from the live slots, at the size it had.
+            self.rebuild(self.slots.len(), |h| is_live(h as usize));
         }
     }
 }
@@ -271,6 +297,17 @@ mod tests {
         assert_eq!(c, a, "a's handle is free again");
         assert_eq!(i.id(c).as_str(), "c");
         assert_eq!(i.intern("b"), b);
+    }
+
+    #[test]
+    fn a_slot_hashes_its_id_as_the_id_does() {
+        for n in 0..=INLINE {
+            let id: alloc::string::String = (0..n).map(|k| char::from(b'a' + k as u8)).collect();
+            let slot = Slot::new(Head::of(&id), 0);
+            assert_eq!(slot.hash().map(|h| h.0), Some(AdHash::of(&id).0), "{id:?}");
+        }
+        let long = "x".repeat(INLINE + 1);
+        assert!(Slot::new(Head::of(&long), 0).hash().is_none());
     }
 
     #[test]

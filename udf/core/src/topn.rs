@@ -3,7 +3,6 @@
 //! Order: clicks descending, then ad_id ascending (byte order).
 
 use crate::AdId;
-use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
@@ -34,55 +33,41 @@ pub fn rank_order(a: &RankedAd, b: &RankedAd) -> Ordering {
 /// ```
 pub fn top_n(ads: impl IntoIterator<Item = (AdId, u64)>, n: usize) -> Vec<RankedAd> {
     let ads: Vec<(AdId, u64)> = ads.into_iter().collect();
-    top_n_ref(ads.iter().map(|(a, c)| (a, *c)), n)
+    let mut keyed: Vec<(usize, u64)> = ads.iter().map(|(_, c)| *c).enumerate().collect();
+    top_n_keyed(&mut keyed, n, |i| &ads[i].0)
 }
 
-/// [`top_n`] over borrowed ids: only the winners are cloned.
-pub fn top_n_ref<'a>(ads: impl IntoIterator<Item = (&'a AdId, u64)>, n: usize) -> Vec<RankedAd> {
-    if n == 0 {
+/// [`top_n`] of ads named by keys (each key at most once): `id_of` is
+/// asked only for the keys that may win, those with at least the n-th best
+/// count, so ranking many ads reads few ids. `ads` is reordered.
+pub(crate) fn top_n_keyed<'a, K: Copy>(
+    ads: &mut [(K, u64)],
+    n: usize,
+    id_of: impl Fn(K) -> &'a AdId,
+) -> Vec<RankedAd> {
+    if n == 0 || ads.is_empty() {
         return Vec::new();
     }
-    // Better ranks compare as Less, so a max-heap keeps the worst of the
-    // best n on top, ready to be replaced.
-    let better = |a: &(&AdId, u64), b: &(&AdId, u64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0));
-    let mut heap: BinaryHeap<Ranked<'a>> = BinaryHeap::with_capacity(n + 1);
-    for cand in ads {
-        if heap.len() < n {
-            heap.push(Ranked(cand));
-        } else if let Some(worst) = heap.peek() {
-            // Cheap test first: fewer clicks can never enter.
-            if cand.1 >= worst.0.1 && better(&cand, &worst.0) == Ordering::Less {
-                heap.pop();
-                heap.push(Ranked(cand));
-            }
-        }
+    if ads.len() > n {
+        // The n best counts first; every key with the n-th count may win.
+        ads.select_nth_unstable_by(n - 1, |a, b| b.1.cmp(&a.1));
     }
-    let mut v: Vec<(&AdId, u64)> = heap.into_iter().map(|r| r.0).collect();
-    v.sort_by(better);
-    v.into_iter()
+    let (head, tail) = ads.split_at(n.min(ads.len()));
+    let cut = head.iter().map(|a| a.1).min().unwrap_or(0);
+    let mut candidates: Vec<(&AdId, u64)> = head
+        .iter()
+        .chain(tail.iter().filter(|a| a.1 == cut))
+        .map(|&(k, c)| (id_of(k), c))
+        .collect();
+    candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    candidates.truncate(n);
+    candidates
+        .into_iter()
         .map(|(a, clicks)| RankedAd {
             ad_id: a.clone(),
             clicks,
         })
         .collect()
-}
-
-struct Ranked<'a>((&'a AdId, u64));
-impl PartialEq for Ranked<'_> {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl Eq for Ranked<'_> {}
-impl PartialOrd for Ranked<'_> {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Ranked<'_> {
-    fn cmp(&self, o: &Self) -> Ordering {
-        o.0.1.cmp(&self.0.1).then_with(|| self.0.0.cmp(o.0.0))
-    }
 }
 
 /// Two lists given to [`merge`] name the same ad: the lists were not

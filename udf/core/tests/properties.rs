@@ -243,6 +243,19 @@ proptest! {
             .collect();
         prop_assert_eq!(merge(&lists, n).unwrap(), top_n(all, n));
     }
+
+    /// Top-N equals sorting every ad (clicks descending, then ad_id) and
+    /// taking the first n, with many ties at the cut-off.
+    #[test]
+    fn top_n_equals_a_full_sort(counts in prop::collection::btree_map(0u16..500, 1u64..5, 0..150), n in 1usize..20) {
+        let mut all: Vec<(AdId, u64)> = counts.iter().map(|(a, c)| (AdId::new(&format!("ad{a}")).unwrap(), *c)).collect();
+        // Not in id order, so the tie-break is the function's own work.
+        all.reverse();
+        let mut sorted = all.clone();
+        sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let expected: Vec<RankedAd> = sorted.into_iter().take(n).map(|(ad_id, clicks)| RankedAd { ad_id, clicks }).collect();
+        prop_assert_eq!(top_n(all, n), expected);
+    }
 }
 
 /// One operation on a dedup set: insert a key (few distinct keys, so many
