@@ -8,7 +8,7 @@ use adtally_bench::{Shape, batches, stream};
 use adtally_core::Click;
 use adtally_core::columns::ClickColumns;
 use adtally_core::{Config, Engine, Offset, Outputs, Partition, RawRecord};
-use adtally_runtime::{ClickBatch, Limits, RecordIn, Runtime};
+use adtally_runtime::{ClickBatch, Limits, Runtime};
 use std::time::{Duration, Instant};
 
 // The allocator the adtally host binary uses.
@@ -176,14 +176,14 @@ fn main() -> anyhow::Result<()> {
         let mut offsets = [0i64; 64];
         let start = Instant::now();
         for (p, recs) in &lines {
-            let batch: Vec<RecordIn> = recs
+            let batch: Vec<RawRecord> = recs
                 .iter()
                 .map(|r| {
                     let o = offsets[*p as usize];
                     offsets[*p as usize] += 1;
-                    RecordIn {
-                        partition: *p,
-                        offset: o,
+                    RawRecord {
+                        partition: Partition(*p),
+                        offset: Offset(o),
                         payload: r,
                         record_time_ms: None,
                     }

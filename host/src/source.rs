@@ -21,7 +21,8 @@
 
 use crate::generator::GenRecord;
 use crate::sink::Sink;
-use adtally_runtime::{Aggregator, Module, RecordBatch, RecordIn};
+use adtally_core::RawRecord;
+use adtally_runtime::{Aggregator, Module, RecordBatch};
 use anyhow::{Context, Result, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
@@ -476,19 +477,19 @@ pub async fn consume(
         let mut next: BTreeMap<u32, i64> = BTreeMap::new();
         for (p, packed) in &by_partition {
             let p = *p;
-            let recs: Vec<RecordIn> = packed.records().collect();
+            let recs: Vec<RawRecord> = packed.records().collect();
             let Some(core) = cores.held.get_mut(&p) else {
                 // Not (or no longer) ours: its new owner reads it.
                 continue;
             };
             if let (Some(rewind), Some(first)) = (core.rewind, recs.first()) {
-                if first.offset > core.next_offset {
+                if first.offset.0 > core.next_offset {
                     // Records before `first` were skipped by the broker:
                     // drop these and fetch again from further back.
                     let back = (rewind * 4).max(1_000);
                     eprintln!(
                         "adtally: partition {p}: the broker answered from offset {} for {}; fetching from {back} records earlier",
-                        first.offset, core.next_offset
+                        first.offset.0, core.next_offset
                     );
                     core.rewind = Some(back);
                     seek(&consumer, &opts.topic, p, (core.next_offset - back).max(0));
@@ -609,14 +610,14 @@ impl Writer {
 fn push(
     core: &mut PartitionCore<'_>,
     packed: &RecordBatch,
-    recs: &[RecordIn<'_>],
+    recs: &[RawRecord<'_>],
     now: i64,
     quarantined: &BTreeSet<(u32, i64)>,
 ) -> Result<adtally_core::Outputs> {
     let careful = core
         .careful_until
-        .is_some_and(|until| recs.first().is_some_and(|r| r.offset <= until));
-    let is_quarantined = |r: &RecordIn| quarantined.contains(&(r.partition, r.offset));
+        .is_some_and(|until| recs.first().is_some_and(|r| r.offset.0 <= until));
+    let is_quarantined = |r: &RawRecord| quarantined.contains(&(r.partition.0, r.offset.0));
     if careful {
         let mut out = adtally_core::Outputs::default();
         for r in recs {
@@ -625,7 +626,7 @@ fn push(
             }
             let mut o = core.agg.push(std::slice::from_ref(r), now)?;
             out.append(&mut o);
-            core.next_offset = r.offset + 1;
+            core.next_offset = r.offset.0 + 1;
         }
         if core.careful_until.is_some_and(|u| core.next_offset > u) {
             core.careful_until = None;
@@ -636,7 +637,7 @@ fn push(
         // The common case: the packed batch goes in as it is.
         core.agg.push_batch(packed, now)?
     } else {
-        let kept: Vec<RecordIn> = recs
+        let kept: Vec<RawRecord> = recs
             .iter()
             .filter(|r| !is_quarantined(r))
             .copied()
@@ -644,7 +645,7 @@ fn push(
         core.agg.push(&kept, now)?
     };
     if let Some(last) = recs.last() {
-        core.next_offset = last.offset + 1;
+        core.next_offset = last.offset.0 + 1;
     }
     Ok(out)
 }
@@ -655,7 +656,7 @@ fn push(
 async fn recover<C: ConsumerContext>(
     cores: &mut Cores<'_, '_>,
     p: u32,
-    recs: &[RecordIn<'_>],
+    recs: &[RawRecord<'_>],
     error: anyhow::Error,
     consumer: &StreamConsumer<C>,
     topic: &str,
@@ -674,17 +675,17 @@ async fn recover<C: ConsumerContext>(
         // (the first not quarantined at or after it).
         if let Some(r) = recs
             .iter()
-            .find(|r| r.offset >= failed_at && !cores.quarantined.contains(&(p, r.offset)))
+            .find(|r| r.offset.0 >= failed_at && !cores.quarantined.contains(&(p, r.offset.0)))
         {
             cores
                 .sink
-                .write_quarantined(p, r.offset, r.payload, &format!("{error:#}"))
+                .write_quarantined(p, r.offset.0, r.payload, &format!("{error:#}"))
                 .await?;
-            cores.quarantined.insert((p, r.offset));
+            cores.quarantined.insert((p, r.offset.0));
             stats.quarantined += 1;
         }
     }
-    let until = recs.last().map_or(failed_at, |r| r.offset);
+    let until = recs.last().map_or(failed_at, |r| r.offset.0);
     drop(old);
     let mut core = cores.open(p, stats).await?;
     core.careful_until = Some(until);

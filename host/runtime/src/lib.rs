@@ -24,7 +24,7 @@ use adtally_core::columns::{ClickColumns, ranges};
 use adtally_core::topn::RankedAd;
 use adtally_core::{
     AdId, Click, Country, EventId, EventKey, EventTime, FilterId, InvalidEvent, InvalidReason,
-    LateEvent, Offset, Outputs, Partition, Rollup, TopNRow, UserId, WindowStart,
+    LateEvent, Offset, Outputs, Partition, RawRecord, Rollup, TopNRow, UserId, WindowStart,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
@@ -335,13 +335,13 @@ impl Aggregator<'_> {
     }
 
     /// Pushes a batch of records (packed into one buffer on the way).
-    pub fn push(&mut self, records: &[RecordIn<'_>], now_ms: i64) -> Result<Outputs> {
+    pub fn push(&mut self, records: &[RawRecord<'_>], now_ms: i64) -> Result<Outputs> {
         let mut batch = RecordBatch::with_capacity(
             records.len(),
             records.iter().map(|r| r.payload.len()).sum(),
         );
         for r in records {
-            batch.push(r.partition, r.offset, r.payload, r.record_time_ms)?;
+            batch.push(r.partition.0, r.offset.0, r.payload, r.record_time_ms)?;
         }
         self.push_batch(&batch, now_ms)
     }
@@ -470,19 +470,6 @@ pub struct Position {
     pub watermark: Option<i64>,
 }
 
-/// One record to push.
-#[derive(Clone, Copy, Debug)]
-pub struct RecordIn<'a> {
-    /// Partition.
-    pub partition: u32,
-    /// Offset.
-    pub offset: i64,
-    /// Payload bytes.
-    pub payload: &'a [u8],
-    /// Kafka's timestamp.
-    pub record_time_ms: Option<i64>,
-}
-
 fn ranked(r: wit::RankedAd) -> Result<RankedAd> {
     Ok(RankedAd {
         ad_id: AdId::new(&r.ad_id)
@@ -548,14 +535,14 @@ impl RecordBatch {
     }
 
     /// The records, borrowed.
-    pub fn records(&self) -> impl Iterator<Item = RecordIn<'_>> + '_ {
+    pub fn records(&self) -> impl Iterator<Item = RawRecord<'_>> + '_ {
         let b = &self.0;
         ranges(&b.payload_ends, b.payloads.len(), "payload-ends")
             .expect("ends written by push")
             .enumerate()
-            .map(move |(i, range)| RecordIn {
-                partition: b.partitions[i],
-                offset: b.offsets[i],
+            .map(move |(i, range)| RawRecord {
+                partition: Partition(b.partitions[i]),
+                offset: Offset(b.offsets[i]),
                 payload: &b.payloads[range],
                 record_time_ms: b.record_times_ms[i],
             })

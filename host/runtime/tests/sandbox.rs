@@ -1,7 +1,8 @@
 //! The sandbox refuses bad modules with a clear error and survives a
 //! module that runs out of memory. Needs `make wasm`.
 
-use adtally_runtime::{Limits, RecordIn, Runtime};
+use adtally_core::{Offset, Partition, RawRecord};
+use adtally_runtime::{Limits, Runtime};
 use std::path::PathBuf;
 
 fn component() -> PathBuf {
@@ -15,13 +16,13 @@ fn distinct_clicks(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn records(payloads: &[Vec<u8>]) -> Vec<RecordIn<'_>> {
+fn records(payloads: &[Vec<u8>]) -> Vec<RawRecord<'_>> {
     payloads
         .iter()
         .enumerate()
-        .map(|(i, p)| RecordIn {
-            partition: 0,
-            offset: i as i64,
+        .map(|(i, p)| RawRecord {
+            partition: Partition(0),
+            offset: Offset(i as i64),
             payload: p,
             record_time_ms: None,
         })

@@ -178,7 +178,8 @@ mod component {
     use adtally_conformance::{Actual, EngineLike, Rec, Vector, merge_result_json, run_steps};
     use adtally_core::AdId;
     use adtally_core::topn::RankedAd;
-    use adtally_runtime::{Aggregator, Limits, Module, RecordIn, Runtime};
+    use adtally_core::{Offset, Partition, RawRecord};
+    use adtally_runtime::{Aggregator, Limits, Module, Runtime};
     use anyhow::Result;
     use serde_json::Value;
     use std::path::Path;
@@ -190,11 +191,11 @@ mod component {
 
     impl EngineLike for Component<'_> {
         fn push(&mut self, now: i64, records: &[Rec]) -> Result<Value> {
-            let recs: Vec<RecordIn> = records
+            let recs: Vec<RawRecord> = records
                 .iter()
-                .map(|r| RecordIn {
-                    partition: r.partition,
-                    offset: r.offset,
+                .map(|r| RawRecord {
+                    partition: Partition(r.partition),
+                    offset: Offset(r.offset),
                     payload: &r.payload,
                     record_time_ms: r.record_time,
                 })
