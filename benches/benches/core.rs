@@ -114,8 +114,21 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(p, clicks)| Ok((*p, ClickBatch::new(clicks)?)))
         .collect::<anyhow::Result<_>>()?;
-    for _ in 0..RUNS {
-        let mut agg = module.create("{}")?;
+    // Cold: a fresh instance per run, whose memory pages fault in as it
+    // grows. Warm: one instance that starts over after each run, as a
+    // long-lived host instance (and the native runs' reused heap) does.
+    let mut warm_times = Vec::new();
+    let mut warm = module.create("{}")?;
+    for run in 0..2 * RUNS {
+        let cold = run % 2 == 0;
+        let mut fresh;
+        let agg = if cold {
+            fresh = module.create("{}")?;
+            &mut fresh
+        } else {
+            warm.start_over("{}")?;
+            &mut warm
+        };
         let mut offsets = [0i64; 64];
         let (mut rollups, mut dups) = (0usize, 0u64);
         let start = Instant::now();
@@ -125,7 +138,11 @@ fn main() -> anyhow::Result<()> {
             rollups += out.rollups.len();
             dups += out.duplicates;
         }
-        wasm_times.push(start.elapsed());
+        if cold {
+            wasm_times.push(start.elapsed());
+        } else {
+            warm_times.push(start.elapsed());
+        }
         wasm_counts = (rollups, dups);
     }
     assert_eq!(
@@ -134,9 +151,10 @@ fn main() -> anyhow::Result<()> {
     );
 
     if std::env::var_os("ADTALLY_BENCH_CLICKS_ONLY").is_some() {
-        let (n, w) = (median(native_times), median(wasm_times));
+        let (n, w, ww) = (median(native_times), median(wasm_times), median(warm_times));
         println!(
-            "component / native time ratio: {:.2}x",
+            "component / native time ratio: {:.2}x warm, {:.2}x cold",
+            ww.as_secs_f64() / n.as_secs_f64(),
             w.as_secs_f64() / n.as_secs_f64()
         );
         return Ok(());
@@ -194,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         raw_wasm.push(start.elapsed());
     }
 
-    let (n, w) = (median(native_times), median(wasm_times));
+    let (n, w, ww) = (median(native_times), median(wasm_times), median(warm_times));
     let rate = |d: Duration| shape.events as f64 / d.as_secs_f64();
     println!(
         "native core      : {:>12.0} events/s  (median of {RUNS}: {:.3} s)",
@@ -202,12 +220,18 @@ fn main() -> anyhow::Result<()> {
         n.as_secs_f64()
     );
     println!(
-        "component (wasm) : {:>12.0} events/s  (median of {RUNS}: {:.3} s)",
+        "component, warm  : {:>12.0} events/s  (median of {RUNS}: {:.3} s; one instance, started over)",
+        rate(ww),
+        ww.as_secs_f64()
+    );
+    println!(
+        "component, cold  : {:>12.0} events/s  (median of {RUNS}: {:.3} s; a fresh instance per run)",
         rate(w),
         w.as_secs_f64()
     );
     println!(
-        "component / native time ratio: {:.2}x",
+        "component / native time ratio: {:.2}x warm, {:.2}x cold",
+        ww.as_secs_f64() / n.as_secs_f64(),
         w.as_secs_f64() / n.as_secs_f64()
     );
     let (rn, rw) = (median(raw_native), median(raw_wasm));

@@ -334,6 +334,25 @@ impl Aggregator<'_> {
         self.store.set_epoch_deadline(self.module.deadline_ticks());
     }
 
+    /// Drops this aggregator's state and starts an empty one with
+    /// `config_json` in the same instance. The instance keeps the memory it
+    /// has grown, so the new aggregator runs on warm pages, as a long-lived
+    /// instance does, where a fresh instance would fault its pages in again.
+    pub fn start_over(&mut self, config_json: &str) -> Result<()> {
+        self.arm();
+        self.handle
+            .resource_drop(&mut self.store)
+            .ctx("module trapped dropping its aggregator")?;
+        self.handle = self
+            .bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_create(&mut self.store, config_json)
+            .ctx("calling create")?
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
+
     /// Pushes a batch of records (packed into one buffer on the way).
     pub fn push(&mut self, records: &[RawRecord<'_>], now_ms: i64) -> Result<Outputs> {
         let mut batch = RecordBatch::with_capacity(
