@@ -96,6 +96,7 @@ impl DedupSet {
 
     /// The index of `slot`'s identity, or of the free slot that ends its
     /// probe, and whether it was found.
+    #[inline(always)]
     fn probe(&self, slot: u128) -> (usize, bool) {
         let mask = self.tags.len() - 1;
         let (id, t) = (identity(slot), tag(slot));
@@ -127,7 +128,8 @@ impl DedupSet {
     }
 
     /// Remembers `key` unless it is already remembered; returns whether it
-    /// was new. One probe of the table.
+    /// was new. One probe of the table, inlined into its caller.
+    #[inline(always)]
     pub fn insert_new(&mut self, key: EventKey, t: EventTime) -> bool {
         if (self.len + 1) * 8 > self.tags.len() * 7 {
             self.grow();
@@ -169,6 +171,8 @@ impl DedupSet {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn grow(&mut self) {
         self.resize(self.len + 1);
     }

@@ -228,6 +228,103 @@ impl PartitionState {
         let due = self.watermark.observe(t) && self.watermark.current() >= Some(self.advance_at);
         due.then_some(before)
     }
+
+    /// Whether `offset` was processed before (a replay, counted in `out`);
+    /// otherwise it becomes the partition's last processed offset.
+    fn is_replay(&mut self, offset: Offset, out: &mut Outputs) -> bool {
+        if matches!(self.next_offset, Some(next) if offset < next) {
+            out.replayed += 1;
+            return true;
+        }
+        self.next_offset = Some(Offset(offset.0 + 1));
+        false
+    }
+
+    /// Counts a valid click of this partition whose keys were computed
+    /// beforehand. When the watermark reached `advance_at`, returns the
+    /// watermark before, for [`Engine::advance`], which must run before the
+    /// next click.
+    #[inline(always)]
+    fn count(
+        &mut self,
+        cx: &mut Counting<'_>,
+        p: Partition,
+        offset: Offset,
+        click: ClickRef<'_>,
+        keys: Keys,
+        out: &mut Outputs,
+    ) -> Option<Option<i64>> {
+        let key = keys.event;
+        let (size, lateness) = (cx.size, cx.lateness);
+        let w = size.window_of(click.timestamp);
+        let wm = self.watermark.current();
+        let late = wm.filter(|&wm| w.end(size) + lateness <= wm);
+        // A late click older than the horizon is only looked up: remembering
+        // it would be undone by the next sweep anyway.
+        let new = match late {
+            Some(wm) if !self.dedup.is_within_horizon(click.timestamp, Some(wm)) => {
+                !self.dedup.contains(key)
+            }
+            _ => self.dedup.insert_new(key, click.timestamp),
+        };
+        if !new {
+            out.duplicates += 1;
+            return None;
+        }
+        if let Some(wm) = late {
+            out.late.push(LateEvent {
+                partition: p,
+                offset,
+                key,
+                window_start: w,
+                watermark: wm,
+                click: click.to_click(),
+            });
+            return None;
+        }
+        let t = click.timestamp;
+        cx.filters.matching_ref(&click, cx.scratch);
+        // A window whose end W_p passed while it had no clicks was emitted
+        // empty: its first click (within lateness) emits at once.
+        let passed = wm.is_some_and(|wm| w.end(size) <= wm);
+        let hint = self.cells_hint;
+        let advance_at = &mut self.advance_at;
+        let ws = self.windows.entry(w).or_insert_with(|| {
+            *advance_at = (*advance_at).min(w.end(size));
+            WindowState {
+                emitted: passed,
+                cells: Cells::with_capacity_and_hasher(hint, FastHash::default()),
+            }
+        });
+        let ad = cx.interner.intern_hashed(click.ad_id, keys.ad);
+        let ad_id = ws.emitted.then(|| cx.interner.id(ad).clone());
+        for &filter in cx.scratch.iter() {
+            let cell = ws.cells.entry(CellKey { ad, filter }).or_default();
+            cell.clicks += 1;
+            if let Some(ad_id) = &ad_id {
+                cell.version += 1;
+                out.rollups.push(Rollup {
+                    window_start: w,
+                    ad_id: ad_id.clone(),
+                    filter_id: filter,
+                    partition: p,
+                    clicks: cell.clicks,
+                    version: cell.version,
+                });
+            }
+        }
+        self.observe(t)
+    }
+}
+
+/// What counting a click touches besides its partition's state: the rest
+/// of the engine, borrowed apart from the partitions.
+struct Counting<'e> {
+    size: WindowSize,
+    lateness: i64,
+    filters: &'e FilterSet,
+    interner: &'e mut Interner,
+    scratch: &'e mut Vec<FilterId>,
 }
 
 #[derive(Clone, Default)]
@@ -436,10 +533,22 @@ impl Engine {
             }
             let dedup = self.partitions.get(&p).map(|st| &st.dedup);
             self.prefetch(dedup, &keys[..chunk.len()]);
-            for (i, (&k, click)) in keys.iter().zip(chunk).enumerate() {
-                let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
-                if !self.is_replay(p, offset, out) {
-                    self.click(p, offset, *click, k, now_ms, out);
+            // The partition is looked up once, and again only after the
+            // engine advanced (which needs all of it).
+            let mut i = 0;
+            while i < chunk.len() {
+                let (st, mut cx) = self.split(p);
+                let mut due = None;
+                while i < chunk.len() && due.is_none() {
+                    let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
+                    if !st.is_replay(offset, out) {
+                        st.last_active_ms = Some(now_ms);
+                        due = st.count(&mut cx, p, offset, chunk[i], keys[i], out);
+                    }
+                    i += 1;
+                }
+                if let Some(before) = due {
+                    self.advance(p, before, out);
                 }
             }
         }
@@ -484,13 +593,7 @@ impl Engine {
     }
 
     fn is_replay(&mut self, p: Partition, offset: Offset, out: &mut Outputs) -> bool {
-        let st = self.state(p);
-        if matches!(st.next_offset, Some(next) if offset < next) {
-            out.replayed += 1;
-            return true;
-        }
-        st.next_offset = Some(Offset(offset.0 + 1));
-        false
+        self.state(p).is_replay(offset, out)
     }
 
     fn heartbeat(&mut self, p: Partition, t: EventTime, now_ms: i64, out: &mut Outputs) {
@@ -517,75 +620,29 @@ impl Engine {
         now_ms: i64,
         out: &mut Outputs,
     ) {
-        let key = keys.event;
-        let size = self.size;
-        let lateness = self.config.allowed_lateness_ms;
+        let (st, mut cx) = self.split(p);
+        st.last_active_ms = Some(now_ms);
+        if let Some(before) = st.count(&mut cx, p, offset, click, keys, out) {
+            self.advance(p, before, out);
+        }
+    }
+
+    /// `p`'s state, created if new, and the rest of the engine a click
+    /// touches, borrowed apart from it.
+    fn split(&mut self, p: Partition) -> (&mut PartitionState, Counting<'_>) {
         let config = &self.config;
         let st = self
             .partitions
             .entry(p)
             .or_insert_with(|| PartitionState::new(config));
-        st.last_active_ms = Some(now_ms);
-        let w = size.window_of(click.timestamp);
-        let wm = st.watermark.current();
-        let late = wm.filter(|&wm| w.end(size) + lateness <= wm);
-        // A late click older than the horizon is only looked up: remembering
-        // it would be undone by the next sweep anyway.
-        let new = match late {
-            Some(wm) if !st.dedup.is_within_horizon(click.timestamp, Some(wm)) => {
-                !st.dedup.contains(key)
-            }
-            _ => st.dedup.insert_new(key, click.timestamp),
+        let cx = Counting {
+            size: self.size,
+            lateness: config.allowed_lateness_ms,
+            filters: &self.filters,
+            interner: &mut self.interner,
+            scratch: &mut self.scratch,
         };
-        if !new {
-            out.duplicates += 1;
-            return;
-        }
-        if let Some(wm) = late {
-            out.late.push(LateEvent {
-                partition: p,
-                offset,
-                key,
-                window_start: w,
-                watermark: wm,
-                click: click.to_click(),
-            });
-            return;
-        }
-        let t = click.timestamp;
-        self.filters.matching_ref(&click, &mut self.scratch);
-        // A window whose end W_p passed while it had no clicks was emitted
-        // empty: its first click (within lateness) emits at once.
-        let passed = wm.is_some_and(|wm| w.end(size) <= wm);
-        let hint = st.cells_hint;
-        let advance_at = &mut st.advance_at;
-        let ws = st.windows.entry(w).or_insert_with(|| {
-            *advance_at = (*advance_at).min(w.end(size));
-            WindowState {
-                emitted: passed,
-                cells: Cells::with_capacity_and_hasher(hint, FastHash::default()),
-            }
-        });
-        let ad = self.interner.intern_hashed(click.ad_id, keys.ad);
-        let ad_id = ws.emitted.then(|| self.interner.id(ad).clone());
-        for &filter in &self.scratch {
-            let cell = ws.cells.entry(CellKey { ad, filter }).or_default();
-            cell.clicks += 1;
-            if let Some(ad_id) = &ad_id {
-                cell.version += 1;
-                out.rollups.push(Rollup {
-                    window_start: w,
-                    ad_id: ad_id.clone(),
-                    filter_id: filter,
-                    partition: p,
-                    clicks: cell.clicks,
-                    version: cell.version,
-                });
-            }
-        }
-        if let Some(before) = st.observe(t) {
-            self.advance(p, before, out);
-        }
+        (st, cx)
     }
 
     /// `p`'s watermark moved from `before`: emit, finalize, sweep, and maybe

@@ -172,16 +172,32 @@ impl Interner {
         self.intern_hashed(id, AdHash::of(id))
     }
 
-    /// [`Interner::intern`] with the hash computed beforehand.
+    /// [`Interner::intern`] with the hash computed beforehand. Inlined into
+    /// its caller with its probe: the common case, an ad already known,
+    /// then makes no call (in WebAssembly, each call costs the host's
+    /// interruption check).
+    #[inline(always)]
     pub(crate) fn intern_hashed(&mut self, id: &str, hash: AdHash) -> AdHandle {
         if (self.len + 1) * 8 > self.slots.len() * 7 {
-            self.rebuild((self.slots.len() * 2).max(MIN_SLOTS), |_| true);
+            self.grow();
         }
         let head = Head::of(id);
         let (i, found) = self.probe(id, head, hash);
-        if let Some(h) = found {
-            return h;
+        match found {
+            Some(h) => h,
+            None => self.insert_at(i, id, head),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        self.rebuild((self.slots.len() * 2).max(MIN_SLOTS), |_| true);
+    }
+
+    /// Gives `id` a handle and puts it into the free slot `i` its probe ended at.
+    #[inline(never)]
+    fn insert_at(&mut self, i: usize, id: &str, head: Head) -> AdHandle {
         let id = AdId(Arc::from(id));
         let h = match self.free.pop() {
             Some(h) => {
@@ -199,6 +215,7 @@ impl Interner {
     }
 
     /// The slot holding `id`'s handle, or the free slot that ends its probe.
+    #[inline(always)]
     fn probe(&self, id: &str, head: Head, hash: AdHash) -> (usize, Option<AdHandle>) {
         let mask = self.slots.len() - 1;
         let mut i = self.home(hash);
