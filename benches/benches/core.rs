@@ -15,7 +15,15 @@ use std::time::{Duration, Instant};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const RUNS: usize = 5;
+/// Runs per figure (the median is reported); `ADTALLY_BENCH_RUNS` changes
+/// it, e.g. to 1 for an instruction count under callgrind.
+fn runs() -> usize {
+    std::env::var("ADTALLY_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(5)
+}
 const BATCH: usize = 1024;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -37,6 +45,7 @@ fn line(c: &Click) -> Vec<u8> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let runs = runs();
     let shape = Shape::default();
     let events = stream(shape, 42);
     let batches = batches(&events, BATCH);
@@ -67,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     let mut bytes_per_key = 0.0;
     let mut keys = 0;
     let mut native_counts = (0usize, 0u64);
-    for _ in 0..if component_only { 1 } else { RUNS } {
+    for _ in 0..if component_only { 1 } else { runs } {
         let mut engine = Engine::new(Config::default())?;
         let mut out = Outputs::default();
         let mut offsets = [0i64; 64];
@@ -98,7 +107,12 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Component: the same batches through wasmtime (the canonical ABI copies them in).
-    let rt = Runtime::new(Limits::default())?;
+    // At most two instances live at once (the warm one and a cold one): a
+    // small pool, whose address space valgrind can also reserve.
+    let rt = Runtime::new(Limits {
+        max_instances: 2,
+        ..Limits::default()
+    })?;
     let path = std::env::var("ADTALLY_COMPONENT").unwrap_or_else(|_| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -119,7 +133,7 @@ fn main() -> anyhow::Result<()> {
     // long-lived host instance (and the native runs' reused heap) does.
     let mut warm_times = Vec::new();
     let mut warm = module.create("{}")?;
-    for run in 0..2 * RUNS {
+    for run in 0..2 * runs {
         let cold = run % 2 == 0;
         let mut fresh;
         let agg = if cold {
@@ -153,7 +167,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("ADTALLY_BENCH_CLICKS_ONLY").is_some() {
         let (n, w, ww) = (median(native_times), median(wasm_times), median(warm_times));
         println!(
-            "component / native time ratio: {:.2}x warm, {:.2}x cold",
+            "component: {:.3} s warm, {:.3} s cold; / native time ratio: {:.2}x warm, {:.2}x cold",
+            ww.as_secs_f64(),
+            w.as_secs_f64(),
             ww.as_secs_f64() / n.as_secs_f64(),
             w.as_secs_f64() / n.as_secs_f64()
         );
@@ -167,7 +183,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mut raw_native = Vec::new();
     let mut raw_wasm = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let mut engine = Engine::new(Config::default())?;
         let mut out = Outputs::default();
         let mut offsets = [0i64; 64];
@@ -215,17 +231,17 @@ fn main() -> anyhow::Result<()> {
     let (n, w, ww) = (median(native_times), median(wasm_times), median(warm_times));
     let rate = |d: Duration| shape.events as f64 / d.as_secs_f64();
     println!(
-        "native core      : {:>12.0} events/s  (median of {RUNS}: {:.3} s)",
+        "native core      : {:>12.0} events/s  (median of {runs}: {:.3} s)",
         rate(n),
         n.as_secs_f64()
     );
     println!(
-        "component, warm  : {:>12.0} events/s  (median of {RUNS}: {:.3} s; one instance, started over)",
+        "component, warm  : {:>12.0} events/s  (median of {runs}: {:.3} s; one instance, started over)",
         rate(ww),
         ww.as_secs_f64()
     );
     println!(
-        "component, cold  : {:>12.0} events/s  (median of {RUNS}: {:.3} s; a fresh instance per run)",
+        "component, cold  : {:>12.0} events/s  (median of {runs}: {:.3} s; a fresh instance per run)",
         rate(w),
         w.as_secs_f64()
     );
