@@ -8,7 +8,7 @@ use adtally_bench::{Shape, batches, stream};
 use adtally_core::Click;
 use adtally_core::columns::ClickColumns;
 use adtally_core::{Config, Engine, Offset, Outputs, Partition, RawRecord};
-use adtally_runtime::{ClickBatch, Limits, Runtime};
+use adtally_runtime::{Aggregator, ClickBatch, Limits, Runtime};
 use std::time::{Duration, Instant};
 
 // The allocator the adtally host binary uses.
@@ -42,6 +42,40 @@ fn line(c: &Click) -> Vec<u8> {
         s.push_str(e.as_str());
     }
     s.into_bytes()
+}
+
+/// Every batch through `agg` from offset 0 on: (rollup rows, duplicates).
+fn push_all(
+    agg: &mut Aggregator<'_>,
+    packed: &[(u32, ClickBatch)],
+) -> anyhow::Result<(usize, u64)> {
+    let mut offsets = [0i64; 64];
+    let (mut rollups, mut dups) = (0usize, 0u64);
+    for (p, clicks) in packed {
+        let out = agg.push_click_batch(*p, offsets[*p as usize], clicks, 0)?;
+        offsets[*p as usize] += clicks.len() as i64;
+        rollups += out.rollups.len();
+        dups += out.duplicates;
+    }
+    Ok((rollups, dups))
+}
+
+/// A batch of log lines of partition `p` as raw records, at the partition's
+/// next offsets.
+fn raw_batch<'a>(p: u32, lines: &'a [Vec<u8>], offsets: &mut [i64; 64]) -> Vec<RawRecord<'a>> {
+    lines
+        .iter()
+        .map(|r| {
+            let offset = Offset(offsets[p as usize]);
+            offsets[p as usize] += 1;
+            RawRecord {
+                partition: Partition(p),
+                offset,
+                payload: r,
+                record_time_ms: None,
+            }
+        })
+        .collect()
 }
 
 fn main() -> anyhow::Result<()> {
@@ -134,11 +168,7 @@ fn main() -> anyhow::Result<()> {
     let mut warm_times = Vec::new();
     let mut warm = module.create("{}")?;
     // An untimed first run grows the warm instance's memory.
-    let mut offsets = [0i64; 64];
-    for (p, clicks) in &packed {
-        warm.push_click_batch(*p, offsets[*p as usize], clicks, 0)?;
-        offsets[*p as usize] += clicks.len() as i64;
-    }
+    push_all(&mut warm, &packed)?;
     for run in 0..2 * runs {
         let cold = run % 2 == 0;
         let mut fresh;
@@ -149,21 +179,14 @@ fn main() -> anyhow::Result<()> {
             warm.start_over("{}")?;
             &mut warm
         };
-        let mut offsets = [0i64; 64];
-        let (mut rollups, mut dups) = (0usize, 0u64);
         let start = Instant::now();
-        for (p, clicks) in &packed {
-            let out = agg.push_click_batch(*p, offsets[*p as usize], clicks, 0)?;
-            offsets[*p as usize] += clicks.len() as i64;
-            rollups += out.rollups.len();
-            dups += out.duplicates;
-        }
+        let counts = push_all(agg, &packed)?;
         if cold {
             wasm_times.push(start.elapsed());
         } else {
             warm_times.push(start.elapsed());
         }
-        wasm_counts = (rollups, dups);
+        wasm_counts = counts;
     }
     assert_eq!(
         native_counts, wasm_counts,
@@ -195,19 +218,7 @@ fn main() -> anyhow::Result<()> {
         let mut offsets = [0i64; 64];
         let start = Instant::now();
         for (p, recs) in &lines {
-            let batch: Vec<RawRecord> = recs
-                .iter()
-                .map(|r| {
-                    let offset = Offset(offsets[*p as usize]);
-                    offsets[*p as usize] += 1;
-                    RawRecord {
-                        partition: Partition(*p),
-                        offset,
-                        payload: r,
-                        record_time_ms: None,
-                    }
-                })
-                .collect();
+            let batch = raw_batch(*p, recs, &mut offsets);
             engine.push_records(&batch, 0, &mut out);
             out.clear();
         }
@@ -216,19 +227,7 @@ fn main() -> anyhow::Result<()> {
         let mut offsets = [0i64; 64];
         let start = Instant::now();
         for (p, recs) in &lines {
-            let batch: Vec<RawRecord> = recs
-                .iter()
-                .map(|r| {
-                    let o = offsets[*p as usize];
-                    offsets[*p as usize] += 1;
-                    RawRecord {
-                        partition: Partition(*p),
-                        offset: Offset(o),
-                        payload: r,
-                        record_time_ms: None,
-                    }
-                })
-                .collect();
+            let batch = raw_batch(*p, recs, &mut offsets);
             agg.push(&batch, 0)?;
         }
         raw_wasm.push(start.elapsed());

@@ -477,7 +477,7 @@ pub async fn consume(
         let mut next: BTreeMap<u32, i64> = BTreeMap::new();
         for (p, packed) in &by_partition {
             let p = *p;
-            let recs: Vec<RawRecord> = packed.records().collect();
+            let recs: Vec<RawRecord> = packed.records();
             let Some(core) = cores.held.get_mut(&p) else {
                 // Not (or no longer) ours: its new owner reads it.
                 continue;

@@ -20,7 +20,7 @@
 //! # anyhow::Ok(())
 //! ```
 
-use adtally_core::columns::{ClickColumns, ranges};
+use adtally_core::columns::{ClickColumns, RecordColumnsRef};
 use adtally_core::topn::RankedAd;
 use adtally_core::{
     AdId, Click, Country, EventId, EventKey, EventTime, FilterId, InvalidEvent, InvalidReason,
@@ -260,12 +260,7 @@ impl Module {
     /// A new aggregator with this configuration (JSON; defaults fill gaps).
     pub fn create(&self, config_json: &str) -> Result<Aggregator<'_>> {
         let (mut store, bindings) = self.instantiate()?;
-        let handle = bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_create(&mut store, config_json)
-            .ctx("calling create")?
-            .map_err(|e| anyhow!("{e}"))?;
+        let handle = create_in(&mut store, &bindings, config_json)?;
         Ok(Aggregator {
             module: self,
             store,
@@ -320,6 +315,20 @@ impl Module {
     }
 }
 
+/// A new aggregator resource with `config_json` in an instance.
+fn create_in(
+    store: &mut Store<State>,
+    bindings: &AggregatorModule,
+    config_json: &str,
+) -> Result<ResourceAny> {
+    bindings
+        .adtally_core_aggregate()
+        .aggregator()
+        .call_create(store, config_json)
+        .ctx("calling create")?
+        .map_err(|e| anyhow!("{e}"))
+}
+
 /// One aggregator instance. After an error (trap, timeout, out of memory)
 /// it must be dropped; restore a new one from the last snapshot.
 pub struct Aggregator<'m> {
@@ -343,13 +352,7 @@ impl Aggregator<'_> {
         self.handle
             .resource_drop(&mut self.store)
             .ctx("module trapped dropping its aggregator")?;
-        self.handle = self
-            .bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_create(&mut self.store, config_json)
-            .ctx("calling create")?
-            .map_err(|e| anyhow!("{e}"))?;
+        self.handle = create_in(&mut self.store, &self.bindings, config_json)?;
         Ok(())
     }
 
@@ -554,17 +557,17 @@ impl RecordBatch {
     }
 
     /// The records, borrowed.
-    pub fn records(&self) -> impl Iterator<Item = RawRecord<'_>> + '_ {
+    pub fn records(&self) -> Vec<RawRecord<'_>> {
         let b = &self.0;
-        ranges(&b.payload_ends, b.payloads.len(), "payload-ends")
-            .expect("ends written by push")
-            .enumerate()
-            .map(move |(i, range)| RawRecord {
-                partition: Partition(b.partitions[i]),
-                offset: Offset(b.offsets[i]),
-                payload: &b.payloads[range],
-                record_time_ms: b.record_times_ms[i],
-            })
+        RecordColumnsRef {
+            partitions: &b.partitions,
+            offsets: &b.offsets,
+            payloads: &b.payloads,
+            payload_ends: &b.payload_ends,
+            record_times_ms: &b.record_times_ms,
+        }
+        .records()
+        .expect("columns written by push")
     }
 }
 

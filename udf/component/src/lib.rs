@@ -5,9 +5,9 @@
 //! and does no I/O. Build it with
 //! `cargo build -p adtally-component --target wasm32-wasip2 --profile wasm`.
 
-use adtally_core::columns::{ClickColumnsRef, ranges};
+use adtally_core::columns::{ClickColumnsRef, RecordColumnsRef};
 use adtally_core::{
-    AdId, Click, ClickRef, Config, Engine, Offset, Outputs, Partition, RawRecord, Rollup,
+    AdId, Click, ClickRef, Config, Engine, Offset, Outputs, Partition, Rollup,
     topn::{self, RankedAd},
 };
 use core::cell::RefCell;
@@ -94,36 +94,18 @@ impl wit::GuestAggregator for Aggregator {
     }
 
     fn push(&self, records: wit::RecordBatch, now_ms: i64) -> Result<wit::Outputs, String> {
-        let n = records.payload_ends.len();
-        for (name, len) in [
-            ("partitions", records.partitions.len()),
-            ("offsets", records.offsets.len()),
-            ("record-times-ms", records.record_times_ms.len()),
-        ] {
-            if len != n {
-                return Err(format!(
-                    "record-batch: {name} has {len} elements, payload-ends has {n}"
-                ));
-            }
+        let raw = RecordColumnsRef {
+            partitions: &records.partitions,
+            offsets: &records.offsets,
+            payloads: &records.payloads,
+            payload_ends: &records.payload_ends,
+            record_times_ms: &records.record_times_ms,
         }
-        let ranges = ranges(
-            &records.payload_ends,
-            records.payloads.len(),
-            "payload-ends",
-        )
+        .records()
         .map_err(|e| e.to_string())?;
         {
             let mut engine = self.engine.borrow_mut();
             let mut out = self.out.borrow_mut();
-            let raw: Vec<RawRecord<'_>> = ranges
-                .enumerate()
-                .map(|(i, range)| RawRecord {
-                    partition: Partition(records.partitions[i]),
-                    offset: Offset(records.offsets[i]),
-                    payload: &records.payloads[range],
-                    record_time_ms: records.record_times_ms[i],
-                })
-                .collect();
             #[cfg(feature = "trap-test-marker")]
             for r in &raw {
                 if r.payload.windows(17).any(|w| w == b"adtally-trap-test") {

@@ -1,9 +1,10 @@
 //! Parsed clicks in columns: how a batch of clicks crosses a boundary (the
 //! component's WIT `click-batch`) as five buffers instead of an allocation
-//! per click.
+//! per click; and raw records in columns (WIT `record-batch`).
 //!
 //! This module owns packing clicks into columns and checking them back out
-//! as [`ClickRef`]s that borrow the columns; it never parses records.
+//! as [`ClickRef`]s that borrow the columns, and reading raw records back
+//! out of theirs; it never parses records.
 //!
 //! ```
 //! use adtally_core::{ClickRef, Country, EventTime};
@@ -15,7 +16,7 @@
 //! assert_eq!(cols.as_ref().clicks().unwrap(), vec![click]);
 //! ```
 
-use crate::{ClickRef, Country, EventTime, IpAddr};
+use crate::{ClickRef, Country, EventTime, IpAddr, Offset, Partition, RawRecord};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -182,6 +183,53 @@ impl<'a> ClickColumnsRef<'a> {
             });
         }
         Ok(out)
+    }
+}
+
+/// Raw records borrowed column by column (the layout of WIT
+/// `record-batch`): record `i` is `partitions[i]`, `offsets[i]`,
+/// `record_times_ms[i]` and the payload `payload_ends` marks off in
+/// `payloads`.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordColumnsRef<'a> {
+    /// Each record's partition.
+    pub partitions: &'a [u32],
+    /// Each record's offset.
+    pub offsets: &'a [i64],
+    /// The payloads, concatenated.
+    pub payloads: &'a [u8],
+    /// Where each payload ends in `payloads`.
+    pub payload_ends: &'a [u32],
+    /// Each record's Kafka timestamp, if any.
+    pub record_times_ms: &'a [Option<i64>],
+}
+
+impl<'a> RecordColumnsRef<'a> {
+    /// Every record, borrowing its payload; refused when the columns'
+    /// lengths differ or the ends go backwards or past the payloads.
+    pub fn records(&self) -> Result<Vec<RawRecord<'a>>, ColumnsError> {
+        let n = self.payload_ends.len();
+        for (name, len) in [
+            ("partitions", self.partitions.len()),
+            ("offsets", self.offsets.len()),
+            ("record-times-ms", self.record_times_ms.len()),
+        ] {
+            if len != n {
+                return Err(ColumnsError(format!(
+                    "record-batch: {name} has {len} elements, payload-ends has {n}"
+                )));
+            }
+        }
+        let ranges = ranges(self.payload_ends, self.payloads.len(), "payload-ends")?;
+        Ok(ranges
+            .enumerate()
+            .map(|(i, range)| RawRecord {
+                partition: Partition(self.partitions[i]),
+                offset: Offset(self.offsets[i]),
+                payload: &self.payloads[range],
+                record_time_ms: self.record_times_ms[i],
+            })
+            .collect())
     }
 }
 

@@ -65,6 +65,12 @@ fn tag(slot: u128) -> u8 {
     0x80 | ((slot >> 64) as u8 & 0x7f)
 }
 
+/// Whether keys seen in event-time second `second` are past a horizon of
+/// `horizon_ms` under watermark `wm` (the whole second must be).
+fn expired(second: i64, horizon_ms: i64, wm: i64) -> bool {
+    (second + 1) * 1000 + horizon_ms <= wm
+}
+
 impl DedupSet {
     /// An empty set that remembers keys for `horizon_ms` of event time.
     pub fn new(horizon_ms: i64) -> DedupSet {
@@ -182,7 +188,7 @@ impl DedupSet {
     pub fn is_within_horizon(&self, t: EventTime, wm: Option<i64>) -> bool {
         match wm {
             None => true,
-            Some(wm) => (t.0.div_euclid(1000) + 1) * 1000 + self.horizon_ms > wm,
+            Some(wm) => !expired(t.0.div_euclid(1000), self.horizon_ms, wm),
         }
     }
 
@@ -197,18 +203,12 @@ impl DedupSet {
     /// Tells the set the partition's watermark moved to `wm`; sweeps when it
     /// crossed a multiple of the sweep step.
     pub fn on_watermark(&mut self, wm: i64) {
-        let step = self.sweep_step_ms;
-        let due = match self.last_sweep {
-            None => true,
-            Some(last) => wm.div_euclid(step) > last.div_euclid(step),
-        };
-        if !due {
+        if wm < self.next_sweep_at() {
             return;
         }
         self.last_sweep = Some(wm);
         let horizon = self.horizon_ms;
-        let expires = |second: i64| (second + 1) * 1000 + horizon <= wm;
-        if self.oldest_s != i64::MIN && (self.len == 0 || !expires(self.oldest_s)) {
+        if self.oldest_s != i64::MIN && (self.len == 0 || !expired(self.oldest_s, horizon, wm)) {
             return;
         }
         let wm_s = wm.div_euclid(1000);
@@ -217,7 +217,7 @@ impl DedupSet {
         let mut oldest = i64::MAX;
         self.retain(|slot| {
             let s = second(slot);
-            let keep = !expires(s);
+            let keep = !expired(s, horizon, wm);
             if keep {
                 oldest = oldest.min(s);
             }

@@ -462,24 +462,29 @@ impl Engine {
                 // Every click has its keys.
                 let keys = keys.unwrap_or_default();
                 let (p, offset) = (r.partition, r.offset);
-                if self.is_replay(p, offset, out) {
+                let (st, mut cx) = self.split(p);
+                if st.is_replay(offset, out) {
                     continue;
                 }
-                match parsed {
-                    Ok(Parsed::Click(c)) => self.click(p, offset, c, keys, now_ms, out),
+                st.last_active_ms = Some(now_ms);
+                let due = match parsed {
+                    Ok(Parsed::Click(c)) => st.count(&mut cx, p, offset, c, keys, out),
                     Ok(Parsed::Owned(c)) => {
-                        self.click(p, offset, c.as_click_ref(), keys, now_ms, out)
+                        st.count(&mut cx, p, offset, c.as_click_ref(), keys, out)
                     }
-                    Ok(Parsed::Heartbeat(t)) => self.heartbeat(p, t, now_ms, out),
+                    Ok(Parsed::Heartbeat(t)) => st.observe(t),
                     Err(reason) => {
-                        self.state(p).last_active_ms = Some(now_ms);
                         out.invalid.push(InvalidEvent {
                             partition: p,
                             offset,
                             reason,
                             payload: r.payload.to_vec(),
                         });
+                        None
                     }
+                };
+                if let Some(before) = due {
+                    self.advance(p, before, out);
                 }
             }
         }
@@ -585,48 +590,6 @@ impl Engine {
         }
     }
 
-    fn state(&mut self, p: Partition) -> &mut PartitionState {
-        let config = &self.config;
-        self.partitions
-            .entry(p)
-            .or_insert_with(|| PartitionState::new(config))
-    }
-
-    fn is_replay(&mut self, p: Partition, offset: Offset, out: &mut Outputs) -> bool {
-        self.state(p).is_replay(offset, out)
-    }
-
-    fn heartbeat(&mut self, p: Partition, t: EventTime, now_ms: i64, out: &mut Outputs) {
-        let st = self.state(p);
-        st.last_active_ms = Some(now_ms);
-        self.observe(p, t, out);
-    }
-
-    /// Moves `p`'s watermark with event time `t`, and advances when that
-    /// reached work.
-    fn observe(&mut self, p: Partition, t: EventTime, out: &mut Outputs) {
-        if let Some(before) = self.state(p).observe(t) {
-            self.advance(p, before, out);
-        }
-    }
-
-    /// Counts a valid click whose keys were computed beforehand.
-    fn click(
-        &mut self,
-        p: Partition,
-        offset: Offset,
-        click: ClickRef<'_>,
-        keys: Keys,
-        now_ms: i64,
-        out: &mut Outputs,
-    ) {
-        let (st, mut cx) = self.split(p);
-        st.last_active_ms = Some(now_ms);
-        if let Some(before) = st.count(&mut cx, p, offset, click, keys, out) {
-            self.advance(p, before, out);
-        }
-    }
-
     /// `p`'s state, created if new, and the rest of the engine a click
     /// touches, borrowed apart from it.
     fn split(&mut self, p: Partition) -> (&mut PartitionState, Counting<'_>) {
@@ -691,13 +654,11 @@ impl Engine {
             }
         }
         st.dedup.on_watermark(wm);
-        let crossed = match before {
-            None => true,
-            Some(b) => {
-                (b - lateness).div_euclid(size.ms()) != (wm - lateness).div_euclid(size.ms())
-            }
-        };
-        let next_boundary = ((wm - lateness).div_euclid(size.ms()) + 1) * size.ms() + lateness;
+        // Top-N rows fall due as the watermark crosses a window end plus
+        // the allowed lateness.
+        let final_window = |w: i64| size.window_of(EventTime(w - lateness));
+        let crossed = before.is_none_or(|b| final_window(b) != final_window(wm));
+        let next_boundary = final_window(wm).end(size) + lateness;
         let first_open = st.windows.iter().find(|(_, ws)| !ws.emitted);
         let first_final = st.windows.keys().next().map(|s| s.end(size) + lateness);
         st.advance_at = [

@@ -320,20 +320,22 @@ pub(crate) fn event_id(s: &str) -> Result<(), InvalidReason> {
 /// for the code of letters `a b c` (0-25), built at compile time from the
 /// table, plus `ZZZ` ([`Country::UNSPECIFIED`]).
 const ALPHA3_BITS: [u64; 275] = {
-    const fn bit(b: &[u8]) -> usize {
-        (b[0] - b'A') as usize * 676 + (b[1] - b'A') as usize * 26 + (b[2] - b'A') as usize
-    }
     let mut bits = [0u64; 275];
     let mut i = 0;
     while i < ISO_3166.len() {
-        let n = bit(ISO_3166[i].0.as_bytes());
+        let n = alpha3_bit(ISO_3166[i].0.as_bytes());
         bits[n / 64] |= 1 << (n % 64);
         i += 1;
     }
-    let n = bit(b"ZZZ"); // Country::UNSPECIFIED
+    let n = alpha3_bit(b"ZZZ"); // Country::UNSPECIFIED
     bits[n / 64] |= 1 << (n % 64);
     bits
 };
+
+/// The bit of an upper-case alpha-3 code in [`ALPHA3_BITS`].
+const fn alpha3_bit(b: &[u8]) -> usize {
+    (b[0] - b'A') as usize * 676 + (b[1] - b'A') as usize * 26 + (b[2] - b'A') as usize
+}
 
 pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
     match *s.as_bytes() {
@@ -342,9 +344,7 @@ pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
         [a, b, c] => {
             let code = [a, b, c].map(|x| x.to_ascii_uppercase());
             let known = code.iter().all(u8::is_ascii_uppercase) && {
-                let n = (code[0] - b'A') as usize * 676
-                    + (code[1] - b'A') as usize * 26
-                    + (code[2] - b'A') as usize;
+                let n = alpha3_bit(&code);
                 ALPHA3_BITS[n / 64] & (1 << (n % 64)) != 0
             };
             if known {
