@@ -95,6 +95,8 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // adtally's component is built with it (see `.cargo/config.toml`).
+        config.wasm_wide_arithmetic(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // `ADTALLY_WASM_PERFMAP=1` names JIT code for `perf` (profiling only).
         if std::env::var_os("ADTALLY_WASM_PERFMAP").is_some() {
