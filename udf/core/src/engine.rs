@@ -3,6 +3,7 @@
 use crate::dedup::DedupSet;
 use crate::filter::{FilterId, FilterSet};
 use crate::intern::{AdHandle, AdHash, FastHash, Interner};
+use crate::key::KeyBuf;
 use crate::parse::{Parsed, parse_borrowed};
 use crate::topn::{self, RankedAd};
 use crate::{
@@ -26,9 +27,9 @@ struct Keys {
 }
 
 impl Keys {
-    fn of(click: &ClickRef<'_>) -> Keys {
+    fn of(click: &ClickRef<'_>, buf: &mut KeyBuf) -> Keys {
         Keys {
-            event: EventKey::of_ref(click),
+            event: EventKey::of_ref_in(click, buf),
             ad: AdHash::of(click.ad_id),
         }
     }
@@ -441,12 +442,13 @@ impl Engine {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let skew = self.config.max_future_skew_ms;
         let mut ahead: [Option<Ahead<'_>>; AHEAD] = Default::default();
+        let mut buf = KeyBuf::new();
         for chunk in records.chunks(AHEAD) {
             for (r, slot) in chunk.iter().zip(&mut ahead) {
                 let parsed = parse_borrowed(r.payload, r.record_time_ms, skew);
                 let keys = match &parsed {
-                    Ok(Parsed::Click(c)) => Some(Keys::of(c)),
-                    Ok(Parsed::Owned(c)) => Some(Keys::of(&c.as_click_ref())),
+                    Ok(Parsed::Click(c)) => Some(Keys::of(c, &mut buf)),
+                    Ok(Parsed::Owned(c)) => Some(Keys::of(&c.as_click_ref(), &mut buf)),
                     _ => None,
                 };
                 *slot = Some((parsed, keys));
@@ -532,9 +534,10 @@ impl Engine {
     ) {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let mut keys = [Keys::default(); AHEAD];
+        let mut buf = KeyBuf::new();
         for (c, chunk) in clicks.chunks(AHEAD).enumerate() {
             for (k, click) in keys.iter_mut().zip(chunk) {
-                *k = Keys::of(click);
+                *k = Keys::of(click, &mut buf);
             }
             let dedup = self.partitions.get(&p).map(|st| &st.dedup);
             self.prefetch(dedup, &keys[..chunk.len()]);

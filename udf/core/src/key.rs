@@ -5,6 +5,20 @@ use core::fmt;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
+/// Room for the hashed fields of any valid click.
+const KEY_BUF: usize = 320;
+
+/// A buffer in which clicks' keys are hashed, cleared once and reused: in
+/// WebAssembly, clearing it for every click is a `memory.fill` call out of
+/// the module per click.
+pub(crate) struct KeyBuf([u8; KEY_BUF]);
+
+impl KeyBuf {
+    pub(crate) fn new() -> KeyBuf {
+        KeyBuf([0; KEY_BUF])
+    }
+}
+
 /// A click's 128-bit identity: XXH3-128 of its `event_id` when it has one,
 /// else of (ad_id, user_id, canonical ip, click time floored to the second).
 /// Displayed as 32 lower-case hex digits.
@@ -36,9 +50,15 @@ impl EventKey {
 
     /// The key of a borrowed click (the same as [`EventKey::of`] its owned copy).
     pub fn of_ref(click: &ClickRef<'_>) -> EventKey {
-        // One-shot hashing of a stack buffer: every field is bounded (see
-        // the validation limits), so the buffer always fits.
-        let mut buf = [0u8; 320];
+        EventKey::of_ref_in(click, &mut KeyBuf::new())
+    }
+
+    /// [`EventKey::of_ref`] in a buffer that the caller reuses for many
+    /// clicks, so that it is not cleared for each.
+    pub(crate) fn of_ref_in(click: &ClickRef<'_>, buf: &mut KeyBuf) -> EventKey {
+        // One-shot hashing of the fields laid out in a buffer: every field
+        // is bounded (see the validation limits), so they always fit.
+        let buf = &mut buf.0;
         let mut n = 0;
         let mut put = |bytes: &[u8]| {
             copy_short(&mut buf[n..n + bytes.len()], bytes);
