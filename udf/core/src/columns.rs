@@ -16,7 +16,7 @@
 //! assert_eq!(cols.as_ref().clicks().unwrap(), vec![click]);
 //! ```
 
-use crate::{ClickRef, Country, EventTime, IpAddr, Offset, Partition, RawRecord};
+use crate::{ClickRef, EventTime, IpAddr, Offset, Partition, RawRecord};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -152,10 +152,15 @@ impl<'a> ClickColumnsRef<'a> {
             let event_id = str_at(3 * i + 2, "event_id")?;
             let ip: [u8; 16] = self.ips[16 * i..16 * i + 16].try_into().expect("16 bytes");
             let code = &self.countries[3 * i..3 * i + 3];
-            let country = core::str::from_utf8(code)
-                .map_err(|_| "not ASCII")
-                .and_then(|c| Country::new(c).map_err(|_| "not an ISO 3166-1 code"))
-                .map_err(|e| ColumnsError(format!("clicks[{i}]: country {code:?}: {e}")))?;
+            // Checked as bytes (a code that is not ASCII is unknown); the
+            // error then says which it was.
+            let country = crate::validate::country_bytes(code).map_err(|_| {
+                let e = match core::str::from_utf8(code) {
+                    Err(_) => "not ASCII",
+                    Ok(_) => "not an ISO 3166-1 code",
+                };
+                ColumnsError(format!("clicks[{i}]: country {code:?}: {e}"))
+            })?;
             let t = EventTime(self.timestamps_ms[i]);
             let event_id = (!event_id.is_empty()).then_some(event_id);
             // Checked, then built in place: a click is too large to pass
@@ -265,6 +270,7 @@ fn check_ends(ends: &[u32], len: usize, what: &str) -> Result<(), ColumnsError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Country;
 
     fn two_clicks() -> ClickColumns {
         let usa = Country::new("USA").unwrap();
@@ -309,5 +315,22 @@ mod tests {
             error(&cols),
             "clicks[0]: country [81, 81, 81]: not an ISO 3166-1 code"
         );
+    }
+
+    #[test]
+    fn a_country_that_is_not_text_says_so() {
+        let mut cols = two_clicks();
+        cols.countries[3..].copy_from_slice(&[0xff, b'S', b'A']);
+        assert_eq!(error(&cols), "clicks[1]: country [255, 83, 65]: not ASCII");
+        // UTF-8, but not a code.
+        cols.countries[3..].copy_from_slice(&[0xc3, 0x9c, b'S']);
+        assert_eq!(
+            error(&cols),
+            "clicks[1]: country [195, 156, 83]: not an ISO 3166-1 code"
+        );
+        // Lower case is still accepted, as in parsed records.
+        let mut cols = two_clicks();
+        cols.countries[..3].copy_from_slice(b"fra");
+        assert_eq!(cols.as_ref().clicks().unwrap()[0].country.as_str(), "FRA");
     }
 }

@@ -338,7 +338,13 @@ const fn alpha3_bit(b: &[u8]) -> usize {
 }
 
 pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
-    match *s.as_bytes() {
+    country_bytes(s.as_bytes())
+}
+
+/// [`country`] of bytes: a code that is not ASCII is unknown.
+#[inline]
+pub(crate) fn country_bytes(s: &[u8]) -> Result<Country, InvalidReason> {
+    match *s {
         [] => Err(InvalidReason::MissingField(Field::Country)),
         // One bit test, in either case.
         [a, b, c] => {
