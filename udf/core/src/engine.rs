@@ -351,6 +351,8 @@ pub struct Engine {
     pub(crate) now_ms: Option<i64>,
     pub(crate) interner: Interner,
     scratch: Vec<FilterId>,
+    /// Ads that held a handle after the last sweep (derived, not state).
+    ads_after_sweep: usize,
 }
 
 impl Engine {
@@ -371,6 +373,7 @@ impl Engine {
             now_ms: None,
             interner: Interner::default(),
             scratch: Vec::new(),
+            ads_after_sweep: 0,
         }
     }
 
@@ -753,8 +756,15 @@ impl Engine {
         self.sweep_ads();
     }
 
-    /// Frees the handles of ads no window or final minute counts any more.
+    /// Frees the handles of ads no window or final minute counts any more,
+    /// once twice as many ads hold one as after the last sweep: a sweep
+    /// reads every handle and cell, so sweeping at each final minute cost
+    /// more than counting. This way a sweep costs O(1) per ad interned
+    /// since the last, and at most half the handles are stale.
     fn sweep_ads(&mut self) {
+        if self.interner.len() < 2 * self.ads_after_sweep.max(1) {
+            return;
+        }
         let mut live = alloc::vec![false; self.interner.bound()];
         let windows = self.partitions.values().flat_map(|st| st.windows.values());
         let cells = windows
@@ -766,6 +776,7 @@ impl Engine {
             }
         }
         self.interner.retain(&live);
+        self.ads_after_sweep = self.interner.len();
     }
 }
 
@@ -839,18 +850,29 @@ fn rank(
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
     let minutes: Vec<&Cells> = t.minutes.range(first..=m).map(|(_, v)| v).collect();
-    let mut filters: BTreeSet<FilterId> = BTreeSet::new();
+    // The filters counted in these minutes (a few: a short list is faster
+    // than a set).
+    let mut filters: Vec<FilterId> = Vec::new();
     for cells in &minutes {
-        filters.extend(cells.keys().map(|k| k.filter));
+        for k in cells.keys() {
+            if !filters.contains(&k.filter) {
+                filters.push(k.filter);
+            }
+        }
     }
+    filters.sort_unstable();
     let n = config.top_n as usize;
     let counted = |f: FilterId| {
         move |(k, c): (&CellKey, &Counts)| {
             (k.filter == f && c.clicks > 0).then_some((k.ad, c.clicks))
         }
     };
-    // Sums over several minutes, by handle (handles are dense).
+    // Sums over several minutes, by handle (handles are dense); only the
+    // handles counted are read back and cleared, not every handle.
     let mut sums: Vec<u64> = Vec::new();
+    if minutes.len() > 1 {
+        sums.resize(interner.bound(), 0);
+    }
     let mut ads: Vec<(AdHandle, u64)> = Vec::new();
     filters
         .into_iter()
@@ -859,15 +881,18 @@ fn rank(
             if let [only] = minutes.as_slice() {
                 ads.extend(only.iter().filter_map(counted(f)));
             } else {
-                sums.clear();
-                sums.resize(interner.bound(), 0);
                 for minute in &minutes {
                     for (ad, c) in minute.iter().filter_map(counted(f)) {
-                        sums[ad.0 as usize] += c;
+                        let sum = &mut sums[ad.0 as usize];
+                        if *sum == 0 {
+                            ads.push((ad, 0));
+                        }
+                        *sum += c;
                     }
                 }
-                let summed = sums.iter().enumerate().filter(|(_, c)| **c > 0);
-                ads.extend(summed.map(|(h, &c)| (AdHandle(h as u32), c)));
+                for (ad, c) in &mut ads {
+                    *c = core::mem::take(&mut sums[ad.0 as usize]);
+                }
             }
             (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad)))
         })
@@ -909,5 +934,40 @@ fn revise_top_n(
                 t.emitted.insert(key, (version, ads));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Country, IpAddr};
+
+    /// Ads come and go: the interner keeps at most about twice the ads that
+    /// windows and final minutes still count, however many passed through.
+    #[test]
+    fn handles_of_ads_no_longer_counted_are_freed() {
+        let mut engine = Engine::new(Config::default()).unwrap();
+        let mut out = Outputs::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let usa = Country::new("USA").unwrap();
+        let (minutes, per_minute) = (200i64, 100);
+        let mut most = 0;
+        for m in 0..minutes {
+            for a in 0..per_minute {
+                let ad = alloc::format!("ad{m}-{a}");
+                let t = EventTime(m * 60_000 + a);
+                let click = ClickRef::new(&ad, t, "u", ip, usa, None).unwrap();
+                let offset = Offset(m * per_minute + a);
+                engine.push_click_ref(Partition(0), offset, click, t.0, &mut out);
+            }
+            most = most.max(engine.interner.len());
+            out.clear();
+        }
+        // 20,000 ads passed; a few minutes' worth are counted at any time.
+        let counted = engine.topn.minutes.len() + 2;
+        assert!(
+            most <= 2 * counted * per_minute as usize + per_minute as usize,
+            "{most} handles held"
+        );
     }
 }

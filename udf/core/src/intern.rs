@@ -271,6 +271,11 @@ impl Interner {
             .expect("a handle held by the engine is live")
     }
 
+    /// How many ads hold a handle.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// One more than the largest handle ever given out.
     pub(crate) fn bound(&self) -> usize {
         self.ids.len()
