@@ -4,6 +4,8 @@
 //! (`wit/adtally.wit`) and `adtally-core`; it holds no semantics of its own
 //! and does no I/O. Build it with
 //! `cargo build -p adtally-component --target wasm32-wasip2 --profile wasm`.
+//! `.cargo/config.toml` builds it with the WebAssembly wide-arithmetic
+//! proposal, which the runtime that loads it must enable (adtally's does).
 
 use adtally_core::columns::{ClickColumnsRef, RecordColumnsRef};
 use adtally_core::{
