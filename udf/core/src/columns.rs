@@ -154,7 +154,7 @@ impl<'a> ClickColumnsRef<'a> {
             let code = &self.countries[3 * i..3 * i + 3];
             // Checked as bytes (a code that is not ASCII is unknown); the
             // error then says which it was.
-            let country = crate::validate::country_bytes(code).map_err(|_| {
+            let country = crate::validate::country(code).map_err(|_| {
                 let e = match core::str::from_utf8(code) {
                     Err(_) => "not ASCII",
                     Ok(_) => "not an ISO 3166-1 code",

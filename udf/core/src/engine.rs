@@ -230,15 +230,17 @@ impl PartitionState {
         due.then_some(before)
     }
 
-    /// Whether `offset` was processed before (a replay, counted in `out`);
-    /// otherwise it becomes the partition's last processed offset.
-    fn is_replay(&mut self, offset: Offset, out: &mut Outputs) -> bool {
+    /// Whether the record at `offset` is new: then it becomes the
+    /// partition's last processed offset, and the partition was active at
+    /// `now_ms`. A record processed before is a replay, counted in `out`.
+    fn admit(&mut self, offset: Offset, now_ms: i64, out: &mut Outputs) -> bool {
         if matches!(self.next_offset, Some(next) if offset < next) {
             out.replayed += 1;
-            return true;
+            return false;
         }
         self.next_offset = Some(Offset(offset.0 + 1));
-        false
+        self.last_active_ms = Some(now_ms);
+        true
     }
 
     /// Counts a valid click of this partition whose keys were computed
@@ -468,10 +470,9 @@ impl Engine {
                 let keys = keys.unwrap_or_default();
                 let (p, offset) = (r.partition, r.offset);
                 let (st, mut cx) = self.split(p);
-                if st.is_replay(offset, out) {
+                if !st.admit(offset, now_ms, out) {
                     continue;
                 }
-                st.last_active_ms = Some(now_ms);
                 let due = match parsed {
                     Ok(Parsed::Click(c)) => st.count(&mut cx, p, offset, c, keys, out),
                     Ok(Parsed::Owned(c)) => {
@@ -552,8 +553,7 @@ impl Engine {
                 let mut due = None;
                 while i < chunk.len() && due.is_none() {
                     let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
-                    if !st.is_replay(offset, out) {
-                        st.last_active_ms = Some(now_ms);
+                    if st.admit(offset, now_ms, out) {
                         due = st.count(&mut cx, p, offset, chunk[i], keys[i], out);
                     }
                     i += 1;

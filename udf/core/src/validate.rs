@@ -337,14 +337,11 @@ const fn alpha3_bit(b: &[u8]) -> usize {
     (b[0] - b'A') as usize * 676 + (b[1] - b'A') as usize * 26 + (b[2] - b'A') as usize
 }
 
-pub(crate) fn country(s: &str) -> Result<Country, InvalidReason> {
-    country_bytes(s.as_bytes())
-}
-
-/// [`country`] of bytes: a code that is not ASCII is unknown.
+/// An alpha-3 or alpha-2 code, in either case, as text or bytes: a code
+/// that is not ASCII is unknown.
 #[inline]
-pub(crate) fn country_bytes(s: &[u8]) -> Result<Country, InvalidReason> {
-    match *s {
+pub(crate) fn country(code: impl AsRef<[u8]>) -> Result<Country, InvalidReason> {
+    match *code.as_ref() {
         [] => Err(InvalidReason::MissingField(Field::Country)),
         // One bit test, in either case.
         [a, b, c] => {
