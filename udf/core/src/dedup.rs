@@ -5,10 +5,10 @@
 //! identity, the low 16 bits hold the key's event-time second (modulo 2^16),
 //! which is all a sweep needs to decide eviction. The tag byte says whether
 //! the slot is taken and holds 7 more bits of the key, so a probe reads the
-//! small tag array, eight tags per step, and touches a slot only on a likely
-//! match: inserting a new key (the common case) only writes its slot. The table is at most 7/8
-//! full, so a key costs 17 to 39 bytes; the measured figure is
-//! [`DedupSet::bytes_per_key`].
+//! small tag array, eight tags per step, and touches a slot only on a
+//! likely match: inserting a new key (the common case) only writes its
+//! slot. The table is at most 7/8 full, so a key costs 17 to 39 bytes; the
+//! measured figure is [`DedupSet::bytes_per_key`].
 //!
 //! Identity uses 112 of the key's 128 bits: two different clicks collide
 //! with probability about `n^2 / 2^113` for `n` keys in a horizon, below
@@ -143,8 +143,7 @@ impl DedupSet {
     /// of the steps.
     #[inline(always)]
     fn probe(&self, slot: u128) -> (usize, bool) {
-        let n = self.tags.len();
-        let mask = n - 1;
+        let mask = self.tags.len() - 1;
         let (id, t) = (identity(slot), tag(slot));
         let mut i = self.home(slot);
         loop {
