@@ -55,6 +55,8 @@ pub struct DedupSet {
 
 /// Tags read per probe step.
 const GROUP: usize = 8;
+// Every table size is a multiple of a group: no group wraps.
+const _: () = assert!(MIN_SLOTS % GROUP == 0);
 
 /// Eight tags as one little-endian word, tested all at once; a test gives
 /// each matching tag's high bit, so the lowest set bit is the first match.
@@ -137,29 +139,15 @@ impl DedupSet {
 
     /// The index of `slot`'s identity, or of the free slot that ends its
     /// probe, and whether it was found.
-    ///
-    /// The probe reads the tags eight at a time (one word; see [`Group`]):
-    /// the same slots in the same order as one tag at a time, in an eighth
-    /// of the steps.
     #[inline(always)]
     fn probe(&self, slot: u128) -> (usize, bool) {
-        let mask = self.tags.len() - 1;
         let (id, t) = (identity(slot), tag(slot));
-        let mut i = self.home(slot);
+        let (mut at, mut from_home) = self.first_group(slot);
         loop {
-            let Some(group) = self.tags.get(i..i + GROUP) else {
-                // The table's last few tags, one at a time, up to the wrap.
-                match self.tags[i] {
-                    FREE => return (i, false),
-                    x if x == t && identity(self.slots[i]) == id => return (i, true),
-                    _ => i = (i + 1) & mask,
-                }
-                continue;
-            };
-            let g = Group::load(group);
-            let mut stops = g.free() | g.matching(t);
+            let g = Group::load(&self.tags[at..at + GROUP]);
+            let mut stops = (g.free() | g.matching(t)) & from_home;
             while stops != 0 {
-                let j = i + Group::first(stops);
+                let j = at + Group::first(stops);
                 if self.tags[j] == FREE {
                     return (j, false);
                 }
@@ -168,25 +156,36 @@ impl DedupSet {
                 }
                 stops &= stops - 1;
             }
-            i = (i + GROUP) & mask;
+            (at, from_home) = self.next_group(at);
         }
     }
 
     /// The first free slot of `slot`'s probe: where a slot known to be
     /// absent goes.
     fn first_free(&self, slot: u128) -> usize {
-        let mask = self.tags.len() - 1;
-        let mut i = self.home(slot);
+        let (mut at, mut from_home) = self.first_group(slot);
         loop {
-            match self.tags.get(i..i + GROUP) {
-                Some(group) => match Group::load(group).free() {
-                    0 => i = (i + GROUP) & mask,
-                    free => return i + Group::first(free),
-                },
-                None if self.tags[i] == FREE => return i,
-                None => i = (i + 1) & mask,
+            match Group::load(&self.tags[at..at + GROUP]).free() & from_home {
+                0 => (at, from_home) = self.next_group(at),
+                free => return at + Group::first(free),
             }
         }
+    }
+
+    /// A probe reads the tags eight at a time (one word; see [`Group`]), in
+    /// the aligned groups of the table (a power of two, at least
+    /// [`MIN_SLOTS`], so no group wraps): the same slots in the same order as
+    /// one tag at a time, in an eighth of the steps. The first group is the
+    /// one holding `slot`'s home; the mask keeps its tags from home on.
+    fn first_group(&self, slot: u128) -> (usize, u64) {
+        let home = self.home(slot);
+        let at = home & !(GROUP - 1);
+        (at, u64::MAX << (8 * (home - at)))
+    }
+
+    /// The group after the one at `at`, wrapping, whole.
+    fn next_group(&self, at: usize) -> (usize, u64) {
+        ((at + GROUP) & (self.tags.len() - 1), u64::MAX)
     }
 
     /// Asks the memory system for the table lines `key`'s probe starts at,

@@ -353,7 +353,9 @@ pub struct Engine {
     pub(crate) now_ms: Option<i64>,
     pub(crate) interner: Interner,
     scratch: Vec<FilterId>,
-    /// Ads that held a handle after the last sweep (derived, not state).
+    /// Ads that held a handle after the last sweep: when to sweep next. Not
+    /// in snapshots (a restored engine sweeps at its first final minute),
+    /// since handles never reach an output.
     ads_after_sweep: usize,
 }
 
