@@ -51,7 +51,7 @@ impl Head {
 }
 
 /// The bytes of `b` from `at` (at most 8), zero-padded, little-endian.
-fn word(b: &[u8], at: usize) -> u64 {
+pub(crate) fn word(b: &[u8], at: usize) -> u64 {
     let n = b.len().saturating_sub(at).min(8);
     if n == 8 {
         u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
