@@ -20,7 +20,7 @@
 //! # anyhow::Ok(())
 //! ```
 
-use adtally_core::columns::{ClickColumns, RecordColumnsRef};
+use adtally_core::columns::{ClickColumns, RecordColumnsRef, RollupColumns};
 use adtally_core::topn::RankedAd;
 use adtally_core::{
     AdId, Click, Country, EventId, EventKey, EventTime, FilterId, InvalidEvent, InvalidReason,
@@ -620,56 +620,19 @@ fn from_wit_click(c: wit::Click) -> Result<Click> {
     })
 }
 
-/// Rollup columns as rows, checking that the columns agree and that every
-/// ad id is valid (consecutive rows of one ad share one allocation).
+/// Rollup columns as rows, checked (see [`RollupColumns::rows`]).
 fn rollups(r: wit::Rollups) -> Result<Vec<Rollup>> {
-    let n = r.ad_id_ends.len();
-    for (name, len) in [
-        ("window-starts", r.window_starts.len()),
-        ("filter-ids", r.filter_ids.len()),
-        ("partitions", r.partitions.len()),
-        ("clicks", r.clicks.len()),
-        ("versions", r.versions.len()),
-    ] {
-        if len != n {
-            bail!("module returned rollups whose {name} has {len} elements, ad-id-ends {n}");
-        }
+    RollupColumns {
+        window_starts: r.window_starts,
+        ad_ids: r.ad_ids,
+        ad_id_ends: r.ad_id_ends,
+        filter_ids: r.filter_ids,
+        partitions: r.partitions,
+        clicks: r.clicks,
+        versions: r.versions,
     }
-    let mut rows = Vec::with_capacity(n);
-    let mut start = 0usize;
-    let mut last: Option<AdId> = None;
-    for i in 0..n {
-        let end = r.ad_id_ends[i] as usize;
-        let bytes = r.ad_ids.get(start..end).ok_or_else(|| {
-            anyhow!("module returned rollups with ad-id-ends[{i}] = {end} out of range")
-        })?;
-        start = end;
-        let ad_id = match &last {
-            Some(a) if a.as_str().as_bytes() == bytes => a.clone(),
-            _ => {
-                let s = std::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|s| AdId::new(s).ok())
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "module returned an invalid ad_id: {:?}",
-                            String::from_utf8_lossy(bytes)
-                        )
-                    })?;
-                last = Some(s.clone());
-                s
-            }
-        };
-        rows.push(Rollup {
-            window_start: WindowStart(r.window_starts[i]),
-            ad_id,
-            filter_id: FilterId(r.filter_ids[i]),
-            partition: Partition(r.partitions[i]),
-            clicks: r.clicks[i],
-            version: r.versions[i],
-        });
-    }
-    Ok(rows)
+    .rows()
+    .map_err(|e| anyhow!("module returned invalid rollups: {e}"))
 }
 
 /// Converts a module's outputs into the core's types, checking them.

@@ -7,7 +7,7 @@
 //! `.cargo/config.toml` builds it with the WebAssembly wide-arithmetic
 //! proposal, which the runtime that loads it must enable (adtally's does).
 
-use adtally_core::columns::{ClickColumnsRef, RecordColumnsRef};
+use adtally_core::columns::{ClickColumnsRef, RecordColumnsRef, RollupColumns};
 use adtally_core::{
     AdId, Click, ClickRef, Config, Engine, Offset, Outputs, Partition, Rollup,
     topn::{self, RankedAd},
@@ -211,27 +211,16 @@ fn click(c: &Click) -> wit::Click {
 }
 
 fn rollups(rows: &[Rollup]) -> wit::Rollups {
-    let n = rows.len();
-    let mut r = wit::Rollups {
-        window_starts: Vec::with_capacity(n),
-        ad_ids: Vec::with_capacity(rows.iter().map(|r| r.ad_id.as_str().len()).sum()),
-        ad_id_ends: Vec::with_capacity(n),
-        filter_ids: Vec::with_capacity(n),
-        partitions: Vec::with_capacity(n),
-        clicks: Vec::with_capacity(n),
-        versions: Vec::with_capacity(n),
-    };
-    for row in rows {
-        r.window_starts.push(row.window_start.0);
-        r.ad_ids.extend_from_slice(row.ad_id.as_str().as_bytes());
-        // The component's memory is below 4 GiB: every offset fits.
-        r.ad_id_ends.push(r.ad_ids.len() as u32);
-        r.filter_ids.push(row.filter_id.0);
-        r.partitions.push(row.partition.0);
-        r.clicks.push(row.clicks);
-        r.versions.push(row.version);
+    let c = RollupColumns::pack(rows).expect("the ad ids of a memory below 4 GiB fit 32-bit ends");
+    wit::Rollups {
+        window_starts: c.window_starts,
+        ad_ids: c.ad_ids,
+        ad_id_ends: c.ad_id_ends,
+        filter_ids: c.filter_ids,
+        partitions: c.partitions,
+        clicks: c.clicks,
+        versions: c.versions,
     }
-    r
 }
 
 fn to_wit(o: &Outputs) -> wit::Outputs {

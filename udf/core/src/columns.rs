@@ -1,10 +1,11 @@
 //! Parsed clicks in columns: how a batch of clicks crosses a boundary (the
 //! component's WIT `click-batch`) as five buffers instead of an allocation
-//! per click; and raw records in columns (WIT `record-batch`).
+//! per click; raw records in columns (WIT `record-batch`); and rollup rows
+//! in columns (WIT `rollups`), the way they come back.
 //!
-//! This module owns packing clicks into columns and checking them back out
-//! as [`ClickRef`]s that borrow the columns, and reading raw records back
-//! out of theirs; it never parses records.
+//! This module owns packing clicks and rollups into columns and checking
+//! them back out (clicks as [`ClickRef`]s that borrow the columns), and
+//! reading raw records back out of theirs; it never parses records.
 //!
 //! ```
 //! use adtally_core::{ClickRef, Country, EventTime};
@@ -16,9 +17,13 @@
 //! assert_eq!(cols.as_ref().clicks().unwrap(), vec![click]);
 //! ```
 
-use crate::{ClickRef, EventTime, IpAddr, Offset, Partition, RawRecord};
+use crate::key::copy_short;
+use crate::{
+    AdId, ClickRef, EventTime, FilterId, IpAddr, Offset, Partition, RawRecord, Rollup, WindowStart,
+};
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
@@ -238,6 +243,112 @@ impl<'a> RecordColumnsRef<'a> {
     }
 }
 
+/// Rollup rows packed column by column (the layout of WIT `rollups`): row
+/// `i` is `window_starts[i]`, the ad id `ad_id_ends` marks off in `ad_ids`,
+/// `filter_ids[i]`, `partitions[i]`, `clicks[i]` and `versions[i]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollupColumns {
+    /// Each row's window.
+    pub window_starts: Vec<i64>,
+    /// Every row's ad id, concatenated.
+    pub ad_ids: Vec<u8>,
+    /// Where each row's ad id ends in `ad_ids`.
+    pub ad_id_ends: Vec<u32>,
+    /// Each row's filter.
+    pub filter_ids: Vec<u32>,
+    /// Each row's source partition.
+    pub partitions: Vec<u32>,
+    /// Each row's distinct clicks.
+    pub clicks: Vec<u64>,
+    /// Each row's version.
+    pub versions: Vec<u32>,
+}
+
+impl RollupColumns {
+    /// `rows` packed; refused only when their ad ids together pass 4 GiB.
+    ///
+    /// The text is sized once and each ad id moved into it with a few
+    /// fixed-size moves: in WebAssembly, a copy of variable length is a
+    /// call into the host, and this runs once per row.
+    pub fn pack(rows: &[Rollup]) -> Result<RollupColumns, ColumnsError> {
+        let total: usize = rows.iter().map(|r| r.ad_id.as_str().len()).sum();
+        if u32::try_from(total).is_err() {
+            return Err(ColumnsError(format!(
+                "rollups: ad ids of {total} bytes do not fit 32-bit ends"
+            )));
+        }
+        let n = rows.len();
+        let mut c = RollupColumns {
+            window_starts: Vec::with_capacity(n),
+            ad_ids: vec![0; total],
+            ad_id_ends: Vec::with_capacity(n),
+            filter_ids: Vec::with_capacity(n),
+            partitions: Vec::with_capacity(n),
+            clicks: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+        };
+        let mut end = 0;
+        for r in rows {
+            let id = r.ad_id.as_str().as_bytes();
+            copy_short(&mut c.ad_ids[end..end + id.len()], id);
+            end += id.len();
+            // At most `total`, which fits.
+            c.ad_id_ends.push(end as u32);
+            c.window_starts.push(r.window_start.0);
+            c.filter_ids.push(r.filter_id.0);
+            c.partitions.push(r.partition.0);
+            c.clicks.push(r.clicks);
+            c.versions.push(r.version);
+        }
+        Ok(c)
+    }
+
+    /// The rows, checked: refused when the columns' lengths differ, the
+    /// ends go backwards or past the text, or an ad id is not valid. Rows
+    /// of one ad in a row share one [`AdId`].
+    pub fn rows(&self) -> Result<Vec<Rollup>, ColumnsError> {
+        let n = self.ad_id_ends.len();
+        for (name, len) in [
+            ("window-starts", self.window_starts.len()),
+            ("filter-ids", self.filter_ids.len()),
+            ("partitions", self.partitions.len()),
+            ("clicks", self.clicks.len()),
+            ("versions", self.versions.len()),
+        ] {
+            if len != n {
+                return Err(ColumnsError(format!(
+                    "rollups: {name} has {len} elements, ad-id-ends has {n}"
+                )));
+            }
+        }
+        let mut rows: Vec<Rollup> = Vec::with_capacity(n);
+        for (i, range) in ranges(&self.ad_id_ends, self.ad_ids.len(), "ad-id-ends")?.enumerate() {
+            let bytes = &self.ad_ids[range];
+            let ad_id = match rows.last() {
+                Some(last) if last.ad_id.as_str().as_bytes() == bytes => last.ad_id.clone(),
+                _ => core::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|s| AdId::new(s).ok())
+                    .ok_or_else(|| {
+                        ColumnsError(format!(
+                            "rollups[{i}]: ad_id {:?} is not valid",
+                            String::from_utf8_lossy(bytes)
+                        ))
+                    })?,
+            };
+            rows.push(Rollup {
+                window_start: WindowStart(self.window_starts[i]),
+                ad_id,
+                filter_id: FilterId(self.filter_ids[i]),
+                partition: Partition(self.partitions[i]),
+                clicks: self.clicks[i],
+                version: self.versions[i],
+            });
+        }
+        Ok(rows)
+    }
+}
+
 /// The ranges `ends` marks off in a buffer of `len` bytes; refused when
 /// they go backwards or past the end. `what` names `ends` in the error.
 pub fn ranges<'a>(
@@ -285,6 +396,59 @@ mod tests {
 
     fn error(cols: &ClickColumns) -> String {
         cols.as_ref().clicks().unwrap_err().to_string()
+    }
+
+    /// Rows of ads of every length a valid id can have, two rows per ad.
+    fn rollup_rows() -> Vec<Rollup> {
+        let text = "ad0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        (1..=crate::validate::MAX_AD_ID_BYTES)
+            .flat_map(|n| {
+                let ad_id = AdId::new(&text[..n]).unwrap();
+                [1, 2].map(|f| Rollup {
+                    window_start: WindowStart(60_000 * n as i64),
+                    ad_id: ad_id.clone(),
+                    filter_id: FilterId(f),
+                    partition: Partition(n as u32 % 4),
+                    clicks: 10 * n as u64 + u64::from(f),
+                    version: f,
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rollups_come_back_from_their_columns_as_they_went_in() {
+        let rows = rollup_rows();
+        let cols = RollupColumns::pack(&rows).unwrap();
+        let text: Vec<u8> = rows.iter().flat_map(|r| r.ad_id.as_str().bytes()).collect();
+        assert_eq!(cols.ad_ids, text);
+        assert_eq!(cols.rows().unwrap(), rows);
+        assert_eq!(RollupColumns::pack(&[]).unwrap().rows().unwrap(), vec![]);
+    }
+
+    #[test]
+    fn bad_rollup_columns_say_what_is_wrong() {
+        let cols = RollupColumns::pack(&rollup_rows()).unwrap();
+        let error = |c: &RollupColumns| c.rows().unwrap_err().to_string();
+        let mut c = cols.clone();
+        c.versions.pop();
+        assert_eq!(
+            error(&c),
+            format!(
+                "rollups: versions has {} elements, ad-id-ends has {}",
+                c.versions.len(),
+                c.ad_id_ends.len()
+            )
+        );
+        let mut c = cols.clone();
+        c.ad_id_ends[1] = 0;
+        assert_eq!(
+            error(&c),
+            "ad-id-ends[1] = 0: outside 1..=".to_string() + &c.ad_ids.len().to_string()
+        );
+        let mut c = cols.clone();
+        c.ad_ids[0] = b' ';
+        assert_eq!(error(&c), "rollups[0]: ad_id \" \" is not valid");
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl EventKey {
 /// four fixed-size moves (overlapping when the length is not a power of
 /// two) rather than a call to `memcpy` per field.
 #[inline(always)]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
+pub(crate) fn copy_short(dst: &mut [u8], src: &[u8]) {
     fn fixed<const N: usize>(dst: &mut [u8], src: &[u8], at: usize) {
         dst[at..at + N].copy_from_slice(&src[at..at + N]);
     }
