@@ -18,6 +18,7 @@
 //! ```
 
 use crate::key::copy_short;
+use crate::validate::{Bytes, printable_ascii};
 use crate::{
     AdId, ClickRef, EventTime, FilterId, IpAddr, Offset, Partition, RawRecord, Rollup, WindowStart,
 };
@@ -140,6 +141,13 @@ impl<'a> ClickColumnsRef<'a> {
         // bad click, as it would have anyway.
         let all = self.text;
         let whole = core::str::from_utf8(all).ok();
+        // Likewise one pass for control characters: when every byte is
+        // printable ASCII, no user_id or event_id holds one.
+        let bytes = if printable_ascii(all) {
+            Bytes::PrintableAscii
+        } else {
+            Bytes::Unchecked
+        };
         let mut from = 0;
         let mut out = Vec::with_capacity(n);
         for (i, ends) in self.text_ends.chunks_exact(3).enumerate() {
@@ -166,7 +174,7 @@ impl<'a> ClickColumnsRef<'a> {
             let event_id = (!event_id.is_empty()).then_some(event_id);
             // Checked, then built in place: a click is too large to pass
             // through a `Result` at this rate.
-            ClickRef::check(ad_id, t, user_id, event_id).map_err(|e| {
+            ClickRef::check(ad_id, t, user_id, event_id, bytes).map_err(|e| {
                 use crate::Field;
                 let v = match e.field() {
                     Some(Field::AdId) => ad_id.to_string(),
@@ -457,6 +465,30 @@ mod tests {
         let mut c = cols.clone();
         c.ad_ids[0] = b' ';
         assert_eq!(error(&c), "rollups[0]: ad_id \" \" is not valid");
+    }
+
+    /// The batch's one pass for control characters lets none through: a
+    /// C0 or C1 control in an otherwise ASCII batch is found in its field.
+    #[test]
+    fn a_control_character_in_an_ascii_batch_is_refused() {
+        let usa = Country::new("USA").unwrap();
+        let ip = "1.2.3.4".parse().unwrap();
+        let controls: [&[u8]; 3] = [b"a\x01c", b"ab\x7f", b"\xc2\x85c"];
+        for (k, field) in [(1, "user_id"), (2, "event_id")] {
+            for control in controls {
+                let mut cols = ClickColumns::default();
+                for ad in ["ad1", "ad2"] {
+                    let c = ClickRef::new(ad, EventTime(0), "abc", ip, usa, Some("abc"));
+                    cols.push(c.unwrap()).unwrap();
+                }
+                assert!(cols.as_ref().clicks().is_ok());
+                // The second click's field, same length.
+                let end = cols.text_ends[3 + k] as usize;
+                cols.text[end - 3..end].copy_from_slice(control);
+                let e = error(&cols);
+                assert!(e.starts_with(&format!("clicks[1]: {field} ")), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The domain types of a click.
 
+use crate::validate::Bytes;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::fmt;
@@ -72,14 +73,14 @@ impl AdId {
 impl UserId {
     /// Checks and wraps a user id.
     pub fn new(s: &str) -> Result<UserId, crate::InvalidReason> {
-        crate::validate::user_id(s).map(|()| UserId(Arc::from(s)))
+        crate::validate::user_id(s, Bytes::Unchecked).map(|()| UserId(Arc::from(s)))
     }
 }
 
 impl EventId {
     /// Checks and wraps an event id.
     pub fn new(s: &str) -> Result<EventId, crate::InvalidReason> {
-        crate::validate::event_id(s).map(|()| EventId(Arc::from(s)))
+        crate::validate::event_id(s, Bytes::Unchecked).map(|()| EventId(Arc::from(s)))
     }
 }
 
@@ -203,7 +204,7 @@ impl<'a> ClickRef<'a> {
         event_id: Option<&'a str>,
     ) -> Result<ClickRef<'a>, crate::InvalidReason> {
         let event_id = event_id.filter(|e| !e.is_empty());
-        ClickRef::check(ad_id, timestamp, user_id, event_id)?;
+        ClickRef::check(ad_id, timestamp, user_id, event_id, Bytes::Unchecked)?;
         Ok(ClickRef {
             ad_id,
             timestamp,
@@ -215,18 +216,20 @@ impl<'a> ClickRef<'a> {
     }
 
     /// The checks of [`ClickRef::new`] on the text fields and the time
-    /// (`event_id` already `None` when empty), without building a click.
+    /// (`event_id` already `None` when empty), without building a click;
+    /// `bytes` is what is known of the text fields' bytes.
     pub(crate) fn check(
         ad_id: &str,
         timestamp: EventTime,
         user_id: &str,
         event_id: Option<&str>,
+        bytes: Bytes,
     ) -> Result<(), crate::InvalidReason> {
         crate::validate::ad_id(ad_id)?;
         crate::validate::timestamp_range(timestamp.0)?;
-        crate::validate::user_id(user_id)?;
+        crate::validate::user_id(user_id, bytes)?;
         if let Some(e) = event_id {
-            crate::validate::event_id(e)?;
+            crate::validate::event_id(e, bytes)?;
         }
         Ok(())
     }

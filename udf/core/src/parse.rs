@@ -208,7 +208,7 @@ fn build(f: Fields<'_>) -> Result<ClickRef<'_>, InvalidReason> {
     let user_id = f
         .user_id
         .ok_or(InvalidReason::MissingField(Field::UserId))?;
-    validate::user_id(user_id)?;
+    validate::user_id(user_id, validate::Bytes::Unchecked)?;
     let ip = match f.ip {
         None | Some("") => return Err(InvalidReason::MissingField(Field::Ip)),
         Some(s) if s.len() > 45 => return Err(InvalidReason::OversizeField(Field::Ip)),
@@ -226,7 +226,7 @@ fn build(f: Fields<'_>) -> Result<ClickRef<'_>, InvalidReason> {
         // An empty sixth field or empty JSON string means "no event id".
         Some("") => None,
         Some(s) => {
-            validate::event_id(s)?;
+            validate::event_id(s, validate::Bytes::Unchecked)?;
             Some(s)
         }
     };
