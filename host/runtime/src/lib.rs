@@ -632,7 +632,7 @@ fn rollups(r: wit::Rollups) -> Result<Vec<Rollup>> {
         versions: r.versions,
     }
     .rows()
-    .map_err(|e| anyhow!("module returned invalid rollups: {e}"))
+    .map_err(|e| anyhow!("module returned invalid rollup columns: {e}"))
 }
 
 /// Converts a module's outputs into the core's types, checking them.

@@ -211,7 +211,10 @@ fn click(c: &Click) -> wit::Click {
 }
 
 fn rollups(rows: &[Rollup]) -> wit::Rollups {
-    let c = RollupColumns::pack(rows).expect("the ad ids of a memory below 4 GiB fit 32-bit ends");
+    // Refused only past 4 GiB of ad ids in one call's rollups; the trap is
+    // then reported as this call's error, as any trap is, instead of ends
+    // that wrap around.
+    let c = RollupColumns::pack(rows).expect("the rollups' ad ids fit 32-bit ends");
     wit::Rollups {
         window_starts: c.window_starts,
         ad_ids: c.ad_ids,

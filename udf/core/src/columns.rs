@@ -287,12 +287,18 @@ impl RollupColumns {
     /// fixed-size moves: in WebAssembly, a copy of variable length is a
     /// call into the host, and this runs once per row.
     pub fn pack(rows: &[Rollup]) -> Result<RollupColumns, ColumnsError> {
-        let total: usize = rows.iter().map(|r| r.ad_id.as_str().len()).sum();
-        if u32::try_from(total).is_err() {
-            return Err(ColumnsError(format!(
-                "rollups: ad ids of {total} bytes do not fit 32-bit ends"
-            )));
-        }
+        // Rows of one ad share its text, so the sum can pass what memory
+        // holds (and a 32-bit `usize`): it is added up checked.
+        let total = rows
+            .iter()
+            .try_fold(0usize, |t, r| t.checked_add(r.ad_id.as_str().len()))
+            .filter(|&t| u32::try_from(t).is_ok())
+            .ok_or_else(|| {
+                ColumnsError(format!(
+                    "rollups: the ad ids of {} rows do not fit 32-bit ends",
+                    rows.len()
+                ))
+            })?;
         let n = rows.len();
         let mut c = RollupColumns {
             window_starts: Vec::with_capacity(n),
@@ -320,8 +326,8 @@ impl RollupColumns {
     }
 
     /// The rows, checked: refused when the columns' lengths differ, the
-    /// ends go backwards or past the text, or an ad id is not valid. Rows
-    /// of one ad in a row share one [`AdId`].
+    /// ends go backwards or past the text, or an ad id is not valid.
+    /// Consecutive rows of one ad share one [`AdId`].
     pub fn rows(&self) -> Result<Vec<Rollup>, ColumnsError> {
         let n = self.ad_id_ends.len();
         for (name, len) in [

@@ -317,7 +317,7 @@ pub(crate) fn printable_ascii(b: &[u8]) -> bool {
 fn has_control(s: &str) -> bool {
     let b = s.as_bytes();
     // The common case, printable ASCII, in one branch-free pass.
-    if b.iter().fold(true, |ok, &c| ok & (0x20..0x7f).contains(&c)) {
+    if printable_ascii(b) {
         return false;
     }
     b.iter().enumerate().any(|(i, &c)| {
