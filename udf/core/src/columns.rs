@@ -235,17 +235,15 @@ impl<'a> RecordColumnsRef<'a> {
     /// lengths differ or the ends go backwards or past the payloads.
     pub fn records(&self) -> Result<Vec<RawRecord<'a>>, ColumnsError> {
         let n = self.payload_ends.len();
-        for (name, len) in [
-            ("partitions", self.partitions.len()),
-            ("offsets", self.offsets.len()),
-            ("record-times-ms", self.record_times_ms.len()),
-        ] {
-            if len != n {
-                return Err(ColumnsError(format!(
-                    "record-batch: {name} has {len} elements, payload-ends has {n}"
-                )));
-            }
-        }
+        same_lengths(
+            "record-batch",
+            ("payload-ends", n),
+            [
+                ("partitions", self.partitions.len()),
+                ("offsets", self.offsets.len()),
+                ("record-times-ms", self.record_times_ms.len()),
+            ],
+        )?;
         let ranges = ranges(self.payload_ends, self.payloads.len(), "payload-ends")?;
         Ok(ranges
             .enumerate()
@@ -288,17 +286,14 @@ impl RollupColumns {
     /// call into the host, and this runs once per row.
     pub fn pack(rows: &[Rollup]) -> Result<RollupColumns, ColumnsError> {
         // Rows of one ad share its text, so the sum can pass what memory
-        // holds (and a 32-bit `usize`): it is added up checked.
-        let total = rows
-            .iter()
-            .try_fold(0usize, |t, r| t.checked_add(r.ad_id.as_str().len()))
-            .filter(|&t| u32::try_from(t).is_ok())
-            .ok_or_else(|| {
-                ColumnsError(format!(
-                    "rollups: the ad ids of {} rows do not fit 32-bit ends",
-                    rows.len()
-                ))
-            })?;
+        // holds and a 32-bit `usize`, but not a `u64`.
+        let total: u64 = rows.iter().map(|r| r.ad_id.as_str().len() as u64).sum();
+        let total = u32::try_from(total).map_err(|_| {
+            ColumnsError(format!(
+                "rollups: the ad ids of {} rows do not fit 32-bit ends",
+                rows.len()
+            ))
+        })? as usize;
         let n = rows.len();
         let mut c = RollupColumns {
             window_starts: Vec::with_capacity(n),
@@ -330,19 +325,17 @@ impl RollupColumns {
     /// Consecutive rows of one ad share one [`AdId`].
     pub fn rows(&self) -> Result<Vec<Rollup>, ColumnsError> {
         let n = self.ad_id_ends.len();
-        for (name, len) in [
-            ("window-starts", self.window_starts.len()),
-            ("filter-ids", self.filter_ids.len()),
-            ("partitions", self.partitions.len()),
-            ("clicks", self.clicks.len()),
-            ("versions", self.versions.len()),
-        ] {
-            if len != n {
-                return Err(ColumnsError(format!(
-                    "rollups: {name} has {len} elements, ad-id-ends has {n}"
-                )));
-            }
-        }
+        same_lengths(
+            "rollups",
+            ("ad-id-ends", n),
+            [
+                ("window-starts", self.window_starts.len()),
+                ("filter-ids", self.filter_ids.len()),
+                ("partitions", self.partitions.len()),
+                ("clicks", self.clicks.len()),
+                ("versions", self.versions.len()),
+            ],
+        )?;
         let mut rows: Vec<Rollup> = Vec::with_capacity(n);
         for (i, range) in ranges(&self.ad_id_ends, self.ad_ids.len(), "ad-id-ends")?.enumerate() {
             let bytes = &self.ad_ids[range];
@@ -368,6 +361,21 @@ impl RollupColumns {
             });
         }
         Ok(rows)
+    }
+}
+
+/// Refuses a `batch` whose `columns` do not all have as many elements as
+/// its `ends` column, one per row; the error names the first that differs.
+fn same_lengths<const N: usize>(
+    batch: &str,
+    (ends, n): (&str, usize),
+    columns: [(&str, usize); N],
+) -> Result<(), ColumnsError> {
+    match columns.iter().find(|&&(_, len)| len != n) {
+        Some((name, len)) => Err(ColumnsError(format!(
+            "{batch}: {name} has {len} elements, {ends} has {n}"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::dedup::DedupSet;
 use crate::filter::{FilterId, FilterSet};
-use crate::intern::{AdHandle, AdHash, FastHash, Interner, word};
+use crate::intern::{AdHandle, AdHash, FastHash, Interner, sort_prefix};
 use crate::key::KeyBuf;
 use crate::parse::{Parsed, parse_borrowed};
 use crate::topn::{self, RankedAd};
@@ -782,15 +782,6 @@ impl Engine {
     }
 }
 
-/// The first 16 bytes of `s`, zero-padded, big-endian: ordering by it, then
-/// by the whole text, is the byte order of the texts. Read as two words
-/// ([`word`]) rather than copied: in WebAssembly a copy of variable
-/// length is a call into the host, once per row.
-fn sort_prefix(s: &str) -> u128 {
-    let b = s.as_bytes();
-    (u128::from(word(b, 0).swap_bytes()) << 64) | u128::from(word(b, 8).swap_bytes())
-}
-
 /// The rows of one window, ordered by ad, then filter.
 fn emit_window(
     interner: &Interner,
@@ -943,20 +934,6 @@ fn revise_top_n(
 mod tests {
     use super::*;
     use crate::{Country, IpAddr};
-
-    /// The prefix read as words is the first 16 bytes, zero-padded, read
-    /// big-endian, for every length around the word edges.
-    #[test]
-    fn a_sort_prefix_is_the_first_sixteen_bytes_big_endian() {
-        let text = "ad0123456789abcdefghij";
-        for n in 0..=text.len() {
-            let s = &text[..n];
-            let mut b = [0u8; 16];
-            let k = n.min(16);
-            b[..k].copy_from_slice(&s.as_bytes()[..k]);
-            assert_eq!(sort_prefix(s), u128::from_be_bytes(b), "{s:?}");
-        }
-    }
 
     /// Ads come and go: the interner keeps at most about twice the ads that
     /// windows and final minutes still count, however many passed through.

@@ -51,7 +51,7 @@ impl Head {
 }
 
 /// The bytes of `b` from `at` (at most 8), zero-padded, little-endian.
-pub(crate) fn word(b: &[u8], at: usize) -> u64 {
+fn word(b: &[u8], at: usize) -> u64 {
     let n = b.len().saturating_sub(at).min(8);
     if n == 8 {
         u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
@@ -64,6 +64,15 @@ pub(crate) fn word(b: &[u8], at: usize) -> u64 {
     } else {
         b.iter().rev().fold(0, |w, &x| (w << 8) | u64::from(x))
     }
+}
+
+/// The first 16 bytes of `s`, zero-padded, big-endian: ordering by it, then
+/// by the whole text, is the byte order of the texts. Read as two words
+/// ([`word`]) rather than copied: in WebAssembly a copy of variable
+/// length is a call into the host, once per row.
+pub(crate) fn sort_prefix(s: &str) -> u128 {
+    let b = s.as_bytes();
+    (u128::from(word(b, 0).swap_bytes()) << 64) | u128::from(word(b, 8).swap_bytes())
 }
 
 /// One table slot: its ad id's head and handle (plus one; 0 = free), in
@@ -303,6 +312,20 @@ impl Interner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The prefix read as words is the first 16 bytes, zero-padded, read
+    /// big-endian, for every length around the word edges.
+    #[test]
+    fn a_sort_prefix_is_the_first_sixteen_bytes_big_endian() {
+        let text = "ad0123456789abcdefghij";
+        for n in 0..=text.len() {
+            let s = &text[..n];
+            let mut b = [0u8; 16];
+            let k = n.min(16);
+            b[..k].copy_from_slice(&s.as_bytes()[..k]);
+            assert_eq!(sort_prefix(s), u128::from_be_bytes(b), "{s:?}");
+        }
+    }
 
     #[test]
     fn handles_are_reused_after_retain() {

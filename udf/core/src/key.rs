@@ -100,9 +100,9 @@ impl EventKey {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short fields of a click, in at most
-/// four fixed-size moves (overlapping when the length is not a power of
-/// two) rather than a call to `memcpy` per field.
+/// `dst.copy_from_slice(src)` for short fields (a click's, a rollup's ad
+/// id), in at most four fixed-size moves (overlapping when the length is
+/// not a power of two) rather than a call to `memcpy` per field.
 #[inline(always)]
 pub(crate) fn copy_short(dst: &mut [u8], src: &[u8]) {
     fn fixed<const N: usize>(dst: &mut [u8], src: &[u8], at: usize) {
