@@ -843,16 +843,13 @@ fn rank(
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
     let minutes: Vec<&Cells> = t.minutes.range(first..=m).map(|(_, v)| v).collect();
-    // The filters counted in these minutes (a few: a short list is faster
-    // than a set).
-    let mut filters: Vec<FilterId> = Vec::new();
-    for cells in &minutes {
-        for k in cells.keys() {
-            if !filters.contains(&k.filter) {
-                filters.push(k.filter);
-            }
-        }
-    }
+    // The filters a click can count in: 0 and the configured ones, in
+    // order. One with no clicks in these minutes ranks no ad and is left
+    // out (every cell has clicks, and restoring a snapshot refuses cells of
+    // other filters), so no pass over the cells looks for the filters.
+    let mut filters: Vec<FilterId> = core::iter::once(FilterId(0))
+        .chain(config.filters.iter().map(|s| FilterId(s.id)))
+        .collect();
     filters.sort_unstable();
     let n = config.top_n as usize;
     let counted = |f: FilterId| {
@@ -869,7 +866,7 @@ fn rank(
     let mut ads: Vec<(AdHandle, u64)> = Vec::new();
     filters
         .into_iter()
-        .map(|f| {
+        .filter_map(|f| {
             ads.clear();
             if let [only] = minutes.as_slice() {
                 ads.extend(only.iter().filter_map(counted(f)));
@@ -887,7 +884,7 @@ fn rank(
                     *c = core::mem::take(&mut sums[ad.0 as usize]);
                 }
             }
-            (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad)))
+            (!ads.is_empty()).then(|| (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad))))
         })
         .collect()
 }

@@ -49,7 +49,8 @@ pub enum SnapshotError {
         /// This build's.
         expected: u32,
     },
-    /// The body does not decode.
+    /// The body does not decode, or holds what no engine can be in (an
+    /// invalid ad id, a cell of an unknown filter or with 0 clicks).
     Corrupt(String),
     /// The configuration inside is not valid.
     Config(ConfigError),
@@ -67,7 +68,7 @@ impl fmt::Display for SnapshotError {
                 f,
                 "snapshot made under semantics version {found}, this module has {expected}"
             ),
-            SnapshotError::Corrupt(e) => write!(f, "snapshot body does not decode: {e}"),
+            SnapshotError::Corrupt(e) => write!(f, "snapshot body is corrupt: {e}"),
             SnapshotError::Config(e) => write!(f, "snapshot config: {e}"),
         }
     }
@@ -205,6 +206,22 @@ impl Engine {
         let ad = |s: String| {
             AdId::new(&s).map_err(|r| SnapshotError::Corrupt(alloc::format!("ad_id {s:?}: {r}")))
         };
+        // Every cell counts a click in filter 0 or a configured filter
+        // (ranking looks only for those, and for cells with clicks).
+        let known: Vec<FilterId> = filters.ids().collect();
+        let cell = |f: u32, clicks: u64| {
+            if f != 0 && !known.iter().any(|id| id.0 == f) {
+                Err(SnapshotError::Corrupt(alloc::format!(
+                    "a cell of filter {f}, which the configuration does not have"
+                )))
+            } else if clicks == 0 {
+                Err(SnapshotError::Corrupt(alloc::format!(
+                    "a cell of filter {f} with 0 clicks"
+                )))
+            } else {
+                Ok(FilterId(f))
+            }
+        };
         let mut engine = Engine::from_parts(config, filters);
         engine.now_ms = body.now_ms;
         for ps in body.partitions {
@@ -225,9 +242,10 @@ impl Engine {
                     ..WindowState::default()
                 };
                 for (a, f, clicks, version) in cells {
+                    let filter = cell(f, clicks)?;
                     let key = CellKey {
                         ad: engine.interner.intern(ad(a)?.as_str()),
-                        filter: FilterId(f),
+                        filter,
                     };
                     ws.cells.insert(key, Counts { clicks, version });
                 }
@@ -242,9 +260,10 @@ impl Engine {
         for (k, entries) in body.minutes {
             let minute = t.minutes.entry(WindowStart(k)).or_default();
             for (f, a, clicks) in entries {
+                let filter = cell(f, clicks)?;
                 let key = CellKey {
                     ad: engine.interner.intern(ad(a)?.as_str()),
-                    filter: FilterId(f),
+                    filter,
                 };
                 minute.insert(key, Counts { clicks, version: 0 });
             }
@@ -263,5 +282,77 @@ impl Engine {
         }
         engine.topn = t;
         Ok(engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Outputs;
+    use crate::{ClickRef, Country, IpAddr};
+
+    /// An engine with a window of minute 0 final (in the top-N state) and
+    /// one of minute 2 open, as a decoded body.
+    fn body() -> Body {
+        let mut engine = Engine::new(Config::default()).unwrap();
+        let mut out = Outputs::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let usa = Country::new("USA").unwrap();
+        for (i, t) in [0, 120_000].into_iter().enumerate() {
+            let click = ClickRef::new("ad1", EventTime(t), "u", ip, usa, None).unwrap();
+            engine.push_click_ref(Partition(0), Offset(i as i64), click, t, &mut out);
+        }
+        let bytes = engine.snapshot();
+        postcard::from_bytes(&bytes[10..]).unwrap()
+    }
+
+    fn restore(body: &Body) -> Result<Engine, SnapshotError> {
+        let mut bytes = Vec::from(&MAGIC[..]);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend(postcard::to_allocvec(body).unwrap());
+        Engine::restore(&bytes)
+    }
+
+    /// Cells of a filter the configuration lacks, or with no clicks, are
+    /// refused, in windows and in final minutes alike: ranking relies on
+    /// neither existing.
+    #[test]
+    fn cells_no_engine_makes_are_refused() {
+        let b = body();
+        assert!(restore(&b).is_ok());
+        assert_eq!(b.partitions[0].windows.len(), 1);
+        assert_eq!(b.minutes.len(), 1);
+
+        let mut unknown = body();
+        unknown.partitions[0].windows[0].2[0].1 = 7;
+        let e = restore(&unknown).err().unwrap();
+        assert!(
+            matches!(&e, SnapshotError::Corrupt(m) if m.contains("filter 7")),
+            "{e}"
+        );
+
+        let mut empty = body();
+        empty.partitions[0].windows[0].2[0].2 = 0;
+        let e = restore(&empty).err().unwrap();
+        assert!(
+            matches!(&e, SnapshotError::Corrupt(m) if m.contains("0 clicks")),
+            "{e}"
+        );
+
+        let mut unknown = body();
+        unknown.minutes[0].1[0].0 = 3;
+        let e = restore(&unknown).err().unwrap();
+        assert!(
+            matches!(&e, SnapshotError::Corrupt(m) if m.contains("filter 3")),
+            "{e}"
+        );
+
+        let mut empty = body();
+        empty.minutes[0].1[0].2 = 0;
+        let e = restore(&empty).err().unwrap();
+        assert!(
+            matches!(&e, SnapshotError::Corrupt(m) if m.contains("0 clicks")),
+            "{e}"
+        );
     }
 }
