@@ -337,13 +337,26 @@ impl RollupColumns {
             ],
         )?;
         let mut rows: Vec<Rollup> = Vec::with_capacity(n);
-        for (i, range) in ranges(&self.ad_id_ends, self.ad_ids.len(), "ad-id-ends")?.enumerate() {
-            let bytes = &self.ad_ids[range];
+        let all = &self.ad_ids[..];
+        // One pass over the whole text for UTF-8 and for the bytes an ad id
+        // may hold: when both pass, each id is only cut out and its length
+        // checked. Otherwise each id is checked alone, and the error names
+        // the first bad one, as it would have anyway.
+        let whole = core::str::from_utf8(all).ok();
+        let in_charset = whole.is_some_and(|t| crate::validate::ad_id_bytes(t.as_bytes()));
+        let checked = |s: &str| {
+            if in_charset {
+                crate::validate::ad_id_length(s).map(|()| AdId(s.into()))
+            } else {
+                AdId::new(s)
+            }
+        };
+        for (i, range) in ranges(&self.ad_id_ends, all.len(), "ad-id-ends")?.enumerate() {
+            let bytes = &all[range.clone()];
             let ad_id = match rows.last() {
                 Some(last) if last.ad_id.as_str().as_bytes() == bytes => last.ad_id.clone(),
-                _ => core::str::from_utf8(bytes)
-                    .ok()
-                    .and_then(|s| AdId::new(s).ok())
+                _ => text_at(all, whole, range.start, range.end)
+                    .and_then(|s| checked(s).ok())
                     .ok_or_else(|| {
                         ColumnsError(format!(
                             "rollups[{i}]: ad_id {:?} is not valid",
@@ -506,6 +519,23 @@ mod tests {
         let mut c = cols.clone();
         c.ad_ids[0] = b' ';
         assert_eq!(error(&c), "rollups[0]: ad_id \" \" is not valid");
+        // Every byte may be in an ad id, and UTF-8; only a length is wrong.
+        let mut c = cols.clone();
+        c.ad_id_ends[2] = c.ad_id_ends[1];
+        assert_eq!(error(&c), "rollups[2]: ad_id \"\" is not valid");
+        let mut c = cols.clone();
+        let longest = c.ad_id_ends.len() - 1;
+        c.ad_ids.push(b'x');
+        *c.ad_id_ends.last_mut().unwrap() += 1;
+        let id = String::from_utf8(c.ad_ids[c.ad_ids.len() - 65..].to_vec()).unwrap();
+        assert_eq!(
+            error(&c),
+            format!("rollups[{longest}]: ad_id {id:?} is not valid")
+        );
+        // Not UTF-8: the id is checked alone.
+        let mut c = cols.clone();
+        c.ad_ids[0] = 0xff;
+        assert_eq!(error(&c), "rollups[0]: ad_id \"\u{fffd}\" is not valid");
     }
 
     /// The eight-at-a-time check refuses exactly what the end-by-end one

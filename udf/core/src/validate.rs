@@ -265,12 +265,23 @@ fn non_empty(s: &str, field: Field, max: usize) -> Result<(), InvalidReason> {
 
 pub(crate) fn ad_id(s: &str) -> Result<(), InvalidReason> {
     non_empty(s, Field::AdId, MAX_AD_ID_BYTES)?;
-    // No early exit: the loop is branch-free and the compiler widens it.
-    if s.bytes().fold(true, |ok, b| ok & AD_ID_BYTE[b as usize]) {
+    if ad_id_bytes(s.as_bytes()) {
         Ok(())
     } else {
         Err(InvalidReason::BadAdId)
     }
+}
+
+/// [`ad_id`] for a text whose bytes [`ad_id_bytes`] already passed (a
+/// text it was cut from): only its length is left to check.
+pub(crate) fn ad_id_length(s: &str) -> Result<(), InvalidReason> {
+    non_empty(s, Field::AdId, MAX_AD_ID_BYTES)
+}
+
+/// Whether every byte of `b` may be in an ad id. No early exit: the loop is
+/// branch-free and the compiler widens it.
+pub(crate) fn ad_id_bytes(b: &[u8]) -> bool {
+    b.iter().fold(true, |ok, &c| ok & AD_ID_BYTE[c as usize])
 }
 
 /// The bytes an ad id may hold: `[A-Za-z0-9._:-]`.
