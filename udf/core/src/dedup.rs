@@ -243,9 +243,14 @@ impl DedupSet {
         let slots = core::mem::replace(&mut self.slots, alloc::vec![0; size]);
         self.len = 0;
         // The slots are distinct: each goes to the first free slot of its
-        // probe, with no identity to compare.
-        for (t, s) in tags.into_iter().zip(slots) {
-            if t != FREE {
+        // probe, with no identity to compare. The old tags are read a group
+        // at a time, so free slots cost no turn of a loop (in WebAssembly
+        // each turn costs the host's interruption check).
+        for (at, group) in tags.chunks_exact(GROUP).enumerate() {
+            let mut taken = !Group::load(group).free() & Group::HIGH;
+            while taken != 0 {
+                let s = slots[at * GROUP + Group::first(taken)];
+                taken &= taken - 1;
                 let i = self.first_free(s);
                 self.tags[i] = tag(s);
                 self.slots[i] = s;
