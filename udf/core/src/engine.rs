@@ -847,7 +847,7 @@ fn rank(
     // order. One with no clicks in these minutes ranks no ad and is left
     // out (every cell has clicks, and restoring a snapshot refuses cells of
     // other filters), so no pass over the cells looks for the filters.
-    let mut filters: Vec<FilterId> = core::iter::once(FilterId(0))
+    let mut filters: Vec<FilterId> = core::iter::once(FilterId::ALL)
         .chain(config.filters.iter().map(|s| FilterId(s.id)))
         .collect();
     filters.sort_unstable();

@@ -323,36 +323,18 @@ mod tests {
         assert_eq!(b.partitions[0].windows.len(), 1);
         assert_eq!(b.minutes.len(), 1);
 
-        let mut unknown = body();
-        unknown.partitions[0].windows[0].2[0].1 = 7;
-        let e = restore(&unknown).err().unwrap();
-        assert!(
-            matches!(&e, SnapshotError::Corrupt(m) if m.contains("filter 7")),
-            "{e}"
-        );
-
-        let mut empty = body();
-        empty.partitions[0].windows[0].2[0].2 = 0;
-        let e = restore(&empty).err().unwrap();
-        assert!(
-            matches!(&e, SnapshotError::Corrupt(m) if m.contains("0 clicks")),
-            "{e}"
-        );
-
-        let mut unknown = body();
-        unknown.minutes[0].1[0].0 = 3;
-        let e = restore(&unknown).err().unwrap();
-        assert!(
-            matches!(&e, SnapshotError::Corrupt(m) if m.contains("filter 3")),
-            "{e}"
-        );
-
-        let mut empty = body();
-        empty.minutes[0].1[0].2 = 0;
-        let e = restore(&empty).err().unwrap();
-        assert!(
-            matches!(&e, SnapshotError::Corrupt(m) if m.contains("0 clicks")),
-            "{e}"
-        );
+        let refused = |edit: fn(&mut Body), says: &str| {
+            let mut b = body();
+            edit(&mut b);
+            let e = restore(&b).err().unwrap();
+            assert!(
+                matches!(&e, SnapshotError::Corrupt(m) if m.contains(says)),
+                "{e}"
+            );
+        };
+        refused(|b| b.partitions[0].windows[0].2[0].1 = 7, "filter 7");
+        refused(|b| b.partitions[0].windows[0].2[0].2 = 0, "0 clicks");
+        refused(|b| b.minutes[0].1[0].0 = 3, "filter 3");
+        refused(|b| b.minutes[0].1[0].2 = 0, "0 clicks");
     }
 }
