@@ -78,6 +78,11 @@ impl Group {
         !self.0 & Self::HIGH
     }
 
+    /// The taken tags.
+    fn taken(self) -> u64 {
+        self.0 & Self::HIGH
+    }
+
     /// The tags equal to `t` (exactly: no carry crosses a byte).
     fn matching(self, t: u8) -> u64 {
         let x = self.0 ^ (Self::LOW * u64::from(t));
@@ -247,7 +252,7 @@ impl DedupSet {
         // at a time, so free slots cost no turn of a loop (in WebAssembly
         // each turn costs the host's interruption check).
         for (at, group) in tags.chunks_exact(GROUP).enumerate() {
-            let mut taken = !Group::load(group).free() & Group::HIGH;
+            let mut taken = Group::load(group).taken();
             while taken != 0 {
                 let s = slots[at * GROUP + Group::first(taken)];
                 taken &= taken - 1;

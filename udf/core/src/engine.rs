@@ -653,6 +653,7 @@ impl Engine {
             if matches!(self.topn.done_through, Some(d) if start.end(size) <= d) {
                 revise_top_n(
                     &self.config,
+                    &self.filters,
                     size,
                     &self.interner,
                     &mut self.topn,
@@ -733,17 +734,24 @@ impl Engine {
             }
         }
         for (m, m_windows) in due {
-            for (filter, ads) in rank(&self.config, size, &self.interner, t, m, m_windows) {
-                if !ads.is_empty() {
-                    out.top_n.push(TopNRow {
-                        minute: m,
-                        windows: m_windows,
-                        filter_id: filter,
-                        version: 1,
-                        ads: ads.clone(),
-                    });
-                    t.emitted.insert((m, m_windows, filter), (1, ads));
-                }
+            let ranked = rank(
+                &self.config,
+                &self.filters,
+                size,
+                &self.interner,
+                t,
+                m,
+                m_windows,
+            );
+            for (filter, ads) in ranked {
+                out.top_n.push(TopNRow {
+                    minute: m,
+                    windows: m_windows,
+                    filter_id: filter,
+                    version: 1,
+                    ads: ads.clone(),
+                });
+                t.emitted.insert((m, m_windows, filter), (1, ads));
             }
         }
         t.done_through = Some(g);
@@ -832,9 +840,11 @@ impl TopNState {
     }
 }
 
-/// Top-N of minute `m` over `m_windows` windows, per filter with data.
+/// Top-N of minute `m` over `m_windows` windows, per filter with clicks in
+/// them (never an empty list).
 fn rank(
     config: &Config,
+    filters: &FilterSet,
     size: WindowSize,
     interner: &Interner,
     t: &TopNState,
@@ -843,14 +853,10 @@ fn rank(
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
     let minutes: Vec<&Cells> = t.minutes.range(first..=m).map(|(_, v)| v).collect();
-    // The filters a click can count in: 0 and the configured ones, in
-    // order. One with no clicks in these minutes ranks no ad and is left
-    // out (every cell has clicks, and restoring a snapshot refuses cells of
-    // other filters), so no pass over the cells looks for the filters.
-    let mut filters: Vec<FilterId> = core::iter::once(FilterId::ALL)
-        .chain(config.filters.iter().map(|s| FilterId(s.id)))
-        .collect();
-    filters.sort_unstable();
+    // Every filter a click can count in is tried; one with no clicks in
+    // these minutes ranks no ad and is left out (every cell has clicks, and
+    // restoring a snapshot refuses cells of other filters), so no pass over
+    // the cells looks for the filters.
     let n = config.top_n as usize;
     let counted = |f: FilterId| {
         move |(k, c): (&CellKey, &Counts)| {
@@ -865,7 +871,7 @@ fn rank(
     }
     let mut ads: Vec<(AdHandle, u64)> = Vec::new();
     filters
-        .into_iter()
+        .all_ids()
         .filter_map(|f| {
             ads.clear();
             if let [only] = minutes.as_slice() {
@@ -893,6 +899,7 @@ fn rank(
 /// emits the rows that changed with a higher version.
 fn revise_top_n(
     config: &Config,
+    filters: &FilterSet,
     size: WindowSize,
     interner: &Interner,
     t: &mut TopNState,
@@ -907,7 +914,7 @@ fn revise_top_n(
             if m.end(size) > done || m.end(size) <= revisable_after {
                 continue;
             }
-            for (filter, ads) in rank(config, size, interner, t, m, m_windows) {
+            for (filter, ads) in rank(config, filters, size, interner, t, m, m_windows) {
                 let key = (m, m_windows, filter);
                 let version = match t.emitted.get(&key) {
                     Some((_, old)) if *old == ads => continue,

@@ -178,6 +178,12 @@ impl FilterSet {
     pub fn ids(&self) -> impl Iterator<Item = FilterId> + '_ {
         self.filters.iter().map(|f| f.id)
     }
+
+    /// Every filter a click can count in: [`FilterId::ALL`], then the
+    /// configured ids, ascending.
+    pub fn all_ids(&self) -> impl Iterator<Item = FilterId> + '_ {
+        core::iter::once(FilterId::ALL).chain(self.ids())
+    }
 }
 
 #[cfg(test)]

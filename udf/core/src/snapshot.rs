@@ -208,9 +208,9 @@ impl Engine {
         };
         // Every cell counts a click in filter 0 or a configured filter
         // (ranking looks only for those, and for cells with clicks).
-        let known: Vec<FilterId> = filters.ids().collect();
+        let known: Vec<FilterId> = filters.all_ids().collect();
         let cell = |f: u32, clicks: u64| {
-            if f != 0 && !known.iter().any(|id| id.0 == f) {
+            if !known.contains(&FilterId(f)) {
                 Err(SnapshotError::Corrupt(alloc::format!(
                     "a cell of filter {f}, which the configuration does not have"
                 )))
