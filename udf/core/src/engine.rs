@@ -4,6 +4,7 @@ use crate::dedup::DedupSet;
 use crate::filter::{FilterId, FilterSet};
 use crate::intern::{AdHandle, AdHash, FastHash, Interner, sort_prefix};
 use crate::key::KeyBuf;
+use crate::minute::{AdClicks, FinalMinute, Sums};
 use crate::parse::{Parsed, parse_borrowed};
 use crate::topn::{self, RankedAd};
 use crate::{
@@ -332,13 +333,15 @@ struct Counting<'e> {
 
 #[derive(Clone, Default)]
 pub(crate) struct TopNState {
-    /// Final counts per minute and ad (per filter), summed over the
-    /// partitions that finalized the minute.
-    pub(crate) minutes: BTreeMap<WindowStart, Cells>,
+    /// Final counts per minute, filter and ad, summed over the partitions
+    /// that finalized the minute.
+    pub(crate) minutes: BTreeMap<WindowStart, FinalMinute>,
     /// Every minute with `end <= done_through` has had its rows emitted.
     pub(crate) done_through: Option<i64>,
     /// Emitted rows still open to revision: (minute, M, filter) -> (version, ads).
     pub(crate) emitted: BTreeMap<(WindowStart, u32, FilterId), (u32, Vec<RankedAd>)>,
+    /// Scratch for summing counts by ad (not state).
+    pub(crate) sums: Sums,
 }
 
 /// The aggregation engine of one consumer: the state of every partition it
@@ -646,7 +649,7 @@ impl Engine {
             }
             let (start, ws) = entry.remove_entry();
             st.cells_hint = ws.cells.len();
-            self.topn.add_final(start, ws.cells);
+            self.topn.add_final(start, &ws.cells, self.interner.bound());
             finalized = true;
             // A revision is due when this window's top-N rows went out
             // without this partition (it was idle).
@@ -739,7 +742,7 @@ impl Engine {
                 &self.filters,
                 size,
                 &self.interner,
-                t,
+                (&t.minutes, &mut t.sums),
                 m,
                 m_windows,
             );
@@ -777,13 +780,14 @@ impl Engine {
         }
         let mut live = alloc::vec![false; self.interner.bound()];
         let windows = self.partitions.values().flat_map(|st| st.windows.values());
-        let cells = windows
-            .map(|ws| &ws.cells)
-            .chain(self.topn.minutes.values());
-        for cells in cells {
-            for k in cells.keys() {
-                live[k.ad.0 as usize] = true;
-            }
+        let cells = windows.map(|ws| &ws.cells);
+        let minutes = self.topn.minutes.values().flat_map(FinalMinute::iter);
+        for ad in cells
+            .flat_map(Map::keys)
+            .map(|k| k.ad)
+            .chain(minutes.map(|(_, ad, _)| ad))
+        {
+            live[ad.0 as usize] = true;
         }
         self.interner.retain(&live);
         self.ads_after_sweep = self.interner.len();
@@ -827,68 +831,39 @@ fn emit_window(
 }
 
 impl TopNState {
-    fn add_final(&mut self, start: WindowStart, cells: Cells) {
+    /// Adds a partition's final cells of minute `start` (`bound` exceeds
+    /// every ad handle).
+    fn add_final(&mut self, start: WindowStart, cells: &Cells, bound: usize) {
         let minute = self.minutes.entry(start).or_default();
-        if minute.is_empty() {
-            // The common case: one partition per minute per engine moves in whole.
-            *minute = cells;
-            return;
-        }
-        for (k, c) in cells {
-            minute.entry(k).or_default().clicks += c.clicks;
-        }
+        minute.add(cells, &mut self.sums, bound);
     }
 }
 
 /// Top-N of minute `m` over `m_windows` windows, per filter with clicks in
-/// them (never an empty list).
+/// them (never an empty list), from the final minutes, summing in `sums`.
 fn rank(
     config: &Config,
     filters: &FilterSet,
     size: WindowSize,
     interner: &Interner,
-    t: &TopNState,
+    (minutes, sums): (&BTreeMap<WindowStart, FinalMinute>, &mut Sums),
     m: WindowStart,
     m_windows: u32,
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
-    let minutes: Vec<&Cells> = t.minutes.range(first..=m).map(|(_, v)| v).collect();
+    let minutes: Vec<&FinalMinute> = minutes.range(first..=m).map(|(_, v)| v).collect();
     // Every filter a click can count in is tried; one with no clicks in
-    // these minutes ranks no ad and is left out (every cell has clicks, and
-    // restoring a snapshot refuses cells of other filters), so no pass over
-    // the cells looks for the filters.
+    // these minutes ranks no ad and is left out.
     let n = config.top_n as usize;
-    let counted = |f: FilterId| {
-        move |(k, c): (&CellKey, &Counts)| {
-            (k.filter == f && c.clicks > 0).then_some((k.ad, c.clicks))
-        }
-    };
-    // Sums over several minutes, by handle (handles are dense); only the
-    // handles counted are read back and cleared, not every handle.
-    let mut sums: Vec<u64> = Vec::new();
-    if minutes.len() > 1 {
-        sums.resize(interner.bound(), 0);
-    }
-    let mut ads: Vec<(AdHandle, u64)> = Vec::new();
+    let mut ads: Vec<AdClicks> = Vec::new();
     filters
         .all_ids()
         .filter_map(|f| {
             ads.clear();
-            if let [only] = minutes.as_slice() {
-                ads.extend(only.iter().filter_map(counted(f)));
-            } else {
-                for minute in &minutes {
-                    for (ad, c) in minute.iter().filter_map(counted(f)) {
-                        let sum = &mut sums[ad.0 as usize];
-                        if *sum == 0 {
-                            ads.push((ad, 0));
-                        }
-                        *sum += c;
-                    }
-                }
-                for (ad, c) in &mut ads {
-                    *c = core::mem::take(&mut sums[ad.0 as usize]);
-                }
+            match minutes.as_slice() {
+                // A minute lists each ad once per filter.
+                [only] => ads.extend_from_slice(only.ads(f)),
+                several => sums.sum(interner.bound(), several.iter().map(|m| m.ads(f)), &mut ads),
             }
             (!ads.is_empty()).then(|| (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad))))
         })
@@ -914,7 +889,8 @@ fn revise_top_n(
             if m.end(size) > done || m.end(size) <= revisable_after {
                 continue;
             }
-            for (filter, ads) in rank(config, filters, size, interner, t, m, m_windows) {
+            let minutes = (&t.minutes, &mut t.sums);
+            for (filter, ads) in rank(config, filters, size, interner, minutes, m, m_windows) {
                 let key = (m, m_windows, filter);
                 let version = match t.emitted.get(&key) {
                     Some((_, old)) if *old == ads => continue,

@@ -167,6 +167,7 @@ mod event;
 pub mod filter;
 mod intern;
 mod key;
+mod minute;
 mod parse;
 mod prefetch;
 mod selftest;

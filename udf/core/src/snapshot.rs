@@ -14,15 +14,18 @@
 //! `last_active_ms`, `next_offset`, `dedup_last_sweep: Option<i64>`,
 //! `dedup_slots: Vec<u128>` sorted, and its windows, each with `start: i64`,
 //! `emitted: bool` and its cells `(ad_id, filter, clicks, version)` sorted by
-//! ad then filter), then the top-N state (`done_through`, final minute
-//! counts, and the rows open to revision). Everything is sorted, so equal
-//! states give equal bytes.
+//! ad then filter), then the top-N state (`done_through`, the final minutes
+//! ascending, each with its counts `(filter, ad_id, clicks)` strictly
+//! ascending by filter then ad, and the rows open to revision). Everything
+//! is sorted, so equal states give equal bytes; restoring refuses a final
+//! minute that comes twice or counts an (ad, filter) twice.
 //!
 //! A snapshot restores only into the same semantics version; the host
 //! replays from the snapshot's offsets otherwise.
 
 use crate::engine::{CellKey, Counts, Engine, PartitionState, TopNState, WindowState};
 use crate::filter::FilterId;
+use crate::minute::FinalMinute;
 use crate::topn::RankedAd;
 use crate::{
     AdId, Config, ConfigError, EventTime, Offset, Partition, SEMANTICS_VERSION, WindowStart,
@@ -141,12 +144,12 @@ impl Engine {
         let minutes = t
             .minutes
             .iter()
-            .map(|(k, per_ad)| {
-                let mut v: Vec<_> = per_ad
+            .map(|(k, minute)| {
+                let mut v: Vec<_> = minute
                     .iter()
-                    .map(|(k, c)| {
-                        let ad = self.interner.id(k.ad).as_str();
-                        (k.filter.0, String::from(ad), c.clicks)
+                    .map(|(f, ad, clicks)| {
+                        let ad = self.interner.id(ad).as_str();
+                        (f.0, String::from(ad), clicks)
                     })
                     .collect();
                 v.sort();
@@ -258,14 +261,28 @@ impl Engine {
             ..TopNState::default()
         };
         for (k, entries) in body.minutes {
-            let minute = t.minutes.entry(WindowStart(k)).or_default();
+            // Written ascending by (filter, ad), so a repeat is a neighbour.
+            if let Some(w) = entries
+                .windows(2)
+                .find(|w| (w[0].0, &w[0].1) >= (w[1].0, &w[1].1))
+            {
+                return Err(SnapshotError::Corrupt(alloc::format!(
+                    "final minute {k} lists (filter {}, ad_id {:?}) after (filter {}, ad_id {:?})",
+                    w[1].0,
+                    w[1].1,
+                    w[0].0,
+                    w[0].1
+                )));
+            }
+            let mut minute = FinalMinute::default();
             for (f, a, clicks) in entries {
                 let filter = cell(f, clicks)?;
-                let key = CellKey {
-                    ad: engine.interner.intern(ad(a)?.as_str()),
-                    filter,
-                };
-                minute.insert(key, Counts { clicks, version: 0 });
+                minute.push(filter, engine.interner.intern(ad(a)?.as_str()), clicks);
+            }
+            if t.minutes.insert(WindowStart(k), minute).is_some() {
+                return Err(SnapshotError::Corrupt(alloc::format!(
+                    "final minute {k} comes twice"
+                )));
             }
         }
         for (m, w, f, v, ads) in body.emitted {
@@ -314,8 +331,9 @@ mod tests {
     }
 
     /// Cells of a filter the configuration lacks, or with no clicks, are
-    /// refused, in windows and in final minutes alike: ranking relies on
-    /// neither existing.
+    /// refused, in windows and in final minutes alike, and so are final
+    /// minutes that repeat a count or come twice: ranking relies on none of
+    /// these existing.
     #[test]
     fn cells_no_engine_makes_are_refused() {
         let b = body();
@@ -336,5 +354,16 @@ mod tests {
         refused(|b| b.partitions[0].windows[0].2[0].2 = 0, "0 clicks");
         refused(|b| b.minutes[0].1[0].0 = 3, "filter 3");
         refused(|b| b.minutes[0].1[0].2 = 0, "0 clicks");
+        refused(
+            |b| {
+                let first = b.minutes[0].1[0].clone();
+                b.minutes[0].1.push(first)
+            },
+            "final minute 0 lists (filter 0, ad_id \"ad1\") after (filter 0, ad_id \"ad1\")",
+        );
+        refused(
+            |b| b.minutes.push(b.minutes[0].clone()),
+            "final minute 0 comes twice",
+        );
     }
 }
