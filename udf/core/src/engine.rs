@@ -810,12 +810,16 @@ fn emit_window(
             (sort_prefix(id.as_str()), id, k.filter, c)
         })
         .collect();
-    // (ad, filter) pairs are unique, so an unstable sort is deterministic.
-    rows.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| a.1.as_str().cmp(b.1.as_str()))
-            .then(a.2.cmp(&b.2))
-    });
+    // By prefix, then filter: a radix sort, whose passes skip the bytes
+    // that every row's prefix shares. Ids longer than the prefix may share
+    // it: such a run is ordered by the whole id, then filter ((ad, filter)
+    // pairs are unique, so an unstable sort is deterministic).
+    radsort::sort_by_key(&mut rows, |r| (r.0, r.2.0));
+    for run in rows.chunk_by_mut(|a, b| a.0 == b.0) {
+        if run.len() > 1 {
+            run.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()).then(a.2.cmp(&b.2)));
+        }
+    }
     out.rollups.reserve(rows.len());
     for (_, ad_id, filter_id, cell) in rows {
         cell.version += 1;
@@ -914,6 +918,66 @@ fn revise_top_n(
 mod tests {
     use super::*;
     use crate::{Country, IpAddr};
+
+    /// A window's rows come ordered by ad id (byte order), then filter,
+    /// also for ids that share their first 16 bytes or differ only in
+    /// length, in every filter they count in.
+    #[test]
+    fn rows_are_ordered_by_whole_ad_id_then_filter() {
+        let spec = |id: u32, country: &str| crate::FilterSpec {
+            id,
+            name: None,
+            country: alloc::vec![String::from(country)],
+            ip: Vec::new(),
+            user_id: Vec::new(),
+        };
+        let config = Config {
+            filters: alloc::vec![spec(2, "USA"), spec(9, "USA"), spec(5, "FRA")],
+            ..Config::default()
+        };
+        let mut engine = Engine::new(config).unwrap();
+        let mut out = Outputs::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let (usa, fra) = (Country::new("USA").unwrap(), Country::new("FRA").unwrap());
+        let long = "abcdefghijklmnop";
+        let ads = [
+            alloc::format!("{long}z"),
+            String::from(long),
+            alloc::format!("{long}b"),
+            alloc::format!("{long}ab"),
+            alloc::format!("{long}a"),
+            String::from("abcdefghijklmno"),
+            String::from("b"),
+            String::from("a"),
+            alloc::format!("{long}ab{long}"),
+        ];
+        let mut offset = 0;
+        let mut push = |engine: &mut Engine, ad: &str, t: i64, country, out: &mut Outputs| {
+            let click = ClickRef::new(ad, EventTime(t), "u", ip, country, None).unwrap();
+            engine.push_click_ref(Partition(0), Offset(offset), click, t, out);
+            offset += 1;
+        };
+        for (i, ad) in ads.iter().enumerate() {
+            let country = if i % 2 == 0 { usa } else { fra };
+            push(&mut engine, ad, i as i64, country, &mut out);
+        }
+        push(&mut engine, "x", 120_000, usa, &mut out);
+        let rows: Vec<(&str, u32)> = out
+            .rollups
+            .iter()
+            .map(|r| (r.ad_id.as_str(), r.filter_id.0))
+            .collect();
+        let mut expected: Vec<(&str, u32)> = ads
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ad)| {
+                let filters: &[u32] = if i % 2 == 0 { &[0, 2, 9] } else { &[0, 5] };
+                filters.iter().map(move |&f| (ad.as_str(), f))
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(rows, expected);
+    }
 
     /// Ads come and go: the interner keeps at most about twice the ads that
     /// windows and final minutes still count, however many passed through.
