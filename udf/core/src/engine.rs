@@ -811,10 +811,12 @@ fn emit_window(
         })
         .collect();
     // By prefix, then filter: a radix sort, whose passes skip the bytes
-    // that every row's prefix shares. Ids longer than the prefix may share
-    // it: such a run is ordered by the whole id, then filter ((ad, filter)
-    // pairs are unique, so an unstable sort is deterministic).
-    radsort::sort_by_key(&mut rows, |r| (r.0, r.2.0));
+    // that every row's prefix shares. The prefix goes in as two 64-bit
+    // halves: WebAssembly has no 128-bit shift, so a u128 key costs a call
+    // per digit of each row. Ids longer than the prefix may share it: such
+    // a run is ordered by the whole id, then filter ((ad, filter) pairs are
+    // unique, so an unstable sort is deterministic).
+    radsort::sort_by_key(&mut rows, |r| ((r.0 >> 64) as u64, r.0 as u64, r.2.0));
     for run in rows.chunk_by_mut(|a, b| a.0 == b.0) {
         if run.len() > 1 {
             run.sort_unstable_by(|a, b| a.1.as_str().cmp(b.1.as_str()).then(a.2.cmp(&b.2)));
