@@ -106,11 +106,11 @@ fn main() -> anyhow::Result<()> {
             Ok((*p, c))
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut native_times = Vec::new();
+    let native_only = std::env::var_os("ADTALLY_BENCH_NATIVE_ONLY").is_some();
+    // One native run: its time, and (rollup rows, duplicates).
     let mut bytes_per_key = 0.0;
     let mut keys = 0;
-    let mut native_counts = (0usize, 0u64);
-    for _ in 0..if component_only { 1 } else { runs } {
+    let mut native_run = || -> anyhow::Result<(Duration, (usize, u64))> {
         let mut engine = Engine::new(Config::default())?;
         let mut out = Outputs::default();
         let mut offsets = [0i64; 64];
@@ -125,17 +125,19 @@ fn main() -> anyhow::Result<()> {
             dups += out.duplicates;
             out.clear();
         }
-        native_times.push(start.elapsed());
+        let elapsed = start.elapsed();
         let (k, b) = engine.dedup_usage();
         keys = k;
         bytes_per_key = b as f64 / k as f64;
-        native_counts = (rollups, dups);
-    }
-
-    if std::env::var_os("ADTALLY_BENCH_NATIVE_ONLY").is_some() {
+        Ok((elapsed, (rollups, dups)))
+    };
+    if native_only {
+        let times = (0..runs)
+            .map(|_| native_run().map(|(t, _)| t))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         println!(
             "native core: {:.0} events/s",
-            shape.events as f64 / median(native_times).as_secs_f64()
+            shape.events as f64 / median(times).as_secs_f64()
         );
         return Ok(());
     }
@@ -155,8 +157,6 @@ fn main() -> anyhow::Result<()> {
         .into()
     });
     let module = rt.load_file(path.as_ref())?;
-    let mut wasm_times = Vec::new();
-    let mut wasm_counts = (0usize, 0u64);
     // The same columns in the runtime's wrapper.
     let packed: Vec<(u32, ClickBatch)> = batches
         .iter()
@@ -165,42 +165,62 @@ fn main() -> anyhow::Result<()> {
     // Cold: a fresh instance per run, whose memory pages fault in as it
     // grows. Warm: one instance that starts over after each run, as a
     // long-lived host instance (and the native runs' reused heap) does.
-    let mut warm_times = Vec::new();
     let mut warm = module.create("{}")?;
     // An untimed first run grows the warm instance's memory.
     push_all(&mut warm, &packed)?;
-    for run in 0..2 * runs {
-        let cold = run % 2 == 0;
-        let mut fresh;
-        let agg = if cold {
-            fresh = module.create("{}")?;
-            &mut fresh
+    // Rounds of native, warm, cold back to back: the machine's speed drifts
+    // over seconds, so each round's ratios compare runs under the same
+    // conditions, and their median is the figure. (With
+    // `ADTALLY_BENCH_COMPONENT_ONLY` the native build runs once, untimed,
+    // for its outputs.)
+    let mut native_counts = (0usize, 0u64);
+    let mut wasm_counts = (0usize, 0u64);
+    let (mut native_times, mut warm_times, mut wasm_times) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut warm_ratios, mut cold_ratios) = (Vec::new(), Vec::new());
+    if component_only {
+        native_counts = native_run()?.1;
+    }
+    for _ in 0..runs {
+        let native = if component_only {
+            None
         } else {
-            warm.start_over("{}")?;
-            &mut warm
+            let (t, counts) = native_run()?;
+            native_counts = counts;
+            native_times.push(t);
+            Some(t)
         };
+        warm.start_over("{}")?;
         let start = Instant::now();
-        let counts = push_all(agg, &packed)?;
-        if cold {
-            wasm_times.push(start.elapsed());
-        } else {
-            warm_times.push(start.elapsed());
+        wasm_counts = push_all(&mut warm, &packed)?;
+        let warm_time = start.elapsed();
+        let mut cold = module.create("{}")?;
+        let start = Instant::now();
+        let cold_counts = push_all(&mut cold, &packed)?;
+        let cold_time = start.elapsed();
+        assert_eq!(wasm_counts, cold_counts, "warm and cold instances agree");
+        warm_times.push(warm_time);
+        wasm_times.push(cold_time);
+        if let Some(n) = native {
+            warm_ratios.push(warm_time.as_secs_f64() / n.as_secs_f64());
+            cold_ratios.push(cold_time.as_secs_f64() / n.as_secs_f64());
         }
-        wasm_counts = counts;
     }
     assert_eq!(
         native_counts, wasm_counts,
         "both builds must compute the same outputs"
     );
+    let median_ratio = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (warm_ratio, cold_ratio) = (median_ratio(warm_ratios), median_ratio(cold_ratios));
 
     if std::env::var_os("ADTALLY_BENCH_CLICKS_ONLY").is_some() {
-        let (n, w, ww) = (median(native_times), median(wasm_times), median(warm_times));
+        let (w, ww) = (median(wasm_times), median(warm_times));
         println!(
-            "component: {:.3} s warm, {:.3} s cold; / native time ratio: {:.2}x warm, {:.2}x cold",
+            "component: {:.3} s warm, {:.3} s cold; / native time ratio: {warm_ratio:.2}x warm, {cold_ratio:.2}x cold",
             ww.as_secs_f64(),
             w.as_secs_f64(),
-            ww.as_secs_f64() / n.as_secs_f64(),
-            w.as_secs_f64() / n.as_secs_f64()
         );
         return Ok(());
     }
@@ -212,6 +232,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mut raw_native = Vec::new();
     let mut raw_wasm = Vec::new();
+    let mut raw_ratios = Vec::new();
     for _ in 0..runs {
         let mut engine = Engine::new(Config::default())?;
         let mut out = Outputs::default();
@@ -222,7 +243,8 @@ fn main() -> anyhow::Result<()> {
             engine.push_records(&batch, 0, &mut out);
             out.clear();
         }
-        raw_native.push(start.elapsed());
+        let native = start.elapsed();
+        raw_native.push(native);
         let mut agg = module.create("{}")?;
         let mut offsets = [0i64; 64];
         let start = Instant::now();
@@ -230,7 +252,9 @@ fn main() -> anyhow::Result<()> {
             let batch = raw_batch(*p, recs, &mut offsets);
             agg.push(&batch, 0)?;
         }
-        raw_wasm.push(start.elapsed());
+        let wasm = start.elapsed();
+        raw_wasm.push(wasm);
+        raw_ratios.push(wasm.as_secs_f64() / native.as_secs_f64());
     }
 
     let (n, w, ww) = (median(native_times), median(wasm_times), median(warm_times));
@@ -251,9 +275,7 @@ fn main() -> anyhow::Result<()> {
         w.as_secs_f64()
     );
     println!(
-        "component / native time ratio: {:.2}x warm, {:.2}x cold",
-        ww.as_secs_f64() / n.as_secs_f64(),
-        w.as_secs_f64() / n.as_secs_f64()
+        "component / native time ratio: {warm_ratio:.2}x warm, {cold_ratio:.2}x cold  (median of {runs} rounds' ratios)"
     );
     let (rn, rw) = (median(raw_native), median(raw_wasm));
     println!(
@@ -262,8 +284,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!("raw lines, wasm  : {:>12.0} events/s", rate(rw));
     println!(
-        "raw lines component / native time ratio: {:.2}x",
-        rw.as_secs_f64() / rn.as_secs_f64()
+        "raw lines component / native time ratio: {:.2}x  (median of {runs} rounds' ratios)",
+        median_ratio(raw_ratios)
     );
     println!("dedup: {keys} keys remembered, {bytes_per_key:.1} bytes per key");
     println!(
