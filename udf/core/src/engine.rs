@@ -287,7 +287,6 @@ impl PartitionState {
             return None;
         }
         let t = click.timestamp;
-        cx.filters.matching_ref(&click, cx.scratch);
         // A window whose end W_p passed while it had no clicks was emitted
         // empty: its first click (within lateness) emits at once.
         let passed = wm.is_some_and(|wm| w.end(size) <= wm);
@@ -302,7 +301,15 @@ impl PartitionState {
         });
         let ad = cx.interner.intern_hashed(click.ad_id, keys.ad);
         let ad_id = ws.emitted.then(|| cx.interner.id(ad).clone());
-        for &filter in cx.scratch.iter() {
+        // Every click counts in filter 0; without configured filters that is
+        // all, and no list of matches is made.
+        let matched: &[FilterId] = if cx.filters.has_configured() {
+            cx.filters.matching_ref(&click, cx.scratch);
+            cx.scratch
+        } else {
+            &[FilterId::ALL]
+        };
+        for &filter in matched {
             let cell = ws.cells.entry(CellKey { ad, filter }).or_default();
             cell.clicks += 1;
             if let Some(ad_id) = &ad_id {

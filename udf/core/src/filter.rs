@@ -174,6 +174,11 @@ impl FilterSet {
         );
     }
 
+    /// Whether any filter besides filter 0 is configured.
+    pub(crate) fn has_configured(&self) -> bool {
+        !self.filters.is_empty()
+    }
+
     /// The configured filter ids (without 0).
     pub fn ids(&self) -> impl Iterator<Item = FilterId> + '_ {
         self.filters.iter().map(|f| f.id)
