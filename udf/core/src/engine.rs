@@ -656,7 +656,7 @@ impl Engine {
             }
             let (start, ws) = entry.remove_entry();
             st.cells_hint = ws.cells.len();
-            self.topn.add_final(start, &ws.cells, self.interner.bound());
+            self.topn.minutes.entry(start).or_default().add(&ws.cells);
             finalized = true;
             // A revision is due when this window's top-N rows went out
             // without this partition (it was idle).
@@ -749,7 +749,7 @@ impl Engine {
                 &self.filters,
                 size,
                 &self.interner,
-                (&t.minutes, &mut t.sums),
+                (&mut t.minutes, &mut t.sums),
                 m,
                 m_windows,
             );
@@ -843,27 +843,22 @@ fn emit_window(
     }
 }
 
-impl TopNState {
-    /// Adds a partition's final cells of minute `start` (`bound` exceeds
-    /// every ad handle).
-    fn add_final(&mut self, start: WindowStart, cells: &Cells, bound: usize) {
-        let minute = self.minutes.entry(start).or_default();
-        minute.add(cells, &mut self.sums, bound);
-    }
-}
-
 /// Top-N of minute `m` over `m_windows` windows, per filter with clicks in
-/// them (never an empty list), from the final minutes, summing in `sums`.
+/// them (never an empty list), from the final minutes (settled first),
+/// summing in `sums`.
 fn rank(
     config: &Config,
     filters: &FilterSet,
     size: WindowSize,
     interner: &Interner,
-    (minutes, sums): (&BTreeMap<WindowStart, FinalMinute>, &mut Sums),
+    (minutes, sums): (&mut BTreeMap<WindowStart, FinalMinute>, &mut Sums),
     m: WindowStart,
     m_windows: u32,
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
+    for (_, minute) in minutes.range_mut(first..=m) {
+        minute.settle(sums, interner.bound());
+    }
     let minutes: Vec<&FinalMinute> = minutes.range(first..=m).map(|(_, v)| v).collect();
     // Every filter a click can count in is tried; one with no clicks in
     // these minutes ranks no ad and is left out.
@@ -902,7 +897,7 @@ fn revise_top_n(
             if m.end(size) > done || m.end(size) <= revisable_after {
                 continue;
             }
-            let minutes = (&t.minutes, &mut t.sums);
+            let minutes = (&mut t.minutes, &mut t.sums);
             for (filter, ads) in rank(config, filters, size, interner, minutes, m, m_windows) {
                 let key = (m, m_windows, filter);
                 let version = match t.emitted.get(&key) {

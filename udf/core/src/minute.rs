@@ -21,51 +21,72 @@ use alloc::vec::Vec;
 pub(crate) type AdClicks = (AdHandle, u64);
 
 /// A final minute's counts: for each filter with clicks, its ads with their
-/// clicks, summed over the partitions that finalized the minute.
+/// clicks, from the partitions that finalized the minute.
 ///
-/// Invariants: filters ascending, each at most once; in a filter's list
-/// each ad at most once and no ad with 0 clicks (cells with 0 clicks are
-/// never made, and a snapshot holding one is refused).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Invariants: filters ascending, each at most once; no ad with 0 clicks
+/// (cells with 0 clicks are never made, and a snapshot holding one is
+/// refused). Each partition's cells are appended as they come, so an ad
+/// counted by two partitions is listed twice until [`FinalMinute::settle`]
+/// sums the lists: summing at each partition's arrival would read the
+/// minute's whole list again each time, quadratic in the partitions.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct FinalMinute {
     by_filter: Vec<(FilterId, Vec<AdClicks>)>,
+    /// Whether a list may hold an ad more than once.
+    unsettled: bool,
 }
 
 impl FinalMinute {
-    /// The ads counted under `f`, in no particular order.
+    /// The ads counted under `f`, in no particular order, each once: the
+    /// minute must be settled.
     pub(crate) fn ads(&self, f: FilterId) -> &[AdClicks] {
+        debug_assert!(
+            !self.unsettled,
+            "a final minute is read before it is settled"
+        );
         match self.by_filter.binary_search_by_key(&f, |(g, _)| *g) {
             Ok(i) => &self.by_filter[i].1,
             Err(_) => &[],
         }
     }
 
-    /// Every count, as (filter, ad, clicks), filters ascending.
+    /// Every count, as (filter, ad, clicks), filters ascending; an ad may
+    /// come more than once in a filter unless the minute is settled.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (FilterId, AdHandle, u64)> + '_ {
         self.by_filter
             .iter()
             .flat_map(|(f, ads)| ads.iter().map(move |&(ad, c)| (*f, ad, c)))
     }
 
-    /// Adds one partition's cells of the minute. When the minute already
-    /// holds another partition's, an ad counted in both gets the sum, in
+    /// Adds one partition's cells of the minute.
+    pub(crate) fn add(&mut self, cells: &Cells) {
+        self.unsettled |= !self.by_filter.is_empty();
+        // Cells of one filter tend to follow each other (without configured
+        // filters, all are filter 0): the list is looked up when it changes.
+        let mut at: Option<(FilterId, usize)> = None;
+        for (k, c) in cells {
+            let i = match at {
+                Some((f, i)) if f == k.filter => i,
+                _ => {
+                    let i = self.index_of(k.filter);
+                    at = Some((k.filter, i));
+                    i
+                }
+            };
+            self.by_filter[i].1.push((k.ad, c.clicks));
+        }
+    }
+
+    /// Sums the counts of an ad listed more than once in a filter, in
     /// `sums` (reused, see [`Sums`]), for which `bound` exceeds every
     /// handle.
-    pub(crate) fn add(&mut self, cells: &Cells, sums: &mut Sums, bound: usize) {
-        if self.by_filter.is_empty() {
-            // The common case: the first (with keyed topics, the only)
-            // partition to finalize the minute.
-            for (k, c) in cells {
-                self.list_mut(k.filter).push((k.ad, c.clicks));
-            }
+    pub(crate) fn settle(&mut self, sums: &mut Sums, bound: usize) {
+        if !core::mem::take(&mut self.unsettled) {
             return;
         }
-        let mut more = FinalMinute::default();
-        more.add(cells, sums, bound);
-        for (f, ads) in more.by_filter {
-            let list = self.list_mut(f);
-            let mut summed = Vec::with_capacity(list.len() + ads.len());
-            sums.sum(bound, [&list[..], &ads[..]], &mut summed);
+        for (_, list) in &mut self.by_filter {
+            let mut summed = Vec::with_capacity(list.len());
+            sums.sum(bound, [&list[..]], &mut summed);
             *list = summed;
         }
     }
@@ -73,19 +94,19 @@ impl FinalMinute {
     /// Records that `ad` has `clicks` (> 0) under `f`, for restoring a
     /// snapshot: the caller sees to it that no (filter, ad) comes twice.
     pub(crate) fn push(&mut self, f: FilterId, ad: AdHandle, clicks: u64) {
-        self.list_mut(f).push((ad, clicks));
+        let i = self.index_of(f);
+        self.by_filter[i].1.push((ad, clicks));
     }
 
-    /// `f`'s list, created empty where it belongs if missing.
-    fn list_mut(&mut self, f: FilterId) -> &mut Vec<AdClicks> {
-        let i = match self.by_filter.binary_search_by_key(&f, |(g, _)| *g) {
+    /// Where `f`'s list is, created empty where it belongs if missing.
+    fn index_of(&mut self, f: FilterId) -> usize {
+        match self.by_filter.binary_search_by_key(&f, |(g, _)| *g) {
             Ok(i) => i,
             Err(i) => {
                 self.by_filter.insert(i, (f, Vec::new()));
                 i
             }
-        };
-        &mut self.by_filter[i].1
+        }
     }
 }
 
@@ -150,15 +171,20 @@ mod tests {
         v
     }
 
-    /// Partitions finalizing one minute: an ad counted by several gets the
-    /// sum, once per filter, and the scratch is left all zero.
+    /// Partitions finalizing one minute: once settled, an ad counted by
+    /// several has the sum, once per filter, and the scratch is left all
+    /// zero.
     #[test]
     fn partitions_of_a_minute_sum_by_ad_and_filter() {
         let mut sums = Sums::default();
         let mut m = FinalMinute::default();
-        m.add(&cells(&[(0, 1, 2), (0, 2, 5), (4, 1, 1)]), &mut sums, 8);
-        m.add(&cells(&[(0, 2, 3), (0, 7, 1), (2, 7, 1)]), &mut sums, 8);
-        m.add(&cells(&[(4, 1, 6)]), &mut sums, 8);
+        m.add(&cells(&[(0, 1, 2), (0, 2, 5), (4, 1, 1)]));
+        m.settle(&mut sums, 8);
+        assert!(!m.unsettled, "one partition lists each ad once");
+        m.add(&cells(&[(0, 2, 3), (0, 7, 1), (2, 7, 1)]));
+        m.add(&cells(&[(4, 1, 6)]));
+        assert!(m.unsettled);
+        m.settle(&mut sums, 8);
         let h = AdHandle;
         let f = FilterId;
         assert_eq!(
