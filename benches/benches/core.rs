@@ -171,11 +171,11 @@ fn main() -> anyhow::Result<()> {
     // Rounds of native, warm, cold back to back: the machine's speed drifts
     // over seconds, so each round's ratios compare runs under the same
     // conditions, and their median is the figure. (With
-    // `ADTALLY_BENCH_COMPONENT_ONLY` the native build runs once, untimed,
-    // for its outputs.)
+    // `ADTALLY_BENCH_COMPONENT_ONLY` the native build runs once, before,
+    // only for its outputs, and no ratio is measured.)
     let mut native_counts = (0usize, 0u64);
     let mut wasm_counts = (0usize, 0u64);
-    let (mut native_times, mut warm_times, mut wasm_times) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut native_times, mut warm_times, mut cold_times) = (Vec::new(), Vec::new(), Vec::new());
     let (mut warm_ratios, mut cold_ratios) = (Vec::new(), Vec::new());
     if component_only {
         native_counts = native_run()?.1;
@@ -199,7 +199,7 @@ fn main() -> anyhow::Result<()> {
         let cold_time = start.elapsed();
         assert_eq!(wasm_counts, cold_counts, "warm and cold instances agree");
         warm_times.push(warm_time);
-        wasm_times.push(cold_time);
+        cold_times.push(cold_time);
         if let Some(n) = native {
             warm_ratios.push(warm_time.as_secs_f64() / n.as_secs_f64());
             cold_ratios.push(cold_time.as_secs_f64() / n.as_secs_f64());
@@ -216,7 +216,7 @@ fn main() -> anyhow::Result<()> {
     let (warm_ratio, cold_ratio) = (median_ratio(warm_ratios), median_ratio(cold_ratios));
 
     if std::env::var_os("ADTALLY_BENCH_CLICKS_ONLY").is_some() {
-        let (w, ww) = (median(wasm_times), median(warm_times));
+        let (w, ww) = (median(cold_times), median(warm_times));
         println!(
             "component: {:.3} s warm, {:.3} s cold; / native time ratio: {warm_ratio:.2}x warm, {cold_ratio:.2}x cold",
             ww.as_secs_f64(),
@@ -257,7 +257,7 @@ fn main() -> anyhow::Result<()> {
         raw_ratios.push(wasm.as_secs_f64() / native.as_secs_f64());
     }
 
-    let (n, w, ww) = (median(native_times), median(wasm_times), median(warm_times));
+    let (n, w, ww) = (median(native_times), median(cold_times), median(warm_times));
     let rate = |d: Duration| shape.events as f64 / d.as_secs_f64();
     println!(
         "native core      : {:>12.0} events/s  (median of {runs}: {:.3} s)",

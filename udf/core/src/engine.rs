@@ -340,8 +340,8 @@ struct Counting<'e> {
 
 #[derive(Clone, Default)]
 pub(crate) struct TopNState {
-    /// Final counts per minute, filter and ad, summed over the partitions
-    /// that finalized the minute.
+    /// Final counts per minute, filter and ad, from the partitions that
+    /// finalized the minute (summed when the minute is first ranked).
     pub(crate) minutes: BTreeMap<WindowStart, FinalMinute>,
     /// Every minute with `end <= done_through` has had its rows emitted.
     pub(crate) done_through: Option<i64>,
@@ -856,8 +856,9 @@ fn rank(
     m_windows: u32,
 ) -> Vec<(FilterId, Vec<RankedAd>)> {
     let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
+    let bound = interner.bound();
     for (_, minute) in minutes.range_mut(first..=m) {
-        minute.settle(sums, interner.bound());
+        minute.settle(sums, bound);
     }
     let minutes: Vec<&FinalMinute> = minutes.range(first..=m).map(|(_, v)| v).collect();
     // Every filter a click can count in is tried; one with no clicks in
@@ -869,9 +870,9 @@ fn rank(
         .filter_map(|f| {
             ads.clear();
             match minutes.as_slice() {
-                // A minute lists each ad once per filter.
+                // A settled minute lists each ad once per filter.
                 [only] => ads.extend_from_slice(only.ads(f)),
-                several => sums.sum(interner.bound(), several.iter().map(|m| m.ads(f)), &mut ads),
+                several => sums.sum(bound, several.iter().map(|m| m.ads(f)), &mut ads),
             }
             (!ads.is_empty()).then(|| (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad))))
         })
