@@ -744,12 +744,11 @@ impl Engine {
             }
         }
         for (m, m_windows) in due {
-            let ranked = rank(
+            let ranked = t.rank(
                 &self.config,
                 &self.filters,
                 size,
                 &self.interner,
-                (&mut t.minutes, &mut t.sums),
                 m,
                 m_windows,
             );
@@ -843,40 +842,43 @@ fn emit_window(
     }
 }
 
-/// Top-N of minute `m` over `m_windows` windows, per filter with clicks in
-/// them (never an empty list), from the final minutes (settled first),
-/// summing in `sums`.
-fn rank(
-    config: &Config,
-    filters: &FilterSet,
-    size: WindowSize,
-    interner: &Interner,
-    (minutes, sums): (&mut BTreeMap<WindowStart, FinalMinute>, &mut Sums),
-    m: WindowStart,
-    m_windows: u32,
-) -> Vec<(FilterId, Vec<RankedAd>)> {
-    let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
-    let bound = interner.bound();
-    for (_, minute) in minutes.range_mut(first..=m) {
-        minute.settle(sums, bound);
+impl TopNState {
+    /// Top-N of minute `m` over `m_windows` windows, per filter with clicks
+    /// in them (never an empty list), from the final minutes (settled
+    /// first).
+    fn rank(
+        &mut self,
+        config: &Config,
+        filters: &FilterSet,
+        size: WindowSize,
+        interner: &Interner,
+        m: WindowStart,
+        m_windows: u32,
+    ) -> Vec<(FilterId, Vec<RankedAd>)> {
+        let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
+        let bound = interner.bound();
+        let sums = &mut self.sums;
+        for (_, minute) in self.minutes.range_mut(first..=m) {
+            minute.settle(sums, bound);
+        }
+        let minutes: Vec<&FinalMinute> = self.minutes.range(first..=m).map(|(_, v)| v).collect();
+        // Every filter a click can count in is tried; one with no clicks in
+        // these minutes ranks no ad and is left out.
+        let n = config.top_n as usize;
+        let mut ads: Vec<AdClicks> = Vec::new();
+        filters
+            .all_ids()
+            .filter_map(|f| {
+                ads.clear();
+                match minutes.as_slice() {
+                    // A settled minute lists each ad once per filter.
+                    [only] => ads.extend_from_slice(only.ads(f)),
+                    several => sums.sum(bound, several.iter().map(|m| m.ads(f)), &mut ads),
+                }
+                (!ads.is_empty()).then(|| (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad))))
+            })
+            .collect()
     }
-    let minutes: Vec<&FinalMinute> = minutes.range(first..=m).map(|(_, v)| v).collect();
-    // Every filter a click can count in is tried; one with no clicks in
-    // these minutes ranks no ad and is left out.
-    let n = config.top_n as usize;
-    let mut ads: Vec<AdClicks> = Vec::new();
-    filters
-        .all_ids()
-        .filter_map(|f| {
-            ads.clear();
-            match minutes.as_slice() {
-                // A settled minute lists each ad once per filter.
-                [only] => ads.extend_from_slice(only.ads(f)),
-                several => sums.sum(bound, several.iter().map(|m| m.ads(f)), &mut ads),
-            }
-            (!ads.is_empty()).then(|| (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad))))
-        })
-        .collect()
 }
 
 /// Re-ranks the emitted minutes that window `start` contributes to, and
@@ -898,8 +900,7 @@ fn revise_top_n(
             if m.end(size) > done || m.end(size) <= revisable_after {
                 continue;
             }
-            let minutes = (&mut t.minutes, &mut t.sums);
-            for (filter, ads) in rank(config, filters, size, interner, minutes, m, m_windows) {
+            for (filter, ads) in t.rank(config, filters, size, interner, m, m_windows) {
                 let key = (m, m_windows, filter);
                 let version = match t.emitted.get(&key) {
                     Some((_, old)) if *old == ads => continue,
@@ -919,10 +920,18 @@ fn revise_top_n(
     }
 }
 
+/// A click of `ad` at `t` by user `u` from 10.0.0.1 in `country`, for
+/// tests.
+#[cfg(test)]
+pub(crate) fn test_click<'a>(ad: &'a str, t: i64, country: &str) -> ClickRef<'a> {
+    let ip = "10.0.0.1".parse().expect("an address");
+    let country = crate::Country::new(country).expect("a country code");
+    ClickRef::new(ad, EventTime(t), "u", ip, country, None).expect("a valid click")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Country, IpAddr};
 
     /// A window's rows come ordered by ad id (byte order), then filter,
     /// also for ids that share their first 16 bytes or differ only in
@@ -942,8 +951,6 @@ mod tests {
         };
         let mut engine = Engine::new(config).unwrap();
         let mut out = Outputs::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let (usa, fra) = (Country::new("USA").unwrap(), Country::new("FRA").unwrap());
         let long = "abcdefghijklmnop";
         let ads = [
             alloc::format!("{long}z"),
@@ -958,15 +965,15 @@ mod tests {
         ];
         let mut offset = 0;
         let mut push = |engine: &mut Engine, ad: &str, t: i64, country, out: &mut Outputs| {
-            let click = ClickRef::new(ad, EventTime(t), "u", ip, country, None).unwrap();
+            let click = test_click(ad, t, country);
             engine.push_click_ref(Partition(0), Offset(offset), click, t, out);
             offset += 1;
         };
         for (i, ad) in ads.iter().enumerate() {
-            let country = if i % 2 == 0 { usa } else { fra };
+            let country = if i % 2 == 0 { "USA" } else { "FRA" };
             push(&mut engine, ad, i as i64, country, &mut out);
         }
-        push(&mut engine, "x", 120_000, usa, &mut out);
+        push(&mut engine, "x", 120_000, "USA", &mut out);
         let rows: Vec<(&str, u32)> = out
             .rollups
             .iter()
@@ -990,17 +997,14 @@ mod tests {
     fn handles_of_ads_no_longer_counted_are_freed() {
         let mut engine = Engine::new(Config::default()).unwrap();
         let mut out = Outputs::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let usa = Country::new("USA").unwrap();
         let (minutes, per_minute) = (200i64, 100);
         let mut most = 0;
         for m in 0..minutes {
             for a in 0..per_minute {
                 let ad = alloc::format!("ad{m}-{a}");
-                let t = EventTime(m * 60_000 + a);
-                let click = ClickRef::new(&ad, t, "u", ip, usa, None).unwrap();
+                let t = m * 60_000 + a;
                 let offset = Offset(m * per_minute + a);
-                engine.push_click_ref(Partition(0), offset, click, t.0, &mut out);
+                engine.push_click_ref(Partition(0), offset, test_click(&ad, t, "USA"), t, &mut out);
             }
             most = most.max(engine.interner.len());
             out.clear();

@@ -25,7 +25,7 @@
 
 use crate::engine::{CellKey, Counts, Engine, PartitionState, TopNState, WindowState};
 use crate::filter::FilterId;
-use crate::minute::FinalMinute;
+use crate::minute::{FinalMinute, Sums};
 use crate::topn::RankedAd;
 use crate::{
     AdId, Config, ConfigError, EventTime, Offset, Partition, SEMANTICS_VERSION, WindowStart,
@@ -141,10 +141,15 @@ impl Engine {
             })
             .collect();
         let t = &self.topn;
+        // A minute not yet settled may list an ad twice in a filter: it is
+        // written settled, as ranking will read it.
+        let mut sums = Sums::default();
         let minutes = t
             .minutes
             .iter()
             .map(|(k, minute)| {
+                let mut minute = minute.clone();
+                minute.settle(&mut sums, self.interner.bound());
                 let mut v: Vec<_> = minute
                     .iter()
                     .map(|(f, ad, clicks)| {
@@ -153,14 +158,6 @@ impl Engine {
                     })
                     .collect();
                 v.sort();
-                // A minute not yet settled may list an ad twice in a filter.
-                v.dedup_by(|later, kept| {
-                    let same = (later.0, &later.1) == (kept.0, &kept.1);
-                    if same {
-                        kept.2 += later.2;
-                    }
-                    same
-                });
                 (k.0, v)
             })
             .collect();
@@ -313,18 +310,15 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Outputs;
-    use crate::{ClickRef, Country, IpAddr};
+    use crate::engine::{Outputs, test_click};
 
     /// An engine with a window of minute 0 final (in the top-N state) and
     /// one of minute 2 open, as a decoded body.
     fn body() -> Body {
         let mut engine = Engine::new(Config::default()).unwrap();
         let mut out = Outputs::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let usa = Country::new("USA").unwrap();
         for (i, t) in [0, 120_000].into_iter().enumerate() {
-            let click = ClickRef::new("ad1", EventTime(t), "u", ip, usa, None).unwrap();
+            let click = test_click("ad1", t, "USA");
             engine.push_click_ref(Partition(0), Offset(i as i64), click, t, &mut out);
         }
         let bytes = engine.snapshot();
@@ -346,10 +340,8 @@ mod tests {
     fn a_minute_of_several_partitions_is_written_summed() {
         let mut engine = Engine::new(Config::default()).unwrap();
         let mut out = Outputs::default();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let usa = Country::new("USA").unwrap();
         let push = |engine: &mut Engine, p: u32, offset: i64, t: i64, out: &mut Outputs| {
-            let click = ClickRef::new("ad1", EventTime(t), "u", ip, usa, None).unwrap();
+            let click = test_click("ad1", t, "USA");
             engine.push_click_ref(Partition(p), Offset(offset), click, 0, out);
         };
         push(&mut engine, 2, 0, 0, &mut out);
