@@ -254,7 +254,7 @@ impl PartitionState {
         cx: &mut Counting<'_>,
         p: Partition,
         offset: Offset,
-        click: ClickRef<'_>,
+        click: &ClickRef<'_>,
         keys: Keys,
         out: &mut Outputs,
     ) -> Option<Option<i64>> {
@@ -304,7 +304,7 @@ impl PartitionState {
         // Every click counts in filter 0; without configured filters that is
         // all, and no list of matches is made.
         let matched: &[FilterId] = if cx.filters.has_configured() {
-            cx.filters.matching_ref(&click, cx.scratch);
+            cx.filters.matching_ref(click, cx.scratch);
             cx.scratch
         } else {
             &[FilterId::ALL]
@@ -486,9 +486,9 @@ impl Engine {
                     continue;
                 }
                 let due = match parsed {
-                    Ok(Parsed::Click(c)) => st.count(&mut cx, p, offset, c, keys, out),
+                    Ok(Parsed::Click(c)) => st.count(&mut cx, p, offset, &c, keys, out),
                     Ok(Parsed::Owned(c)) => {
-                        st.count(&mut cx, p, offset, c.as_click_ref(), keys, out)
+                        st.count(&mut cx, p, offset, &c.as_click_ref(), keys, out)
                     }
                     Ok(Parsed::Heartbeat(t)) => st.observe(t),
                     Err(reason) => {
@@ -540,6 +540,12 @@ impl Engine {
     /// offsets `first_offset`, `first_offset + 1`, ...: the same outputs,
     /// faster, because the dedup table's memory for a few clicks ahead is
     /// fetched while earlier clicks are counted.
+    ///
+    /// Never inlined: in the WebAssembly component, inlined into the export
+    /// together with the checks of the batch's columns, it made one
+    /// function with more live values than registers, and the heap base was
+    /// reloaded from the stack before most memory accesses.
+    #[inline(never)]
     pub fn push_click_refs(
         &mut self,
         p: Partition,
@@ -566,7 +572,7 @@ impl Engine {
                 while i < chunk.len() && due.is_none() {
                     let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
                     if st.admit(offset, now_ms, out) {
-                        due = st.count(&mut cx, p, offset, chunk[i], keys[i], out);
+                        due = st.count(&mut cx, p, offset, &chunk[i], keys[i], out);
                     }
                     i += 1;
                 }
