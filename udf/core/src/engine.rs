@@ -245,7 +245,8 @@ impl PartitionState {
     }
 
     /// Counts a valid click of this partition whose keys were computed
-    /// beforehand. When the watermark reached `advance_at`, returns the
+    /// beforehand. The click is borrowed: passed by value, WebAssembly
+    /// copied it to the stack in memory for each click. When the watermark reached `advance_at`, returns the
     /// watermark before, for [`Engine::advance`], which must run before the
     /// next click.
     #[inline(always)]
@@ -540,11 +541,10 @@ impl Engine {
     /// offsets `first_offset`, `first_offset + 1`, ...: the same outputs,
     /// faster, because the dedup table's memory for a few clicks ahead is
     /// fetched while earlier clicks are counted.
-    ///
-    /// Never inlined: in the WebAssembly component, inlined into the export
-    /// together with the checks of the batch's columns, it made one
-    /// function with more live values than registers, and the heap base was
-    /// reloaded from the stack before most memory accesses.
+    // Never inlined: in the WebAssembly component, inlined into the export
+    // together with the checks of the batch's columns, it made one function
+    // with more live values than registers, and the heap base was reloaded
+    // from the stack before most memory accesses.
     #[inline(never)]
     pub fn push_click_refs(
         &mut self,
