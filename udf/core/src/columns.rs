@@ -165,7 +165,7 @@ impl<'a> ClickColumnsRef<'a> {
                 text_at(all, whole, user_end, event_end).ok_or_else(|| not_utf8("event_id"))?;
             from = event_end;
             let ip: [u8; 16] = self.ips[16 * i..16 * i + 16].try_into().expect("16 bytes");
-            let ip = canonical_ip(u128::from_be_bytes(ip));
+            let ip = crate::event::canonical_ip(IpAddr::from(ip));
             let code = &self.countries[3 * i..3 * i + 3];
             // Checked as bytes (a code that is not ASCII is unknown); the
             // error then says which it was.
@@ -203,17 +203,6 @@ impl<'a> ClickColumnsRef<'a> {
             });
         }
         Ok(out)
-    }
-}
-
-/// `IpAddr::from(bits).to_canonical()` on the address as one number: taken
-/// apart into bytes, as `to_canonical` does, a click's address is stored
-/// one byte at a time in WebAssembly.
-fn canonical_ip(bits: u128) -> IpAddr {
-    if bits >> 32 == 0xffff {
-        IpAddr::V4(core::net::Ipv4Addr::from_bits(bits as u32))
-    } else {
-        IpAddr::V6(core::net::Ipv6Addr::from_bits(bits))
     }
 }
 
@@ -469,25 +458,6 @@ fn ends_fit(ends: &[u32], len: usize) -> bool {
 mod tests {
     use super::*;
     use crate::Country;
-
-    #[test]
-    fn canonical_ip_is_to_canonical() {
-        for ip in [
-            "::ffff:1.2.3.4",
-            "::ffff:0.0.0.0",
-            "::ffff:255.255.255.255",
-            "::1.2.3.4",
-            "::fffe:1.2.3.4",
-            "1::ffff:1.2.3.4",
-            "::",
-            "::1",
-            "2001:db8::1",
-        ] {
-            let v6: core::net::Ipv6Addr = ip.parse().unwrap();
-            let want = IpAddr::V6(v6).to_canonical();
-            assert_eq!(canonical_ip(v6.to_bits()), want, "{ip}");
-        }
-    }
 
     fn two_clicks() -> ClickColumns {
         let usa = Country::new("USA").unwrap();

@@ -245,10 +245,10 @@ impl PartitionState {
     }
 
     /// Counts a valid click of this partition whose keys were computed
-    /// beforehand. The click is borrowed: passed by value, WebAssembly
-    /// copied it to the stack in memory for each click. When the watermark reached `advance_at`, returns the
+    /// beforehand. When the watermark reached `advance_at`, returns the
     /// watermark before, for [`Engine::advance`], which must run before the
-    /// next click.
+    /// next click. The click is borrowed: passed by value, WebAssembly
+    /// copied it to the stack in memory for each click.
     #[inline(always)]
     fn count(
         &mut self,

@@ -193,6 +193,20 @@ pub struct ClickRef<'a> {
     pub(crate) event_id: Option<&'a str>,
 }
 
+/// `ip.to_canonical()` (an IPv4-mapped IPv6 address as IPv4), the address
+/// tested as one 128-bit number: `to_canonical` tests its bytes, which the
+/// compiler then keeps apart, and WebAssembly stored a click's address one
+/// byte at a time (about 80 instructions per click natively, 70 in
+/// WebAssembly, on the benchmark's columns).
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_bits() >> 32 == 0xffff => {
+            IpAddr::V4(core::net::Ipv4Addr::from_bits(v6.to_bits() as u32))
+        }
+        _ => ip,
+    }
+}
+
 impl<'a> ClickRef<'a> {
     /// Checks every field as the parser does (an empty `event_id` means none).
     pub fn new(
@@ -209,7 +223,7 @@ impl<'a> ClickRef<'a> {
             ad_id,
             timestamp,
             user_id,
-            ip: ip.to_canonical(),
+            ip: canonical_ip(ip),
             country,
             event_id,
         })
@@ -273,6 +287,30 @@ impl<'a> ClickRef<'a> {
             ip: self.ip,
             country: self.country,
             event_id: self.event_id.map(|e| EventId(Arc::from(e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_ip_is_to_canonical() {
+        for ip in [
+            "::ffff:1.2.3.4",
+            "::ffff:0.0.0.0",
+            "::ffff:255.255.255.255",
+            "::1.2.3.4",
+            "::fffe:1.2.3.4",
+            "1::ffff:1.2.3.4",
+            "::",
+            "::1",
+            "2001:db8::1",
+        ] {
+            let v6: core::net::Ipv6Addr = ip.parse().unwrap();
+            let want = IpAddr::V6(v6).to_canonical();
+            assert_eq!(canonical_ip(IpAddr::V6(v6)), want, "{ip}");
         }
     }
 }

@@ -55,7 +55,7 @@ impl IpNet {
             Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
             None => (s.parse::<IpAddr>().ok()?, None),
         };
-        let addr = addr.to_canonical();
+        let addr = crate::event::canonical_ip(addr);
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         (prefix <= max).then_some(IpNet { addr, prefix })

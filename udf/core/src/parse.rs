@@ -212,10 +212,9 @@ fn build(f: Fields<'_>) -> Result<ClickRef<'_>, InvalidReason> {
     let ip = match f.ip {
         None | Some("") => return Err(InvalidReason::MissingField(Field::Ip)),
         Some(s) if s.len() > 45 => return Err(InvalidReason::OversizeField(Field::Ip)),
-        Some(s) => s
-            .parse::<IpAddr>()
-            .map_err(|_| InvalidReason::BadIp)?
-            .to_canonical(),
+        Some(s) => {
+            crate::event::canonical_ip(s.parse::<IpAddr>().map_err(|_| InvalidReason::BadIp)?)
+        }
     };
     let country = match f.country {
         None if f.country_optional => crate::Country::UNSPECIFIED,
