@@ -32,12 +32,19 @@ def read_map(path):
 
 
 def read_counts(path):
-    """Self instruction counts per address (``positions: instr line``)."""
+    """Self instruction counts per address (needs ``--dump-instr=yes``)."""
     counts = collections.Counter()
     addr = 0
     after_call = False
+    # Position columns before the cost: "instr", or "instr line".
+    npos = 2
     with open(path) as f:
         for line in f:
+            if line.startswith("positions:"):
+                npos = len(line.split()) - 1
+                if line.split()[1] != "instr":
+                    sys.exit(f"{path}: run callgrind with --dump-instr=yes")
+                continue
             if line.startswith("calls="):
                 # The next cost line is the call's inclusive cost.
                 after_call = True
@@ -45,7 +52,7 @@ def read_counts(path):
             if not line or line[0] not in "0123456789+-*":
                 continue
             fields = line.split()
-            if len(fields) < 3:
+            if len(fields) <= npos:
                 continue
             tok = fields[0]
             if tok[0] in "+-":
@@ -55,7 +62,7 @@ def read_counts(path):
             if after_call:
                 after_call = False
                 continue
-            counts[addr] += int(fields[2])
+            counts[addr] += int(fields[npos])
     return counts
 
 
