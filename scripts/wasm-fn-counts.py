@@ -49,7 +49,7 @@ def read_counts(path):
                 # The next cost line is the call's inclusive cost.
                 after_call = True
                 continue
-            if not line or line[0] not in "0123456789+-*":
+            if line[0] not in "0123456789+-*":
                 continue
             fields = line.split()
             if len(fields) <= npos:

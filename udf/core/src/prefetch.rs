@@ -11,7 +11,9 @@ pub(crate) fn prefetch_line<T>(p: *const T) {
         core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
-    // A load nothing waits for: the CPU issues it and runs on.
+    // A load (WebAssembly has no prefetch). The CPU retires nothing behind
+    // it until its line arrives, so callers issue their hints close
+    // together, where the misses overlap (see `Engine::prefetch`).
     // SAFETY: callers pass a valid, aligned element of a live vector.
     unsafe {
         core::hint::black_box(core::ptr::read_volatile(p.cast::<u8>()));
