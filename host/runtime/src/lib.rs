@@ -121,6 +121,17 @@ impl Runtime {
         })
     }
 
+    /// The machine code this runtime compiles the component `bytes` to:
+    /// wasmtime's precompiled artifact, an ELF file that `objdump -d`
+    /// reads. It is for reading the code (`scripts/wasm-fn-counts.py
+    /// --disasm`); the runtime itself compiles modules from their `.wasm`
+    /// bytes and never loads an artifact.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        self.engine
+            .precompile_component(bytes)
+            .ctx("not a valid WebAssembly component")
+    }
+
     /// Compiles a component from a file.
     pub fn load_file(&self, path: &Path) -> Result<Module> {
         let bytes =
