@@ -14,10 +14,18 @@ The last argument divides the counts: with one run, the component pushes
 the stream three times (the untimed warm-up, one warm run, one cold run),
 so 3,000,000 events. Per function it prints instructions, entries and the
 most-run instruction (a loop's turns), each per event.
+
+With ``--disasm FILE``, the machine code of the same component
+(``cargo run --release -p adtally-runtime --example precompile -- IN.wasm
+OUT.cwasm``, then ``objdump -d --no-show-raw-insn OUT.cwasm > FILE``) adds
+two columns per event: the epoch checks run (conditional branches to a
+block that calls wasmtime's ``new_epoch``) and the instructions with a
+stack operand (Cranelift's spills and reloads).
 """
 
 import bisect
 import collections
+import re
 import sys
 
 
@@ -66,12 +74,52 @@ def read_counts(path):
     return counts
 
 
+def read_disasm(path):
+    """Per function name: its start address and its (address, instruction)s."""
+    code = {}
+    body = None
+    for line in open(path):
+        m = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
+        if m:
+            body = []
+            code[m.group(2)] = (int(m.group(1), 16), body)
+            continue
+        m = re.match(r"^\s+([0-9a-f]+):\s+(.*)$", line)
+        if m and body is not None:
+            body.append((int(m.group(1), 16), m.group(2)))
+    return code
+
+
+def epoch_checks(body):
+    """Addresses of the branches to an epoch check's slow path: a block
+    that calls wasmtime's ``new_epoch`` before it jumps or returns."""
+    at = {addr: i for i, (addr, _) in enumerate(body)}
+    found = []
+    for addr, ins in body:
+        m = re.match(r"j(?!mp)[a-z]+\s+([0-9a-f]+)", ins)
+        i = at.get(int(m.group(1), 16)) if m else None
+        if i is None:
+            continue
+        for _, t in body[i : i + 12]:
+            if "new_epoch" in t:
+                found.append(addr)
+                break
+            if t.startswith(("jmp", "ret")):
+                break
+    return found
+
+
 def main():
-    if len(sys.argv) != 4:
+    args = sys.argv[1:]
+    code = None
+    if len(args) == 5 and args[3] == "--disasm":
+        code = read_disasm(args[4])
+        args = args[:3]
+    if len(args) != 3:
         sys.exit(__doc__)
-    funcs = read_map(sys.argv[2])
-    counts = read_counts(sys.argv[1])
-    events = float(sys.argv[3])
+    funcs = read_map(args[1])
+    counts = read_counts(args[0])
+    events = float(args[2])
     starts = [f[0] for f in funcs]
     per = collections.defaultdict(dict)
     for addr, n in counts.items():
@@ -80,15 +128,30 @@ def main():
             per[i][addr] = n
     rows = sorted(
         (
-            (sum(d.values()), d.get(funcs[i][0], 0), max(d.values()), funcs[i][2])
+            (sum(d.values()), d.get(funcs[i][0], 0), max(d.values()), i)
             for i, d in per.items()
         ),
         reverse=True,
     )
-    print(f"{'instr/event':>12} {'entries':>8} {'max turns':>9}  function")
-    for total, entries, most, name in rows[:40]:
-        print(f"{total / events:12.1f} {entries / events:8.3f} {most / events:9.3f}  {name[:100]}")
-
+    head = f"{'instr/event':>12} {'entries':>8} {'max turns':>9}"
+    if code is not None:
+        head += f" {'epoch chk':>9} {'stack ops':>9}"
+    print(head + "  function")
+    for total, entries, most, i in rows[:40]:
+        start, _, name = funcs[i]
+        line = f"{total / events:12.1f} {entries / events:8.3f} {most / events:9.3f}"
+        if code is not None:
+            checks = stack = 0
+            if name in code:
+                base, body = code[name]
+                at = per[i]
+                for addr in epoch_checks(body):
+                    checks += at.get(start + addr - base, 0)
+                for addr, ins in body:
+                    if "(%rsp)" in ins:
+                        stack += at.get(start + addr - base, 0)
+            line += f" {checks / events:9.2f} {stack / events:9.1f}"
+        print(f"{line}  {name[:100]}")
 
 if __name__ == "__main__":
     main()
