@@ -91,8 +91,9 @@ def read_disasm(path):
 
 
 def epoch_checks(body):
-    """Addresses of the branches to an epoch check's slow path: a block
-    that calls wasmtime's ``new_epoch`` before it jumps or returns."""
+    """Addresses of the branches to an epoch check's slow path: code that
+    calls wasmtime's ``new_epoch`` before any other call, jump, return or
+    trap."""
     at = {addr: i for i, (addr, _) in enumerate(body)}
     found = []
     for addr, ins in body:
@@ -104,7 +105,7 @@ def epoch_checks(body):
             if "new_epoch" in t:
                 found.append(addr)
                 break
-            if t.startswith(("jmp", "ret")):
+            if t.startswith(("jmp", "ret", "ud2", "call")):
                 break
     return found
 
@@ -152,6 +153,7 @@ def main():
                         stack += at.get(start + addr - base, 0)
             line += f" {checks / events:9.2f} {stack / events:9.1f}"
         print(f"{line}  {name[:100]}")
+
 
 if __name__ == "__main__":
     main()
