@@ -23,10 +23,15 @@ block that calls wasmtime's ``new_epoch``) and the instructions with a
 stack operand (Cranelift's spills and reloads).
 """
 
+import argparse
 import bisect
 import collections
 import re
 import sys
+
+# How far past a branch's target the slow path of an epoch check calls
+# wasmtime's `new_epoch` (it reloads the deadline and compares it first).
+EPOCH_SLOW_PATH = 12
 
 
 def read_map(path):
@@ -78,15 +83,16 @@ def read_disasm(path):
     """Per function name: its start address and its (address, instruction)s."""
     code = {}
     body = None
-    for line in open(path):
-        m = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
-        if m:
-            body = []
-            code[m.group(2)] = (int(m.group(1), 16), body)
-            continue
-        m = re.match(r"^\s+([0-9a-f]+):\s+(.*)$", line)
-        if m and body is not None:
-            body.append((int(m.group(1), 16), m.group(2)))
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
+            if m:
+                body = []
+                code[m.group(2)] = (int(m.group(1), 16), body)
+                continue
+            m = re.match(r"^\s+([0-9a-f]+):\s+(.*)$", line)
+            if m and body is not None:
+                body.append((int(m.group(1), 16), m.group(2)))
     return code
 
 
@@ -101,7 +107,7 @@ def epoch_checks(body):
         i = at.get(int(m.group(1), 16)) if m else None
         if i is None:
             continue
-        for _, t in body[i : i + 12]:
+        for _, t in body[i : i + EPOCH_SLOW_PATH]:
             if "new_epoch" in t:
                 found.append(addr)
                 break
@@ -110,17 +116,27 @@ def epoch_checks(body):
     return found
 
 
+def disasm_columns(body, runs):
+    """Epoch checks run and instructions with a stack operand run, in a
+    function's machine code; ``runs(addr)`` is how often ``addr`` ran."""
+    checks = sum(runs(addr) for addr in epoch_checks(body))
+    stack = sum(runs(addr) for addr, ins in body if "(%rsp)" in ins)
+    return checks, stack
+
+
 def main():
-    args = sys.argv[1:]
-    code = None
-    if len(args) == 5 and args[3] == "--disasm":
-        code = read_disasm(args[4])
-        args = args[:3]
-    if len(args) != 3:
-        sys.exit(__doc__)
-    funcs = read_map(args[1])
-    counts = read_counts(args[0])
-    events = float(args[2])
+    cli = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    cli.add_argument("callgrind_out")
+    cli.add_argument("perf_map")
+    cli.add_argument("events", type=float)
+    cli.add_argument("--disasm", metavar="FILE", help="objdump -d of the precompiled component")
+    args = cli.parse_args()
+    code = read_disasm(args.disasm) if args.disasm else None
+    funcs = read_map(args.perf_map)
+    counts = read_counts(args.callgrind_out)
+    events = args.events
     starts = [f[0] for f in funcs]
     per = collections.defaultdict(dict)
     for addr, n in counts.items():
@@ -142,15 +158,9 @@ def main():
         start, _, name = funcs[i]
         line = f"{total / events:12.1f} {entries / events:8.3f} {most / events:9.3f}"
         if code is not None:
-            checks = stack = 0
-            if name in code:
-                base, body = code[name]
-                at = per[i]
-                for addr in epoch_checks(body):
-                    checks += at.get(start + addr - base, 0)
-                for addr, ins in body:
-                    if "(%rsp)" in ins:
-                        stack += at.get(start + addr - base, 0)
+            base, body = code.get(name, (start, []))
+            ran = per[i]
+            checks, stack = disasm_columns(body, lambda addr: ran.get(start + addr - base, 0))
             line += f" {checks / events:9.2f} {stack / events:9.1f}"
         print(f"{line}  {name[:100]}")
 
