@@ -2,6 +2,7 @@
 
 use crate::dedup::MAX_HORIZON_MS;
 use crate::filter::{FilterSet, FilterSpec};
+use crate::watermark::Quorum;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -27,6 +28,15 @@ pub struct Config {
     pub idle_timeout_ms: i64,
     /// How far a click may be ahead of its record's own time [3 600 000].
     pub max_future_skew_ms: i64,
+    /// How many of a partition's recent samples must reach a time before
+    /// its watermark does [5].
+    pub watermark_quorum: u32,
+    /// How many of a partition's latest samples (counted clicks and
+    /// heartbeats) a quorum is looked for in [32].
+    pub watermark_history: u32,
+    /// How far past its partition's frontier a click or heartbeat may be
+    /// and still count [28 800 000, 8 h; at most 8 h].
+    pub max_ahead_ms: i64,
     /// How many ads a top-N row holds [100].
     pub top_n: u32,
     /// The top-N window sizes M, in windows [1, 5].
@@ -46,6 +56,9 @@ impl Default for Config {
             dedup_horizon_ms: 600_000,
             idle_timeout_ms: 60_000,
             max_future_skew_ms: 3_600_000,
+            max_ahead_ms: MAX_AHEAD_MS,
+            watermark_quorum: 5,
+            watermark_history: 32,
             top_n: 100,
             top_n_windows: vec![1, 5],
             topn_revision_windows: 5,
@@ -93,8 +106,23 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 const HOUR: i64 = 3_600_000;
+/// The furthest a record may be past its partition's frontier: dedup
+/// keeps 16 bits of a key's second, read against the watermark, so a key
+/// may be at most 2^15 s (9.1 h) ahead of it, and the watermark trails
+/// the frontier by up to an hour.
+pub const MAX_AHEAD_MS: i64 = 8 * HOUR;
+/// The longest history a watermark quorum may be looked for in.
+pub const MAX_WATERMARK_HISTORY: i64 = 1024;
 
 impl Config {
+    /// The watermark rule of this configuration.
+    pub fn quorum(&self) -> Quorum {
+        Quorum {
+            quorum: self.watermark_quorum,
+            history: self.watermark_history,
+        }
+    }
+
     /// Parses a JSON configuration (missing fields take their defaults) and checks it.
     pub fn from_json(json: &str) -> Result<Config, ConfigError> {
         let c: Config = serde_json::from_str(json).map_err(|e| {
@@ -144,6 +172,19 @@ impl Config {
                 ),
             ));
         }
+        range("max_ahead_ms", self.max_ahead_ms, 60_000, MAX_AHEAD_MS)?;
+        range(
+            "watermark_history",
+            self.watermark_history.into(),
+            1,
+            MAX_WATERMARK_HISTORY,
+        )?;
+        range(
+            "watermark_quorum",
+            self.watermark_quorum.into(),
+            1,
+            self.watermark_history.into(),
+        )?;
         range("top_n", self.top_n.into(), 1, 10_000)?;
         if self.top_n_windows.is_empty() {
             return Err(ConfigError::new(
@@ -177,6 +218,14 @@ mod tests {
         let e = Config::from_json(r#"{"dedup_horizon_ms": 60000}"#).unwrap_err();
         assert_eq!(e.field, "dedup_horizon_ms");
         assert!(e.to_string().contains("75000"), "{e}");
+    }
+
+    #[test]
+    fn quorum_beyond_the_history_is_refused() {
+        let e =
+            Config::from_json(r#"{"watermark_quorum": 9, "watermark_history": 8}"#).unwrap_err();
+        assert_eq!(e.field, "watermark_quorum");
+        assert!(e.to_string().contains("between 1 and 8"), "{e}");
     }
 
     #[test]

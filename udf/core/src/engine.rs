@@ -45,6 +45,13 @@ impl Default for Keys {
     }
 }
 
+/// A side-lined record as it came: its bytes, or a click handed over
+/// parsed.
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    Click(&'a ClickRef<'a>),
+}
+
 /// A record parsed ahead, and its keys when it is a click.
 type Ahead<'a> = (Result<Parsed<'a>, InvalidReason>, Option<Keys>);
 
@@ -213,7 +220,7 @@ pub(crate) struct PartitionState {
 impl PartitionState {
     pub(crate) fn new(config: &Config) -> PartitionState {
         PartitionState {
-            watermark: Watermark::new(config.out_of_orderness_ms),
+            watermark: Watermark::new(config.out_of_orderness_ms, config.quorum()),
             last_active_ms: None,
             next_offset: None,
             dedup: DedupSet::new(config.dedup_horizon_ms),
@@ -221,6 +228,41 @@ impl PartitionState {
             cells_hint: 0,
             advance_at: i64::MIN,
         }
+    }
+
+    /// Whether a click or heartbeat at `t` is more than `max_ahead_ms`
+    /// past the partition's frontier: then it is side-lined (it still
+    /// counts towards a quorum that moves the frontier).
+    #[inline(always)]
+    fn far_ahead(&self, t: EventTime, max_ahead_ms: i64) -> bool {
+        self.watermark
+            .frontier()
+            .is_some_and(|f| t.0 > f.0.saturating_add(max_ahead_ms))
+    }
+
+    /// Side-lines a record at `t` that is [far ahead](Self::far_ahead),
+    /// as [`InvalidReason::AheadOfPartition`]; `payload` is the record, or
+    /// `None` for a click handed over parsed (then it is written as JSON).
+    #[cold]
+    fn side_line_ahead(
+        &mut self,
+        p: Partition,
+        offset: Offset,
+        t: EventTime,
+        payload: Payload<'_>,
+        out: &mut Outputs,
+    ) -> Option<Option<i64>> {
+        let payload = match payload {
+            Payload::Bytes(b) => b.to_vec(),
+            Payload::Click(c) => serde_json::to_vec(&c.to_click()).unwrap_or_default(),
+        };
+        out.invalid.push(InvalidEvent {
+            partition: p,
+            offset,
+            reason: InvalidReason::AheadOfPartition,
+            payload,
+        });
+        self.observe(t)
     }
 
     /// Moves the watermark with event time `t`; when that reached
@@ -256,14 +298,19 @@ impl PartitionState {
         p: Partition,
         offset: Offset,
         click: &ClickRef<'_>,
+        payload: Option<&[u8]>,
         keys: Keys,
         out: &mut Outputs,
     ) -> Option<Option<i64>> {
+        if self.far_ahead(click.timestamp, cx.max_ahead) {
+            let payload = payload.map_or(Payload::Click(click), Payload::Bytes);
+            return self.side_line_ahead(p, offset, click.timestamp, payload, out);
+        }
         let key = keys.event;
         let (size, lateness) = (cx.size, cx.lateness);
         let w = size.window_of(click.timestamp);
         let wm = self.watermark.current();
-        let late = wm.filter(|&wm| w.end(size) + lateness <= wm);
+        let late = wm.filter(|&wm| w.end(size).saturating_add(lateness) <= wm);
         // A late click older than the horizon is only looked up: remembering
         // it would be undone by the next sweep anyway.
         let new = match late {
@@ -334,6 +381,7 @@ impl PartitionState {
 struct Counting<'e> {
     size: WindowSize,
     lateness: i64,
+    max_ahead: i64,
     filters: &'e FilterSet,
     interner: &'e mut Interner,
     scratch: &'e mut Vec<FilterId>,
@@ -486,10 +534,15 @@ impl Engine {
                 if !st.admit(offset, now_ms, out) {
                     continue;
                 }
+                let payload = Some(r.payload);
                 let due = match parsed {
-                    Ok(Parsed::Click(c)) => st.count(&mut cx, p, offset, &c, keys, out),
+                    Ok(Parsed::Click(c)) => st.count(&mut cx, p, offset, &c, payload, keys, out),
                     Ok(Parsed::Owned(c)) => {
-                        st.count(&mut cx, p, offset, &c.as_click_ref(), keys, out)
+                        let c = c.as_click_ref();
+                        st.count(&mut cx, p, offset, &c, payload, keys, out)
+                    }
+                    Ok(Parsed::Heartbeat(t)) if st.far_ahead(t, cx.max_ahead) => {
+                        st.side_line_ahead(p, offset, t, Payload::Bytes(r.payload), out)
                     }
                     Ok(Parsed::Heartbeat(t)) => st.observe(t),
                     Err(reason) => {
@@ -572,7 +625,7 @@ impl Engine {
                 while i < chunk.len() && due.is_none() {
                     let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
                     if st.admit(offset, now_ms, out) {
-                        due = st.count(&mut cx, p, offset, &chunk[i], keys[i], out);
+                        due = st.count(&mut cx, p, offset, &chunk[i], None, keys[i], out);
                     }
                     i += 1;
                 }
@@ -625,6 +678,7 @@ impl Engine {
         let cx = Counting {
             size: self.size,
             lateness: config.allowed_lateness_ms,
+            max_ahead: config.max_ahead_ms,
             filters: &self.filters,
             interner: &mut self.interner,
             scratch: &mut self.scratch,
@@ -657,7 +711,7 @@ impl Engine {
         }
         let mut finalized = false;
         while let Some(entry) = st.windows.first_entry() {
-            if entry.key().end(size) + lateness > wm {
+            if entry.key().end(size).saturating_add(lateness) > wm {
                 break;
             }
             let (start, ws) = entry.remove_entry();
@@ -681,11 +735,15 @@ impl Engine {
         st.dedup.on_watermark(wm);
         // Top-N rows fall due as the watermark crosses a window end plus
         // the allowed lateness.
-        let final_window = |w: i64| size.window_of(EventTime(w - lateness));
+        let final_window = |w: i64| size.window_of(EventTime(w.saturating_sub(lateness)));
         let crossed = before.is_none_or(|b| final_window(b) != final_window(wm));
-        let next_boundary = final_window(wm).end(size) + lateness;
+        let next_boundary = final_window(wm).end(size).saturating_add(lateness);
         let first_open = st.windows.iter().find(|(_, ws)| !ws.emitted);
-        let first_final = st.windows.keys().next().map(|s| s.end(size) + lateness);
+        let first_final = st
+            .windows
+            .keys()
+            .next()
+            .map(|s| s.end(size).saturating_add(lateness));
         st.advance_at = [
             Some(next_boundary),
             first_open.map(|(s, _)| s.end(size)),
@@ -709,7 +767,7 @@ impl Engine {
         let mut any_active = false;
         let mut all_max: Option<i64> = None;
         for st in self.partitions.values() {
-            let fp = st.watermark.current().map(|w| w - lateness);
+            let fp = st.watermark.current().map(|w| w.saturating_sub(lateness));
             all_max = all_max.max(fp);
             let idle = match (now, st.last_active_ms) {
                 (Some(now), Some(last)) => now - last >= self.config.idle_timeout_ms,
@@ -738,7 +796,7 @@ impl Engine {
         for &k in t.minutes.keys() {
             for &m_windows in &self.config.top_n_windows {
                 for i in 0..m_windows as i64 {
-                    let m = WindowStart(k.0 + i * size.ms());
+                    let m = WindowStart(k.0.saturating_add(i * size.ms()));
                     let end = m.end(size);
                     if end > g {
                         break;
@@ -773,10 +831,10 @@ impl Engine {
         // Forget what can no longer be revised.
         let max_m = self.config.top_n_windows.iter().copied().max().unwrap_or(1) as i64;
         let r = self.config.topn_revision_windows as i64;
-        let revisable_after = g - r * size.ms();
+        let revisable_after = g.saturating_sub(r * size.ms());
         t.emitted
             .retain(|(m, _, _), _| m.end(size) > revisable_after);
-        let keep_from = revisable_after - max_m * size.ms();
+        let keep_from = revisable_after.saturating_sub(max_m * size.ms());
         t.minutes.retain(|k, _| k.end(size) > keep_from);
         self.sweep_ads();
     }
@@ -861,7 +919,7 @@ impl TopNState {
         m: WindowStart,
         m_windows: u32,
     ) -> Vec<(FilterId, Vec<RankedAd>)> {
-        let first = WindowStart(m.0 - (m_windows as i64 - 1) * size.ms());
+        let first = WindowStart(m.0.saturating_sub((m_windows as i64 - 1) * size.ms()));
         let bound = interner.bound();
         let sums = &mut self.sums;
         for (_, minute) in self.minutes.range_mut(first..=m) {
@@ -899,10 +957,10 @@ fn revise_top_n(
     out: &mut Outputs,
 ) {
     let Some(done) = t.done_through else { return };
-    let revisable_after = done - config.topn_revision_windows as i64 * size.ms();
+    let revisable_after = done.saturating_sub(config.topn_revision_windows as i64 * size.ms());
     for &m_windows in &config.top_n_windows {
         for i in 0..m_windows as i64 {
-            let m = WindowStart(start.0 + i * size.ms());
+            let m = WindowStart(start.0.saturating_add(i * size.ms()));
             if m.end(size) > done || m.end(size) <= revisable_after {
                 continue;
             }
@@ -953,6 +1011,7 @@ mod tests {
         };
         let config = Config {
             filters: alloc::vec![spec(2, "USA"), spec(9, "USA"), spec(5, "FRA")],
+            watermark_quorum: 1,
             ..Config::default()
         };
         let mut engine = Engine::new(config).unwrap();

@@ -78,11 +78,37 @@
 //!
 //! ## Watermark, firing and lateness (per source partition)
 //!
-//! `W_p = max event time seen in partition p - out_of_orderness_ms` [15 s]
-//! (heartbeats count as event time seen). Deciding per partition makes every
-//! rollup a pure function of the partition's content and order: replaying a
-//! partition after a crash reproduces its rollups, versions included,
-//! whatever the batching.
+//! The *samples* of a partition are its counted clicks, its heartbeats and
+//! the records side-lined as ahead (below), in order; duplicates, late
+//! clicks and invalid records are not samples. The partition's *frontier*
+//! `F_p` is the latest time `t` such that at least `watermark_quorum` [5]
+//! distinct event times at `t` or later are among its last
+//! `watermark_history` [32] samples (a running maximum: it never goes
+//! back), and `W_p = F_p - out_of_orderness_ms` [15 s]; before a quorum,
+//! `W_p` is undefined. So no single record, nor fewer than a quorum within
+//! a history, moves the watermark, however far ahead it is: a click with a
+//! wrong clock, or a heartbeat in 2199, can never make the on-time clicks
+//! after it late. A stream that really moves on (a partition resuming
+//! after a silence) moves the frontier after a quorum of its records. With
+//! one record in 10,000 far ahead, a quorum of 5 such records within 32
+//! comes about once in 10^15 records. A partition's last few records
+//! before it falls silent move the frontier only when more come (a
+//! producer closes a stream with a quorum of heartbeats). With
+//! `watermark_quorum` 1 the frontier is the largest event time seen.
+//!
+//! A click or heartbeat more than `max_ahead_ms` [8 h] past `F_p` is
+//! side-lined as invalid ([`InvalidReason::AheadOfPartition`]), not
+//! counted; it is still a sample, so a partition that resumes after a
+//! longer silence side-lines its first records until a quorum of them has
+//! moved the frontier, and counts from there on. (Once a partition has a
+//! frontier, every click it counts is within 8 h of it, which the dedup
+//! memory's 16-bit seconds need.) Heartbeats obey the same checks as
+//! clicks: the range 1900..2200 and `max_future_skew_ms` past the record
+//! time. Window and watermark arithmetic saturates; no input wraps it.
+//!
+//! Deciding per partition makes every rollup a pure function of the
+//! partition's content and order: replaying a partition after a crash
+//! reproduces its rollups, versions included, whatever the batching.
 //!
 //! For each click, in order: duplicate? → late? → counted.
 //! - A click whose window has `end + allowed_lateness_ms <= W_p` (lateness
@@ -145,8 +171,13 @@
 //! engine.push_record(p, Offset(0), br#"{"ad_id":"ad001","click_timestamp":1000,"user_id":"u1","ip":"1.2.3.4","country":"USA"}"#, None, 0, &mut out);
 //! engine.push_record(p, Offset(1), b"ad001, 1970-01-01 00:00:01, u1, 1.2.3.4, USA", None, 0, &mut out);
 //! assert_eq!(out.duplicates, 1);
-//! // A click at 80 s moves W_p to 65 s: the window [0, 60 s) is emitted.
-//! engine.push_record(p, Offset(2), b"ad002, 1970-01-01 00:01:20, u2, 1.2.3.5, USA", None, 0, &mut out);
+//! // Clicks at 80..84 s: the fifth makes a quorum of 5 at 80 s, which
+//! // moves W_p to 65 s: the window [0, 60 s) is emitted.
+//! for (i, s) in (80..85).enumerate() {
+//!     let line = format!("ad002, 1970-01-01 00:01:{}, u2, 1.2.3.5, USA", s - 60);
+//!     engine.push_record(p, Offset(2 + i as i64), line.as_bytes(), None, 0, &mut out);
+//! }
+//! assert_eq!(engine.watermarks().next(), Some((p, Some(65_000))));
 //! assert_eq!(out.rollups.len(), 1);
 //! assert_eq!(out.rollups[0].clicks, 1);
 //! ```
@@ -189,13 +220,13 @@ pub use selftest::self_test;
 pub use snapshot::SnapshotError;
 pub use topn::RankedAd;
 pub use validate::{Field, InvalidReason};
-pub use watermark::Watermark;
+pub use watermark::{Quorum, Watermark};
 pub use window::{WindowSize, WindowStart};
 
 /// Version of the semantics described in this crate's documentation. It
 /// changes whenever the same input could produce a different output; modules
 /// record it so that every number can be traced to the rules that made it.
-pub const SEMANTICS_VERSION: u32 = 2;
+pub const SEMANTICS_VERSION: u32 = 3;
 
 /// The crate version, recorded as the module's semver.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -70,12 +70,13 @@ pub(crate) fn parse_borrowed(
     } else {
         parse_line(text)?
     };
+    // Heartbeats obey the same time checks as clicks.
     let t = match &record {
-        Parsed::Click(c) => Some(c.timestamp),
-        Parsed::Owned(c) => Some(c.timestamp),
-        Parsed::Heartbeat(_) => None,
+        Parsed::Click(c) => c.timestamp,
+        Parsed::Owned(c) => c.timestamp,
+        Parsed::Heartbeat(t) => *t,
     };
-    if let (Some(t), Some(rt)) = (t, record_time_ms) {
+    if let Some(rt) = record_time_ms {
         if t.0 > rt.saturating_add(max_future_skew_ms) {
             return Err(InvalidReason::TimestampInFuture);
         }
@@ -166,6 +167,7 @@ fn json_ms(n: &serde_json::Number) -> Result<i64, InvalidReason> {
 fn parse_line(text: &str) -> Result<Parsed<'_>, InvalidReason> {
     if let Some(rest) = text.strip_prefix("[Heartbeat]") {
         let ms = parse_time_text(rest.trim())?;
+        validate::timestamp_range(ms)?;
         return Ok(Parsed::Heartbeat(EventTime(ms)));
     }
     let text = text.strip_prefix("[AdClickEvent]").unwrap_or(text);

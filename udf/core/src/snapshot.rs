@@ -1,17 +1,19 @@
 //! Snapshots: the whole engine state as bytes, and back.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! | bytes | content |
 //! |---|---|
 //! | 0..8 | magic `ADTSNAP\0` |
-//! | 8..10 | format version, u16 little-endian (1) |
+//! | 8..10 | format version, u16 little-endian (2) |
 //! | 10.. | a [postcard](https://docs.rs/postcard) encoding of the body below |
 //!
 //! Body, in field order: `semantics_version: u32`, `config_json: String`
 //! (the [`Config`](crate::Config) as JSON), `now_ms: Option<i64>`, the
-//! partitions (each: `partition: u32`, `max_seen: Option<i64>`,
-//! `last_active_ms`, `next_offset`, `dedup_last_sweep: Option<i64>`,
+//! partitions (each: `partition: u32`, its watermark as `samples: u64`,
+//! `frontier: Option<i64>` and the samples above the frontier still in
+//! the history, `Vec<(u64, i64)>` of (how many samples ago, time) oldest
+//! first, then `last_active_ms`, `next_offset`, `dedup_last_sweep: Option<i64>`,
 //! `dedup_slots: Vec<u128>` sorted, and its windows, each with `start: i64`,
 //! `emitted: bool` and its cells `(ad_id, filter, clicks, version)` sorted by
 //! ad then filter), then the top-N state (`done_through`, the final minutes
@@ -27,8 +29,9 @@ use crate::engine::{CellKey, Counts, Engine, PartitionState, TopNState, WindowSt
 use crate::filter::FilterId;
 use crate::minute::{FinalMinute, Sums};
 use crate::topn::RankedAd;
+use crate::validate::{END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 use crate::{
-    AdId, Config, ConfigError, EventTime, Offset, Partition, SEMANTICS_VERSION, WindowStart,
+    AdId, Config, ConfigError, Offset, Partition, SEMANTICS_VERSION, Watermark, WindowStart,
 };
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -36,7 +39,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 8] = b"ADTSNAP\0";
-const FORMAT_VERSION: u16 = 1;
+const FORMAT_VERSION: u16 = 2;
 
 /// Why bytes could not be restored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +90,12 @@ type MinuteSnap = (i64, Vec<(u32, String, u64)>);
 /// (minute, M, filter, version, ranked (ad, clicks)).
 type EmittedSnap = (i64, u32, u32, u32, Vec<(String, u64)>);
 
+/// Whether `t` is a time a record may carry (a window start may be up to
+/// a window before the first).
+fn in_range(t: i64) -> bool {
+    (MIN_TIMESTAMP_MS - 24 * 3_600_000..END_TIMESTAMP_MS).contains(&t)
+}
+
 #[derive(Serialize, Deserialize)]
 struct Body {
     semantics_version: u32,
@@ -101,7 +110,9 @@ struct Body {
 #[derive(Serialize, Deserialize)]
 struct PartitionSnap {
     partition: u32,
-    max_seen: Option<i64>,
+    samples: u64,
+    frontier: Option<i64>,
+    ahead: Vec<(u64, i64)>,
     last_active_ms: Option<i64>,
     next_offset: Option<i64>,
     dedup_last_sweep: Option<i64>,
@@ -115,29 +126,34 @@ impl Engine {
         let partitions = self
             .partitions
             .iter()
-            .map(|(p, st)| PartitionSnap {
-                partition: p.0,
-                max_seen: st.watermark.max_seen().map(|t| t.0),
-                last_active_ms: st.last_active_ms,
-                next_offset: st.next_offset.map(|o| o.0),
-                dedup_last_sweep: st.dedup.last_sweep(),
-                dedup_slots: st.dedup.to_slots(),
-                windows: st
-                    .windows
-                    .iter()
-                    .map(|(start, ws)| {
-                        let mut cells: Vec<_> = ws
-                            .cells
-                            .iter()
-                            .map(|(k, c)| {
-                                let ad = self.interner.id(k.ad).as_str();
-                                (String::from(ad), k.filter.0, c.clicks, c.version)
-                            })
-                            .collect();
-                        cells.sort();
-                        (start.0, ws.emitted, cells)
-                    })
-                    .collect(),
+            .map(|(p, st)| {
+                let (samples, frontier, ahead) = st.watermark.to_parts();
+                PartitionSnap {
+                    partition: p.0,
+                    samples,
+                    frontier,
+                    ahead,
+                    last_active_ms: st.last_active_ms,
+                    next_offset: st.next_offset.map(|o| o.0),
+                    dedup_last_sweep: st.dedup.last_sweep(),
+                    dedup_slots: st.dedup.to_slots(),
+                    windows: st
+                        .windows
+                        .iter()
+                        .map(|(start, ws)| {
+                            let mut cells: Vec<_> = ws
+                                .cells
+                                .iter()
+                                .map(|(k, c)| {
+                                    let ad = self.interner.id(k.ad).as_str();
+                                    (String::from(ad), k.filter.0, c.clicks, c.version)
+                                })
+                                .collect();
+                            cells.sort();
+                            (start.0, ws.emitted, cells)
+                        })
+                        .collect(),
+                }
             })
             .collect();
         let t = &self.topn;
@@ -234,9 +250,33 @@ impl Engine {
         engine.now_ms = body.now_ms;
         for ps in body.partitions {
             let mut st = PartitionState::new(&engine.config);
-            if let Some(t) = ps.max_seen {
-                st.watermark.observe(EventTime(t));
+            let times = ps.frontier.iter().chain(ps.ahead.iter().map(|(_, t)| t));
+            if let Some(t) = times
+                .chain(ps.windows.iter().map(|w| &w.0))
+                .find(|&&t| !in_range(t))
+            {
+                return Err(SnapshotError::Corrupt(alloc::format!(
+                    "partition {}: time {t} is outside 1900..2200",
+                    ps.partition
+                )));
             }
+            st.watermark = Watermark::from_parts(
+                engine.config.out_of_orderness_ms,
+                engine.config.quorum(),
+                ps.samples,
+                ps.frontier,
+                &ps.ahead,
+            )
+            .ok_or_else(|| {
+                SnapshotError::Corrupt(alloc::format!(
+                    "partition {}: a watermark this configuration cannot have \
+                     ({} samples, frontier {:?}, ahead {:?})",
+                    ps.partition,
+                    ps.samples,
+                    ps.frontier,
+                    ps.ahead
+                ))
+            })?;
             st.last_active_ms = ps.last_active_ms;
             st.next_offset = ps.next_offset.map(Offset);
             st.dedup = crate::dedup::DedupSet::from_slots(
@@ -315,7 +355,7 @@ mod tests {
     /// An engine with a window of minute 0 final (in the top-N state) and
     /// one of minute 2 open, as a decoded body.
     fn body() -> Body {
-        let mut engine = Engine::new(Config::default()).unwrap();
+        let mut engine = Engine::new(single_record()).unwrap();
         let mut out = Outputs::default();
         for (i, t) in [0, 120_000].into_iter().enumerate() {
             let click = test_click("ad1", t, "USA");
@@ -323,6 +363,14 @@ mod tests {
         }
         let bytes = engine.snapshot();
         postcard::from_bytes(&bytes[10..]).unwrap()
+    }
+
+    /// A configuration where one click moves the watermark.
+    fn single_record() -> Config {
+        Config {
+            watermark_quorum: 1,
+            ..Config::default()
+        }
     }
 
     fn restore(body: &Body) -> Result<Engine, SnapshotError> {
@@ -338,7 +386,7 @@ mod tests {
     /// the same after the restore.
     #[test]
     fn a_minute_of_several_partitions_is_written_summed() {
-        let mut engine = Engine::new(Config::default()).unwrap();
+        let mut engine = Engine::new(single_record()).unwrap();
         let mut out = Outputs::default();
         let push = |engine: &mut Engine, p: u32, offset: i64, t: i64, out: &mut Outputs| {
             let click = test_click("ad1", t, "USA");

@@ -85,6 +85,10 @@ pub enum InvalidReason {
     TimestampInFuture,
     /// `ip` is not an IPv4 or IPv6 address.
     BadIp,
+    /// The click's or heartbeat's time is more than `max_ahead_ms` past the
+    /// time its partition has reached (the only reason that depends on
+    /// the partition's state, given by the engine, never by the parser).
+    AheadOfPartition,
     /// `country` is not an ISO 3166-1 alpha-2 or alpha-3 code (or `ZZZ`).
     UnknownCountry,
     /// A Yahoo Streaming Benchmark event other than a `view`: only views
@@ -101,7 +105,9 @@ impl InvalidReason {
             BadAdId => Some(Field::AdId),
             BadUserId => Some(Field::UserId),
             BadEventId => Some(Field::EventId),
-            BadTimestamp | TimestampOutOfRange | TimestampInFuture => Some(Field::ClickTimestamp),
+            BadTimestamp | TimestampOutOfRange | TimestampInFuture | AheadOfPartition => {
+                Some(Field::ClickTimestamp)
+            }
             BadIp => Some(Field::Ip),
             UnknownCountry => Some(Field::Country),
             OversizeRecord | NotUtf8 | Malformed | NotAView => None,
@@ -122,6 +128,7 @@ impl InvalidReason {
             BadTimestamp,
             TimestampOutOfRange,
             TimestampInFuture,
+            AheadOfPartition,
             BadIp,
             UnknownCountry,
             NotAView,
@@ -174,6 +181,7 @@ impl fmt::Display for CodeDisplay {
             BadTimestamp => f.write_str("bad_timestamp"),
             TimestampOutOfRange => f.write_str("timestamp_out_of_range"),
             TimestampInFuture => f.write_str("timestamp_in_future"),
+            AheadOfPartition => f.write_str("ahead_of_partition"),
             BadIp => f.write_str("bad_ip"),
             UnknownCountry => f.write_str("unknown_country"),
             NotAView => f.write_str("not_a_view"),
@@ -204,6 +212,9 @@ impl fmt::Display for InvalidReason {
             }
             TimestampInFuture => f.write_str(
                 "`click_timestamp` is further ahead of the record time than max_future_skew_ms",
+            ),
+            AheadOfPartition => f.write_str(
+                "the time is further past what its partition has reached than max_ahead_ms",
             ),
             BadIp => f.write_str("`ip` is not an IPv4 or IPv6 address"),
             UnknownCountry => f.write_str("`country` is not an ISO 3166-1 code"),

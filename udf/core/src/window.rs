@@ -32,7 +32,9 @@ impl WindowSize {
     /// assert_eq!(w.window_of(EventTime(-1)), WindowStart(-60_000));
     /// ```
     pub fn window_of(self, t: EventTime) -> WindowStart {
-        WindowStart(t.0.div_euclid(self.0) * self.0)
+        // Saturating: no time in a valid record comes near, but no input
+        // may wrap a window either.
+        WindowStart(t.0.div_euclid(self.0).saturating_mul(self.0))
     }
 }
 
@@ -43,6 +45,6 @@ pub struct WindowStart(pub i64);
 impl WindowStart {
     /// The first millisecond after the window.
     pub fn end(self, size: WindowSize) -> i64 {
-        self.0 + size.0
+        self.0.saturating_add(size.0)
     }
 }
