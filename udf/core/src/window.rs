@@ -32,9 +32,11 @@ impl WindowSize {
     /// assert_eq!(w.window_of(EventTime(-1)), WindowStart(-60_000));
     /// ```
     pub fn window_of(self, t: EventTime) -> WindowStart {
-        // Saturating: no time in a valid record comes near, but no input
-        // may wrap a window either.
-        WindowStart(t.0.div_euclid(self.0).saturating_mul(self.0))
+        // `t - (t mod size)`, saturating: no time in a valid record comes
+        // near the ends of i64, but no input may wrap a window either.
+        // (Not `div_euclid(size).saturating_mul(size)`: in the component,
+        // built with wide arithmetic, that saturated for every time.)
+        WindowStart(t.0.saturating_sub(t.0.rem_euclid(self.0)))
     }
 }
 
