@@ -143,12 +143,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Component: the same batches through wasmtime (the canonical ABI copies them in).
-    // At most two instances live at once (the warm one and a cold one): a
-    // small pool, whose address space valgrind can also reserve.
-    let rt = Runtime::new(Limits {
-        max_instances: 2,
-        ..Limits::default()
-    })?;
+    let rt = Runtime::new(Limits::default())?;
     let path = std::env::var("ADTALLY_COMPONENT").unwrap_or_else(|_| {
         concat!(
             env!("CARGO_MANIFEST_DIR"),

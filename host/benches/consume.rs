@@ -91,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
         exit_when_idle: Some(std::time::Duration::from_secs(3)),
         snapshot_every: std::time::Duration::from_secs(10),
         assignment: source::Assignment::Group,
+        unrestorable: None,
+        kafka: Default::default(),
     };
     let url = ch.url();
     let module = root.join("target/wasm/adtally_component.wasm");
@@ -100,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         module: &module,
         config_json: "{}",
         compress: std::env::var_os("ADTALLY_BENCH_LZ4").is_some(),
+        auth: Default::default(),
     };
     let stats = pipeline::run(&opts, &target).await?.stats;
     anyhow::ensure!(

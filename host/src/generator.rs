@@ -37,6 +37,12 @@ pub struct GenConfig {
     pub invalid: f64,
     /// Largest backwards jitter (must stay below the out-of-orderness).
     pub disorder_ms: i64,
+    /// Fraction of clicks whose clock runs 30 minutes ahead of the
+    /// stream's (counted in their own minute, moving no watermark).
+    pub ahead: f64,
+    /// Heartbeats at the far future (2199), one per partition every this
+    /// many records (side-lined as ahead of their partition); none if 0.
+    pub far_heartbeat_every: usize,
     /// Seed.
     pub seed: u64,
     /// Yahoo Streaming Benchmark events instead of log lines.
@@ -55,6 +61,8 @@ impl Default for GenConfig {
             late: 0.005,
             invalid: 0.005,
             disorder_ms: 5_000,
+            ahead: 0.0,
+            far_heartbeat_every: 0,
             seed: 7,
             ysb: false,
         }
@@ -85,6 +93,10 @@ pub struct Generated {
     pub invalid: u64,
     /// YSB events other than views (not counted).
     pub not_views: u64,
+    /// Clicks 30 minutes ahead of the stream (counted).
+    pub ahead: u64,
+    /// Heartbeats at the far future (side-lined).
+    pub far_heartbeats: u64,
     /// The newest event time in the stream.
     pub max_time_ms: i64,
 }
@@ -128,7 +140,18 @@ pub fn generate(c: GenConfig) -> Generated {
     };
     for i in 0..c.records {
         let now = c.start_ms + i as i64 * 1000 / c.rate_per_s.max(1) as i64;
+        if c.far_heartbeat_every > 0 && i > 0 && i % c.far_heartbeat_every == 0 {
+            for partition in 0..c.partitions {
+                g.records.push(GenRecord {
+                    partition,
+                    payload: format!("{{\"heartbeat_ms\": {FAR_FUTURE_MS}}}"),
+                });
+                g.far_heartbeats += 1;
+            }
+        }
         let roll: f64 = rng.random();
+        // Drawn for every record, so other fractions keep their streams.
+        let ahead = rng.random::<f64>() < c.ahead;
         if roll < c.duplicates && !counted.is_empty() {
             let (p, line, _) = counted[rng.random_range(0..counted.len())].clone();
             g.records.push(GenRecord {
@@ -152,8 +175,11 @@ pub fn generate(c: GenConfig) -> Generated {
             continue;
         }
         let late = roll < c.duplicates + c.invalid + c.late && now - c.start_ms > 40 * 60_000;
+        let ahead = ahead && !late;
         let t = if late {
             now - 30 * 60_000
+        } else if ahead {
+            now + 30 * 60_000
         } else {
             now - rng.random_range(0..=c.disorder_ms)
         };
@@ -175,6 +201,7 @@ pub fn generate(c: GenConfig) -> Generated {
         } else {
             format!("ad{ad:06}, {t}, user{user}, {ip}, USA, e{i}")
         };
+        g.ahead += ahead as u64;
         if late {
             g.late += 1;
         } else {
@@ -190,13 +217,20 @@ pub fn generate(c: GenConfig) -> Generated {
         });
     }
     // The producers' last word on every partition: nothing older than this
-    // is coming, so every window closes.
+    // is coming, so every window closes. One heartbeat moves no watermark:
+    // a quorum of distinct times does.
     let end = g.max_time_ms + 2 * 60_000;
+    let quorum = adtally_core::Config::default().watermark_quorum as i64;
     for partition in 0..c.partitions {
-        g.records.push(GenRecord {
-            partition,
-            payload: format!("{{\"heartbeat_ms\": {end}}}"),
-        });
+        for i in 0..quorum {
+            g.records.push(GenRecord {
+                partition,
+                payload: format!("{{\"heartbeat_ms\": {}}}", end + i),
+            });
+        }
     }
     g
 }
+
+/// The last millisecond before 2200, the latest time a record may carry.
+pub const FAR_FUTURE_MS: i64 = 7_258_118_399_999;

@@ -5,6 +5,7 @@
 //! is (the core does, inside the component that `adtally-runtime` runs).
 
 pub mod broker;
+pub mod connect;
 pub mod generator;
 pub mod pipeline;
 pub mod ship;

@@ -11,6 +11,7 @@
 //! adtally demo                                  # generator -> core component -> embedded ClickHouse
 //! ```
 
+use adtally_host::connect::{ClickHouseAuth, KafkaProperties, redact_url};
 use adtally_host::{broker, generator, pipeline, sink, source};
 
 use adtally_chserver::EmbeddedClickHouse;
@@ -59,6 +60,14 @@ enum Command {
         /// Exit after this many seconds without a new line.
         #[arg(long)]
         exit_when_idle: Option<u64>,
+        /// A librdkafka property, as `-X key=value` (repeatable; kcat's
+        /// flag), e.g. `-X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN`.
+        #[arg(short = 'X', value_name = "KEY=VALUE")]
+        kafka_property: Vec<String>,
+        /// A file of librdkafka properties, one `key=value` a line (`#`
+        /// comments); `-X` overrides it.
+        #[arg(long, value_name = "FILE")]
+        kafka_config: Option<PathBuf>,
         /// The log files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -108,6 +117,26 @@ enum Command {
         /// out), `all`, or a list like `0,2,5` (no group: static deployments).
         #[arg(long, default_value = "group")]
         partitions: source::Assignment,
+        /// Where a partition whose stored snapshot this module cannot
+        /// restore starts: `earliest` or an offset. Without it such a
+        /// partition is refused (the run stops and says why).
+        #[arg(long)]
+        unrestorable_snapshot: Option<source::StartAt>,
+        /// A librdkafka property, as `-X key=value` (repeatable; kcat's
+        /// flag), e.g. `-X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN`.
+        #[arg(short = 'X', value_name = "KEY=VALUE")]
+        kafka_property: Vec<String>,
+        /// A file of librdkafka properties, one `key=value` a line (`#`
+        /// comments); `-X` overrides it.
+        #[arg(long, value_name = "FILE")]
+        kafka_config: Option<PathBuf>,
+        /// ClickHouse user (default: ClickHouse's `default`).
+        #[arg(long, env = "ADTALLY_CLICKHOUSE_USER")]
+        clickhouse_user: Option<String>,
+        /// ClickHouse password (better from the environment than a flag,
+        /// which other users of the machine can see); never printed.
+        #[arg(long, env = "ADTALLY_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+        clickhouse_password: Option<String>,
     },
     /// Run a generated stream through the core component into an embedded ClickHouse and print the top ads.
     Demo {
@@ -157,6 +186,14 @@ struct StreamArgs {
     /// are the clicks) instead of log lines.
     #[arg(long)]
     ysb: bool,
+    /// Fraction of clicks whose clock is 30 minutes ahead (counted in their
+    /// own minute; they must not make later clicks late).
+    #[arg(long, default_value_t = 0.0)]
+    ahead: f64,
+    /// Every this many records, a heartbeat in 2199 on every partition
+    /// (side-lined as ahead of its partition); 0: none.
+    #[arg(long, default_value_t = 0)]
+    far_heartbeat_every: usize,
 }
 
 impl StreamArgs {
@@ -168,6 +205,7 @@ impl StreamArgs {
             ("--duplicates", self.duplicates),
             ("--late", self.late),
             ("--invalid", self.invalid),
+            ("--ahead", self.ahead),
         ] {
             if !(0.0..=1.0).contains(&f) {
                 bail!("{name} {f}: a fraction between 0 and 1");
@@ -193,6 +231,8 @@ impl StreamArgs {
             invalid: self.invalid,
             disorder_ms: self.disorder_ms,
             ysb: self.ysb,
+            ahead: self.ahead,
+            far_heartbeat_every: self.far_heartbeat_every,
             ..generator::GenConfig::default()
         })
     }
@@ -230,12 +270,14 @@ fn main() -> Result<()> {
             }
             let clicks: u64 = g.expected.values().sum();
             eprintln!(
-                "{} records: {clicks} distinct on-time clicks, {} duplicates, {} late, {} invalid, {} YSB events other than views",
+                "{} records: {clicks} distinct counted clicks ({} of them 30 minutes ahead), {} duplicates, {} late, {} invalid, {} YSB events other than views, {} heartbeats in 2199",
                 g.records.len(),
+                g.ahead,
                 g.duplicates,
                 g.late,
                 g.invalid,
-                g.not_views
+                g.not_views,
+                g.far_heartbeats
             );
             Ok(())
         }
@@ -252,6 +294,11 @@ fn main() -> Result<()> {
             snapshot_interval,
             clickhouse_compression,
             partitions,
+            unrestorable_snapshot,
+            kafka_property,
+            kafka_config,
+            clickhouse_user,
+            clickhouse_password,
         } => {
             let config_json = match config {
                 Some(p) => std::fs::read_to_string(&p)
@@ -269,6 +316,12 @@ fn main() -> Result<()> {
                 exit_when_idle: exit_when_idle.map(std::time::Duration::from_secs),
                 snapshot_every: std::time::Duration::from_secs(snapshot_interval),
                 assignment: partitions,
+                unrestorable: unrestorable_snapshot,
+                kafka: KafkaProperties::new(kafka_config.as_deref(), &kafka_property)?,
+            };
+            let auth = ClickHouseAuth {
+                user: clickhouse_user,
+                password: clickhouse_password,
             };
             run(
                 &opts,
@@ -277,6 +330,7 @@ fn main() -> Result<()> {
                 &module,
                 &config_json,
                 clickhouse_compression == "lz4",
+                &auth,
             )
         }
         Command::Ship {
@@ -284,6 +338,8 @@ fn main() -> Result<()> {
             topic,
             state,
             exit_when_idle,
+            kafka_property,
+            kafka_config,
             files,
         } => {
             let stats = adtally_host::ship::ship(&adtally_host::ship::ShipOptions {
@@ -292,6 +348,7 @@ fn main() -> Result<()> {
                 files,
                 state,
                 exit_when_idle: exit_when_idle.map(std::time::Duration::from_secs),
+                kafka: KafkaProperties::new(kafka_config.as_deref(), &kafka_property)?,
             })?;
             eprintln!(
                 "adtally ship: {} lines shipped, {} files followed from their start after rotation or truncation",
@@ -344,6 +401,8 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         exit_when_idle: Some(std::time::Duration::from_secs(5)),
         snapshot_every: std::time::Duration::from_secs(10),
         assignment: source::Assignment::Group,
+        unrestorable: None,
+        kafka: KafkaProperties::default(),
     };
     let url = ch.url();
     let target = pipeline::Target {
@@ -353,6 +412,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         config_json: "{}",
         // The embedded server is on this machine.
         compress: false,
+        auth: Default::default(),
     };
     let start = Instant::now();
     let report = pipeline::run(&opts, &target).await?;
@@ -437,6 +497,7 @@ async fn run(
     module_path: &Path,
     config_json: &str,
     compress: bool,
+    auth: &ClickHouseAuth,
 ) -> Result<()> {
     let target = pipeline::Target {
         url,
@@ -444,8 +505,9 @@ async fn run(
         module: module_path,
         config_json,
         compress,
+        auth: auth.clone(),
     };
-    eprintln!("adtally run: {} -> {url}/{db}", opts.topic);
+    eprintln!("adtally run: {} -> {}/{db}", opts.topic, redact_url(url));
     let report = pipeline::run(opts, &target).await?;
     let stats = &report.stats;
     eprintln!(
@@ -453,8 +515,8 @@ async fn run(
         stats.records, stats.rollups, stats.duplicates, stats.late, stats.invalid, report.sha256
     );
     eprintln!(
-        "adtally run: {} snapshots restored, {} records already covered by them, {} core failures recovered, {} records quarantined",
-        stats.restored, stats.replayed, stats.traps, stats.quarantined
+        "adtally run: {} snapshots restored, {} records already covered by them, {} core failures recovered, {} records quarantined, {} records deleted from the log before they were read",
+        stats.restored, stats.replayed, stats.traps, stats.quarantined, stats.deleted_unread
     );
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Target<'a> {
     /// over a network; on loopback to a co-located server it only costs
     /// CPU on both sides.
     pub compress: bool,
+    /// ClickHouse credentials.
+    pub auth: crate::connect::ClickHouseAuth,
 }
 
 /// What a run did, and with which module.
@@ -45,6 +47,7 @@ pub async fn run(opts: &ConsumeOptions, target: &Target<'_>) -> Result<Report> {
         &opts.topic,
         module.sha256(),
         target.compress,
+        &target.auth,
     );
     let stats = source::consume(opts, &module, target.config_json, &sink).await?;
     Ok(Report {

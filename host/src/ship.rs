@@ -41,6 +41,8 @@ pub struct ShipOptions {
     pub state: PathBuf,
     /// Stop after this long without a new line; never if `None`.
     pub exit_when_idle: Option<Duration>,
+    /// librdkafka properties for a secured cluster (SASL, TLS, ...).
+    pub kafka: crate::connect::KafkaProperties,
 }
 
 /// Where one file stands.
@@ -189,10 +191,14 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
     if opts.files.is_empty() {
         bail!("adtally ship: give at least one file to follow");
     }
-    let producer: BaseProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &opts.brokers)
         .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
+        .set("linger.ms", "20");
+    let producer: BaseProducer = opts
+        .kafka
+        .apply(&mut config)
         .create()
         .context("creating the Kafka producer")?;
     let metadata = producer

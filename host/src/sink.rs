@@ -119,8 +119,15 @@ pub struct Sink {
 
 impl Sink {
     /// A sink into database `db` of the ClickHouse at `url`.
-    pub fn new(url: &str, db: &str, topic: &str, module_sha256: &str, compress: bool) -> Sink {
-        let client = client(url).with_database(db);
+    pub fn new(
+        url: &str,
+        db: &str,
+        topic: &str,
+        module_sha256: &str,
+        compress: bool,
+        auth: &crate::connect::ClickHouseAuth,
+    ) -> Sink {
+        let client = auth.apply(client(url)).with_database(db);
         let client = if compress {
             client
         } else {

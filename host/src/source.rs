@@ -19,6 +19,7 @@
 //! up to where it failed; a record on which the core fails by itself is
 //! quarantined in `invalid_events` (reason `module_trap: ...`) and skipped.
 
+use crate::connect::KafkaProperties;
 use crate::generator::GenRecord;
 use crate::sink::Sink;
 use adtally_core::RawRecord;
@@ -105,6 +106,49 @@ pub struct ConsumeOptions {
     pub snapshot_every: Duration,
     /// Which partitions this consumer reads.
     pub assignment: Assignment,
+    /// Where a partition whose snapshot cannot be restored starts; `None`
+    /// refuses to start it.
+    pub unrestorable: Option<StartAt>,
+    /// librdkafka properties for a secured cluster (SASL, TLS, ...).
+    pub kafka: KafkaProperties,
+}
+
+/// Where to start a partition that has no usable state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// The log's first available offset.
+    Earliest,
+    /// This offset (or the log's first available one, if it is later).
+    Offset(i64),
+}
+
+impl std::str::FromStr for StartAt {
+    type Err = String;
+    /// `earliest` or an offset.
+    fn from_str(s: &str) -> Result<StartAt, String> {
+        match s {
+            "earliest" => Ok(StartAt::Earliest),
+            n => n
+                .parse::<i64>()
+                .ok()
+                .filter(|o| *o >= 0)
+                .map(StartAt::Offset)
+                .ok_or_else(|| format!("{s:?} is neither `earliest` nor an offset (0 or more)")),
+        }
+    }
+}
+
+/// How long a request for a partition's first offset may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The first offset `p` of `topic` still holds (records before it were
+/// deleted by retention or a delete-records request).
+fn log_start<C: ConsumerContext>(consumer: &StreamConsumer<C>, topic: &str, p: u32) -> Result<i64> {
+    let (low, _high) = tokio::task::block_in_place(|| {
+        consumer.fetch_watermarks(topic, p as i32, METADATA_TIMEOUT)
+    })
+    .with_context(|| format!("reading the first offset of {topic} partition {p}"))?;
+    Ok(low.max(0))
 }
 
 /// How a consumer gets its partitions.
@@ -161,6 +205,9 @@ pub struct ConsumeStats {
     pub traps: u64,
     /// Records quarantined because the core failed on them alone.
     pub quarantined: u64,
+    /// Records deleted from the log (retention, delete-records) before
+    /// this consumer read them: never counted.
+    pub deleted_unread: u64,
     /// When the first record arrived.
     pub first_record_at: Option<Instant>,
     /// When the last batch's rows and offsets were acknowledged.
@@ -233,6 +280,8 @@ struct PartitionCore<'m> {
 struct Cores<'m, 'a> {
     module: &'m Module,
     config_json: &'a str,
+    topic: &'a str,
+    unrestorable: Option<StartAt>,
     sink: &'a Sink,
     held: BTreeMap<u32, PartitionCore<'m>>,
     /// Records the core failed on by themselves: skipped on every replay.
@@ -240,40 +289,74 @@ struct Cores<'m, 'a> {
 }
 
 impl<'m> Cores<'m, '_> {
-    /// A core for `p`: its latest snapshot restored, or a fresh one.
-    async fn open(&mut self, p: u32, stats: &mut ConsumeStats) -> Result<PartitionCore<'m>> {
+    /// A core for `p`: its latest snapshot restored, or a fresh one that
+    /// starts at the log's first available offset. A snapshot that cannot
+    /// be restored stops the partition, unless the operator chose where
+    /// to start instead.
+    async fn open<C: ConsumerContext>(
+        &mut self,
+        p: u32,
+        consumer: &StreamConsumer<C>,
+        stats: &mut ConsumeStats,
+    ) -> Result<PartitionCore<'m>> {
         for offset in self.sink.quarantined(p).await? {
             self.quarantined.insert((p, offset));
         }
         let semantics = self.module.info().semantics_version;
-        if let Some(snap) = self.sink.load_snapshot(p, semantics).await? {
-            match wasm(|| self.module.restore(&snap.state)) {
+        let low = log_start(consumer, self.topic, p)?;
+        let start = match self.sink.load_snapshot(p, semantics).await? {
+            None => low,
+            Some(snap) => match wasm(|| self.module.restore(&snap.state)) {
                 Ok(agg) => {
                     eprintln!(
                         "adtally: partition {p}: state restored, resuming at offset {}",
                         snap.next_offset
                     );
                     stats.restored += 1;
-                    return Ok(PartitionCore {
+                    let mut core = PartitionCore {
                         agg,
                         next_offset: snap.next_offset,
                         last_snapshot: Instant::now(),
                         snapshot_offset: snap.next_offset,
                         careful_until: None,
                         rewind: Some(0),
-                    });
+                    };
+                    skip_deleted(p, &mut core, low, stats);
+                    return Ok(core);
                 }
-                Err(e) => eprintln!(
-                    "adtally: partition {p}: snapshot at offset {} not restorable, replaying from the start: {e:#}",
-                    snap.next_offset
-                ),
-            }
+                Err(e) => match self.unrestorable {
+                    None => bail!(
+                        "partition {p}: the snapshot at offset {} (semantics version {semantics}) \
+                         cannot be restored by this module: {e:#}. Refusing to start the \
+                         partition: counting it from another offset would change its totals. \
+                         Run a module that reads it, or choose where to start with \
+                         `--unrestorable-snapshot earliest` or `--unrestorable-snapshot OFFSET`",
+                        snap.next_offset
+                    ),
+                    Some(at) => {
+                        let from = match at {
+                            StartAt::Earliest => low,
+                            StartAt::Offset(o) => o.max(low),
+                        };
+                        eprintln!(
+                            "adtally: partition {p}: the snapshot at offset {} cannot be \
+                             restored ({e:#}); starting with no state at offset {from}, as \
+                             --unrestorable-snapshot says",
+                            snap.next_offset
+                        );
+                        from
+                    }
+                },
+            },
+        };
+        if start > 0 {
+            eprintln!("adtally: partition {p}: no state; starting at offset {start}");
         }
         Ok(PartitionCore {
             agg: wasm(|| self.module.create(self.config_json))?,
-            next_offset: 0,
+            next_offset: start,
             last_snapshot: Instant::now(),
-            snapshot_offset: 0,
+            snapshot_offset: start,
             careful_until: None,
             rewind: Some(0),
         })
@@ -288,6 +371,27 @@ impl<'m> Cores<'m, '_> {
         core.last_snapshot = Instant::now();
         core.snapshot_offset = core.next_offset;
         Ok(())
+    }
+}
+
+/// How far back the first re-fetch after skipped records starts, and how
+/// much further each next one does: a producer batch holds at most a few
+/// thousand records, so one or two re-fetches reach its start.
+const FIRST_REWIND: i64 = 1_000;
+const REWIND_GROWTH: i64 = 4;
+
+/// Moves `core` past records its partition no longer holds (`low` is the
+/// log's first offset): they were deleted before this consumer read them
+/// and are never counted, which is said and counted.
+fn skip_deleted(p: u32, core: &mut PartitionCore<'_>, low: i64, stats: &mut ConsumeStats) {
+    if low > core.next_offset {
+        eprintln!(
+            "adtally: partition {p}: offsets {}..{low} were deleted from the log (retention or \
+             delete-records) before they were read; they are not counted, counting from {low}",
+            core.next_offset
+        );
+        stats.deleted_unread += (low - core.next_offset) as u64;
+        core.next_offset = low;
     }
 }
 
@@ -327,7 +431,8 @@ pub async fn consume(
         topic: opts.topic.clone(),
         changes: std::sync::Mutex::new(tx),
     };
-    let consumer: StreamConsumer<RebalanceContext> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &opts.brokers)
         .set("group.id", &opts.group)
         .set("enable.auto.commit", "false")
@@ -337,12 +442,17 @@ pub async fn consume(
         // group waits this long for members to rejoin a rebalance (a batch
         // and its writes take far less).
         .set("session.timeout.ms", "10000")
-        .set("max.poll.interval.ms", "20000")
+        .set("max.poll.interval.ms", "20000");
+    let consumer: StreamConsumer<RebalanceContext> = opts
+        .kafka
+        .apply(&mut config)
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
     let mut cores = Cores {
         module,
         config_json,
+        topic: &opts.topic,
+        unrestorable: opts.unrestorable,
         sink,
         held: BTreeMap::new(),
         quarantined: BTreeSet::new(),
@@ -382,7 +492,7 @@ pub async fn consume(
             // partition's fetch at the offset its state covers.
             let mut tpl = TopicPartitionList::new();
             for p in parts {
-                let core = cores.open(p, &mut stats).await?;
+                let core = cores.open(p, &consumer, &mut stats).await?;
                 tpl.add_partition_offset(&opts.topic, p as i32, offset_of(core.next_offset))
                     .with_context(|| format!("assigning partition {p}"))?;
                 cores.held.insert(p, core);
@@ -484,16 +594,36 @@ pub async fn consume(
             };
             if let (Some(rewind), Some(first)) = (core.rewind, recs.first()) {
                 if first.offset.0 > core.next_offset {
-                    // Records before `first` were skipped by the broker:
-                    // drop these and fetch again from further back.
-                    let back = (rewind * 4).max(1_000);
-                    eprintln!(
-                        "adtally: partition {p}: the broker answered from offset {} for {}; fetching from {back} records earlier",
-                        first.offset.0, core.next_offset
-                    );
-                    core.rewind = Some(back);
-                    seek(&consumer, &opts.topic, p, (core.next_offset - back).max(0));
-                    continue;
+                    // Records before `first` are missing: deleted from the
+                    // log (retention) before this consumer read them, or
+                    // skipped by the broker, which answers some fetches
+                    // from inside a producer batch with the next batch.
+                    let low = log_start(&consumer, &opts.topic, p)?;
+                    skip_deleted(p, core, low, &mut stats);
+                }
+                if first.offset.0 > core.next_offset {
+                    let low = log_start(&consumer, &opts.topic, p)?;
+                    if rewind > 0 && core.next_offset.saturating_sub(rewind) <= low {
+                        // The last fetch started at the log's start, and
+                        // records are still missing: these offsets hold
+                        // none (a compacted or transactional gap).
+                        eprintln!(
+                            "adtally: partition {p}: offsets {}..{} hold no records; counting from {}",
+                            core.next_offset, first.offset.0, first.offset.0
+                        );
+                        core.next_offset = first.offset.0;
+                    } else {
+                        // Drop these and fetch again from further back.
+                        let back = rewind.saturating_mul(REWIND_GROWTH).max(FIRST_REWIND);
+                        eprintln!(
+                            "adtally: partition {p}: the broker answered from offset {} for {}; fetching from {back} records earlier",
+                            first.offset.0, core.next_offset
+                        );
+                        core.rewind = Some(back);
+                        let from = core.next_offset.saturating_sub(back).max(low);
+                        seek(&consumer, &opts.topic, p, from);
+                        continue;
+                    }
                 }
                 core.rewind = None;
             }
@@ -687,7 +817,7 @@ async fn recover<C: ConsumerContext>(
     }
     let until = recs.last().map_or(failed_at, |r| r.offset.0);
     drop(old);
-    let mut core = cores.open(p, stats).await?;
+    let mut core = cores.open(p, consumer, stats).await?;
     core.careful_until = Some(until);
     seek(consumer, topic, p, core.next_offset);
     cores.held.insert(p, core);
@@ -727,7 +857,7 @@ async fn apply_changes<C: ConsumerContext>(
                 for p in parts {
                     let core = match cores.held.remove(&p) {
                         Some(core) => core,
-                        None => cores.open(p, stats).await?,
+                        None => cores.open(p, consumer, stats).await?,
                     };
                     let mut core = core;
                     core.rewind = Some(0);

@@ -30,6 +30,18 @@ fn adtally(args: &[&str]) -> String {
     text
 }
 
+/// The heartbeats `adtally gen` ends each partition with: a quorum of
+/// distinct times, so that every window closes.
+fn end_heartbeats() -> u64 {
+    adtally_core::Config::default().watermark_quorum.into()
+}
+
+/// The records `adtally gen --records n` produces to `partitions`
+/// partitions, its closing heartbeats included.
+fn with_heartbeats(n: u64, partitions: u64) -> u64 {
+    n + partitions * end_heartbeats()
+}
+
 fn query_tsv(url: &str, sql: &str) -> String {
     let out = Command::new("curl")
         .args(["-sS", "--fail-with-body", url, "--data-binary", sql])
@@ -144,11 +156,12 @@ fn kafka_to_clickhouse_is_exact() {
     let s = setup("kafka-test", 60_000);
     let args = run_args(&s);
     let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let n = with_heartbeats(60_000, 4);
     assert!(
-        run.contains("60004 records"),
-        "every record (and the 4 heartbeats) consumed:\n{run}"
+        run.contains(&format!("{n} records")),
+        "every record (and the closing heartbeats) consumed:\n{run}"
     );
-    assert_exact(&s, 60_004);
+    assert_exact(&s, n);
 }
 
 #[test]
@@ -195,11 +208,12 @@ fn sigkill_five_times_then_exact() {
         last.contains("snapshots restored") && !last.contains(" 0 snapshots restored"),
         "the last run resumed from snapshots:\n{last}"
     );
+    let n = with_heartbeats(200_000, 4);
     assert!(
-        !last.contains("200004 records"),
+        !last.contains(&format!("{n} records")),
         "the last run replayed only the tail, not the whole topic:\n{last}"
     );
-    assert_exact(&s, 200_004);
+    assert_exact(&s, n);
 }
 
 /// Snapshots stored so far.
@@ -249,8 +263,9 @@ fn broker_restart_on_sqlite_then_exact() {
     std::thread::sleep(Duration::from_secs(2));
     s.broker = Broker::start_on(addr, storage, &s.tmp).unwrap();
     let out = finish(run);
-    assert!(out.contains("100004 records"), "{out}");
-    assert_exact(&s, 100_004);
+    let n = with_heartbeats(100_000, 4);
+    assert!(out.contains(&format!("{n} records")), "{out}");
+    assert_exact(&s, n);
 }
 
 #[test]
@@ -269,7 +284,7 @@ fn two_hosts_one_killed_then_exact() {
     first.wait().unwrap();
     let out = finish(second);
     assert!(out.contains(" records"), "{out}");
-    assert_exact(&s, 100_004);
+    assert_exact(&s, with_heartbeats(100_000, 4));
 }
 
 /// Every (minute, ad) count equals the generator's totals; late and invalid
@@ -380,7 +395,7 @@ fn ship_follows_logs_across_restarts_then_exact() {
         .lines()
         .filter_map(|l| l.split_once('\t').map(|(_, r)| r))
         .collect();
-    assert_eq!(lines.len(), 150_004);
+    assert_eq!(lines.len() as u64, with_heartbeats(150_000, 4));
     let log = tmp.join("clicks.log");
     let state = tmp.join("ship.json");
     let ship = || {
@@ -431,16 +446,19 @@ fn ship_follows_logs_across_restarts_then_exact() {
     std::fs::rename(&log, tmp.join("clicks.log.1")).unwrap();
     write(&log, &lines[100_000..], false);
     let out = ship();
+    let last_lines = with_heartbeats(50_000, 4);
     assert!(
-        out.contains("50004 lines shipped") && out.contains("1 files followed from their start"),
+        out.contains(&format!("{last_lines} lines shipped"))
+            && out.contains("1 files followed from their start"),
         "{out}"
     );
     let mut args = run_args(&s);
     args.extend(["--partitions".into(), "all".into()]);
     let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    // Heartbeat lines go to every partition: 4 lines, 16 records.
-    assert!(run.contains("150016 records"), "{run}");
-    assert_exact(&s, 150_016);
+    // Heartbeat lines go to every partition: 4 times as many records.
+    let n = 150_000 + 4 * 4 * end_heartbeats();
+    assert!(run.contains(&format!("{n} records")), "{run}");
+    assert_exact(&s, n);
 }
 
 /// A module that traps on one record: the host reports it, restores the
@@ -496,7 +514,7 @@ fn a_trapping_record_is_quarantined_then_exact() {
         "SELECT source_partition, reason FROM adtally.invalid_events WHERE startsWith(reason, 'module_trap') FORMAT TSV",
     );
     assert!(q.starts_with("2\tmodule_trap: "), "{q}");
-    assert_exact(&s, 150_005);
+    assert_exact(&s, with_heartbeats(150_000, 4) + 1);
 }
 
 /// The Yahoo Streaming Benchmark mode: its JSON events through Kafka, its
@@ -512,7 +530,8 @@ fn ysb_views_are_counted_exactly() {
     let mut args = run_args(&s);
     args.extend(["--partitions".into(), "all".into()]);
     let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(run.contains("150004 records"), "{run}");
+    let n = with_heartbeats(150_000, 4);
+    assert!(run.contains(&format!("{n} records")), "{run}");
     let reasons = query_tsv(
         &s.ch.url(),
         "SELECT reason, count() FROM adtally.invalid_events FINAL GROUP BY reason ORDER BY reason FORMAT TSV",
@@ -521,5 +540,244 @@ fn ysb_views_are_counted_exactly() {
         reasons.contains("bad_ip\t") && reasons.contains("not_a_view\t"),
         "{reasons}"
     );
-    assert_exact(&s, 150_004);
+    assert_exact(&s, n);
+}
+
+/// A run of `args` that must end within `secs` (a consumer stuck in a loop
+/// fails the test instead of hanging it); its stderr, and whether it
+/// succeeded.
+fn run_within(args: &[String], secs: u64) -> (bool, String) {
+    let mut child = spawn_run(args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "adtally run still running after {secs} s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A stream where 1 click in 10,000 has a clock 30 minutes ahead and every
+/// partition gets a heartbeat in 2199 halfway: through Tansu and the host,
+/// every other click is counted on time (the ahead ones in their own
+/// minute), and the far heartbeats are side-lined with their reason. (The
+/// old rule moved the watermark 30 minutes on at the first ahead click,
+/// and made nearly every click after it late.)
+#[test]
+fn far_ahead_clicks_and_heartbeats_never_make_on_time_clicks_late() {
+    let s = setup_gen(
+        "kafka-ahead",
+        40_000,
+        |_| "memory://tansu/".to_string(),
+        &["--ahead", "0.0001", "--far-heartbeat-every", "20000"],
+    );
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
+    let (ok, run) = run_within(&args, 300);
+    assert!(ok, "{run}");
+    let n = with_heartbeats(40_000, 4) + 4;
+    assert!(run.contains(&format!("{n} records")), "{run}");
+    let url = s.ch.url();
+    // Far past the records' own (Kafka) time as well: refused as in the
+    // future before the watermark sees them.
+    let reasons = query_tsv(
+        &url,
+        "SELECT reason, count() FROM adtally.invalid_events FINAL \
+         WHERE payload LIKE '%7258118399999%' GROUP BY reason FORMAT TSV",
+    );
+    assert_eq!(reasons, "timestamp_in_future\t4\n");
+    // The clicks 30 minutes ahead are in the totals, in their own minute,
+    // past the end of the on-time stream.
+    let start = adtally_host::generator::GenConfig::default().start_ms;
+    let ahead_minutes = std::fs::read_to_string(&s.expected_path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.split('\t').next().unwrap().parse::<i64>().unwrap() > start + 20 * 60_000)
+        .count();
+    assert!(ahead_minutes > 0, "the stream has clicks 30 minutes ahead");
+    assert_exact(&s, n);
+}
+
+/// One host reads all 32 partitions of a topic (an instance each), exact.
+#[test]
+fn thirty_two_partitions_on_one_host_then_exact() {
+    let s = setup_gen(
+        "kafka-32",
+        64_000,
+        |_| "memory://tansu/".to_string(),
+        &["--partitions", "32"],
+    );
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
+    let (ok, run) = run_within(&args, 300);
+    assert!(ok, "{run}");
+    assert_exact(&s, with_heartbeats(64_000, 32));
+}
+
+/// A topic whose first offsets were deleted by retention (Tansu's sqlite
+/// storage applies `retention.ms` by record time): consumed from scratch,
+/// each partition starts at its first available offset, and the counts
+/// are those of the records still in the log.
+#[test]
+fn a_topic_whose_first_offsets_were_deleted_is_consumed_from_its_start() {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let (tmp, broker, ch) = start("kafka-retention", |_| {
+        "sqlite://tansu.db?maintenance_interval=1s".to_string()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let topic = NewTopic::new("clicks", 4, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "delete")
+        .set("retention.ms", "600000");
+    let created = rt
+        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .unwrap();
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    // Records a day old: retention deletes them. Were they read, their ads
+    // (`old...`) would show in the rollups.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 86_400_000;
+    let start_ms = adtally_host::generator::GenConfig::default().start_ms;
+    for i in 0..2_000 {
+        let line = format!("old{i}, {}, u{i}, 10.0.0.1, USA", start_ms + i);
+        producer
+            .send(
+                BaseRecord::<(), str>::to("clicks")
+                    .payload(&line)
+                    .partition(i as i32 % 4)
+                    .timestamp(day_ago),
+            )
+            .unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    // Then the stream that counts, after them in the log.
+    let g = adtally_host::generator::generate(adtally_host::generator::GenConfig {
+        records: 40_000,
+        ..Default::default()
+    });
+    let expected_path = tmp.join("expected.tsv");
+    g.write_expected(&expected_path).unwrap();
+    adtally_host::source::produce(broker.addr(), "clicks", &g.records).unwrap();
+    // Tansu applies retention every second here; once the old records
+    // are gone, each partition's log starts at offset 500.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lows: Vec<i64> = (0..4)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks("clicks", p, Duration::from_secs(10))
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        if lows.iter().all(|&l| l == 500) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not delete the old records: first offsets {lows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = Setup {
+        tmp,
+        broker,
+        ch,
+        expected_path,
+    };
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
+    let (ok, run) = run_within(&args, 300);
+    assert!(ok, "{run}");
+    assert!(run.contains("no state; starting at offset 500"), "{run}");
+    // The stored offsets cover the deleted records too.
+    assert_exact(&s, 2_000 + with_heartbeats(40_000, 4));
+}
+
+/// A stored snapshot this module cannot restore stops the partition with
+/// the reason and what to do, instead of silently counting it again from
+/// somewhere; with `--unrestorable-snapshot earliest` the partition is
+/// replayed from the log's start, and the counts are exact. The fault
+/// strikes between two halves of the stream: the second half is read only
+/// after it.
+#[test]
+fn an_unrestorable_snapshot_is_refused_or_replayed_as_told() {
+    use adtally_host::generator::{GenConfig, generate};
+    let (tmp, broker, ch) = start("kafka-badsnap", |_| "memory://tansu/".to_string());
+    let g = generate(GenConfig {
+        records: 40_000,
+        ..GenConfig::default()
+    });
+    let expected_path = tmp.join("expected.tsv");
+    g.write_expected(&expected_path).unwrap();
+    create_topic(&broker);
+    let half = g.records.len() / 2;
+    adtally_host::source::produce(broker.addr(), "clicks", &g.records[..half]).unwrap();
+    let s = Setup {
+        tmp,
+        broker,
+        ch,
+        expected_path,
+    };
+    let url = s.ch.url();
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
+    let (ok, run) = run_within(&args, 300);
+    assert!(ok, "{run}");
+    // Partition 0's latest snapshot becomes bytes no module can read.
+    query_tsv(
+        &url,
+        "INSERT INTO adtally.snapshots (topic, source_partition, next_offset, semantics_version, module_sha256, state) \
+         SELECT topic, source_partition, next_offset + 1, semantics_version, module_sha256, 'not a snapshot' \
+         FROM adtally.snapshots WHERE source_partition = 0 ORDER BY next_offset DESC LIMIT 1",
+    );
+    adtally_host::source::produce(s.broker.addr(), "clicks", &g.records[half..]).unwrap();
+    let (ok, refused) = run_within(&args, 300);
+    assert!(
+        !ok,
+        "a partition with an unrestorable snapshot is refused:\n{refused}"
+    );
+    assert!(
+        refused.contains("partition 0: the snapshot at offset")
+            && refused.contains("not an adtally snapshot")
+            && refused.contains("--unrestorable-snapshot earliest"),
+        "{refused}"
+    );
+    args.extend(["--unrestorable-snapshot".into(), "earliest".into()]);
+    let (ok, run) = run_within(&args, 300);
+    assert!(ok, "{run}");
+    assert!(
+        run.contains("partition 0: the snapshot at offset")
+            && run.contains("starting with no state at offset 0"),
+        "{run}"
+    );
+    assert_exact(&s, g.records.len() as u64);
 }

@@ -1,8 +1,8 @@
 //! Runs the adtally core component (`udf/component`) inside wasmtime.
 //!
 //! This crate owns the sandbox: the component is compiled once per
-//! [`Runtime`], instantiated from a pooling allocator, capped in memory and
-//! interrupted when a call runs past its deadline (epoch interruption). A
+//! [`Runtime`], instantiated on demand (one instance per partition, as
+//! many as the host is assigned), capped in memory and interrupted when a call runs past its deadline (epoch interruption). A
 //! trap or timeout comes back as an [`Error`](anyhow::Error) naming the
 //! call; the instance is then discarded and the caller restores a new one
 //! from its last snapshot. It never reads Kafka or writes ClickHouse.
@@ -34,8 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceAny};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, Store, StoreLimits, StoreLimitsBuilder,
 };
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
@@ -54,8 +53,6 @@ pub struct Limits {
     /// How long one call may run: at least this, at most one epoch tick
     /// (10 ms) more; then it is interrupted and reported as a trap.
     pub call_deadline: Duration,
-    /// Instances the pooling allocator keeps ready.
-    pub max_instances: u32,
 }
 
 impl Default for Limits {
@@ -63,7 +60,6 @@ impl Default for Limits {
         Limits {
             max_memory_bytes: 2 << 30,
             call_deadline: Duration::from_secs(10),
-            max_instances: 16,
         }
     }
 }
@@ -86,18 +82,17 @@ impl Drop for Runtime {
 impl Runtime {
     /// A runtime with the given limits.
     pub fn new(limits: Limits) -> Result<Runtime> {
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(limits.max_instances);
-        pool.total_core_instances(limits.max_instances * 4);
-        pool.total_memories(limits.max_instances * 4);
-        pool.total_tables(limits.max_instances * 4);
-        pool.max_memory_size(limits.max_memory_bytes);
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // adtally's component is built with it (see `.cargo/config.toml`).
         config.wasm_wide_arithmetic(true);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // On demand, not pooled: a pool fixes how many instances may live
+        // at once (a 32-partition topic on one host needs 32, and a
+        // rebalance may hand over more), while an instance is made only
+        // when a partition is opened, so pooling saves nothing that
+        // matters. Each instance's memory is capped by its store's limits.
+        config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
         // `ADTALLY_WASM_PERFMAP=1` names JIT code for `perf` (profiling only).
         if std::env::var_os("ADTALLY_WASM_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
