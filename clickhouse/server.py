@@ -1,6 +1,7 @@
 """The ClickHouse HTTP interface, served by the embedded engine (chDB).
 
 usage: python clickhouse/server.py --data DIR [--host 127.0.0.1] [--port 8123]
+                                  [--password-env VAR] [--max-body-bytes N]
 
 Owns speaking ClickHouse's HTTP protocol in front of chDB, so that the
 `clickhouse` Rust crate, curl and other HTTP clients work unchanged against a
@@ -14,19 +15,42 @@ What it speaks:
 - settings as URL parameters (applied for that request only), `database`,
   `default_format`, query parameters `param_<name>`;
 - INSERT bodies in any input format ClickHouse reads (RowBinary,
-  RowBinaryWithNamesAndTypes, JSONEachRow, TSV, CSV, ...), and the LZ4
-  native framing the `clickhouse` crate sends by default (`decompress=1`),
-  with each block's CityHash128 checksum verified;
+  RowBinaryWithNamesAndTypes, Native, JSONEachRow, TSV, CSV, ...), sent
+  plainly, with chunked transfer, with an HTTP `Content-Encoding` (gzip,
+  deflate, br, zstd, lz4, as clickhouse-connect sends by default), or in
+  ClickHouse's own LZ4 framing (`decompress=1`, the `clickhouse` crate's
+  default) with each block's CityHash128 checksum verified; a body that
+  does not decode is an error (CANNOT_DECOMPRESS), never an empty insert;
+  `X-ClickHouse-Summary` reports the rows written;
 - SELECT results in the requested format (FORMAT clause or `default_format`);
   responses are not compressed, as with `enable_http_compression = 0`;
 - errors in ClickHouse's form: status 400/403/404/500 by error code, the
   `X-ClickHouse-Exception-Code` header, and a body `Code: N. DB::Exception: ...`.
 
-Requests run one at a time (one chDB session); each statement is durable
-when its response is sent, so stopping the server loses nothing acknowledged.
+Safe to leave running: it binds to loopback unless told otherwise, and
+then requires a password (`--password-env VAR` names the environment
+variable holding it; clients send ClickHouse's `user`/`password` URL
+parameters, `X-ClickHouse-User`/`X-ClickHouse-Key` headers or HTTP basic
+auth); a request's settings (`readonly` included) never outlive it; sockets
+time out (`--timeout`, 30 s) and bodies are limited (`--max-body-bytes`,
+256 MiB: 413); table functions and engines that reach local files or the
+network (`file`, `url`, `s3`, `hdfs`, `executable`, `INTO OUTFILE`, `FROM
+INFILE`, ...) are refused (code 497, ACCESS_DENIED).
+
+Requests run one at a time (one chDB session). Durability: a statement's
+data is written to the data directory's files before its response is sent,
+so a killed or stopped server loses nothing acknowledged; the files are not
+fsynced, so a power loss or an operating system crash may lose the last
+seconds of acknowledged inserts (a production ClickHouse server is where
+that matters; its `fsync_after_insert` MergeTree setting closes the gap).
 """
 import argparse
+import base64
+import gzip
+import ipaddress
+import json
 import os
+import zlib
 import re
 import sys
 import tempfile
@@ -43,8 +67,20 @@ VERSION = "26.9.0"
 PROTOCOL_PARAMS = {
     "query", "database", "default_format", "compress", "decompress", "user", "password",
     "query_id", "session_id", "session_timeout", "session_check", "wait_end_of_query",
-    "buffer_size", "role", "quota_key",
+    "buffer_size", "role", "quota_key", "readonly", "enable_http_compression",
 }
+
+# What user SQL may not reach: local files and the network. ClickHouse's own
+# server confines these with user_files_path and access rights; the embedded
+# engine has the machine's file system, so they are refused outright.
+FORBIDDEN_RE = re.compile(
+    r"\b(?:file|url|urlCluster|s3|s3Cluster|gcs|azureBlobStorage|hdfs|hdfsCluster|executable|"
+    r"remote|remoteSecure|cluster|mysql|postgresql|mongodb|redis|sqlite|jdbc|odbc)\s*\(|"
+    r"\bINTO\s+OUTFILE\b|\bFROM\s+INFILE\b|\bENGINE\s*=\s*(?:File|URL|S3|HDFS|Executable|ExecutablePool)\b",
+    re.IGNORECASE,
+)
+
+READ_ONLY_RE = re.compile(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.IGNORECASE)
 
 # ClickHouse's HTTP status for an error code (src/Server/HTTPHandler.cpp).
 STATUS_BY_CODE = {}
@@ -102,13 +138,53 @@ def decompress_native(data):
         if checksum != expected:
             raise QueryError(40, "Checksum doesn't match: corrupted data (CHECKSUM_DOESNT_MATCH)")
         if method == 0x82:
-            out += lz4.block.decompress(bytes(block[9:]), uncompressed_size=size)
+            try:
+                out += lz4.block.decompress(bytes(block[9:]), uncompressed_size=size)
+            except Exception as e:  # lz4's own error type: a bad block
+                raise QueryError(271, f"Cannot decompress LZ4 block: {e} (CANNOT_DECOMPRESS)")
         elif method == 0x02:
             out += block[9:]
         else:
             raise QueryError(271, f"Unknown compression method 0x{method:02x} (CANNOT_DECOMPRESS)")
         pos += 16 + compressed
     return bytes(out)
+
+
+def decode_content(encoding, data):
+    """Undoes an HTTP `Content-Encoding` ClickHouse accepts (gzip, deflate,
+    br, zstd, lz4, xz, bz2; several, comma-separated, are undone last
+    first)."""
+    for enc in reversed([e.strip().lower() for e in encoding.split(",") if e.strip()]):
+        try:
+            if enc in ("gzip", "x-gzip"):
+                data = gzip.decompress(data)
+            elif enc == "deflate":
+                data = zlib.decompress(data)
+            elif enc == "br":
+                import brotli
+                data = brotli.decompress(data)
+            elif enc == "zstd":
+                import zstandard
+                data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            elif enc == "lz4":
+                import lz4.frame
+                data = lz4.frame.decompress(data)
+            elif enc == "xz":
+                import lzma
+                data = lzma.decompress(data)
+            elif enc == "bz2":
+                import bz2
+                data = bz2.decompress(data)
+            elif enc == "identity":
+                pass
+            else:
+                raise QueryError(
+                    89, f"Unknown Content-Encoding {enc!r} (UNKNOWN_COMPRESSION_METHOD)")
+        except QueryError:
+            raise
+        except Exception as e:  # each codec raises its own error type
+            raise QueryError(271, f"Cannot decompress the {enc} request body: {e} (CANNOT_DECOMPRESS)")
+    return data
 
 
 class Engine:
@@ -148,7 +224,7 @@ class Engine:
             saved = self._apply(settings, database)
             try:
                 if not data:
-                    return b""
+                    return b"", 0
                 path = os.path.join(self.tmp, "insert.data")
                 with open(path, "wb") as f:
                     f.write(data)
@@ -159,8 +235,16 @@ class Engine:
                     structure = self._structure(table, cols)
                     source = f"file('{path}', '{fmt}', {adtally_ch.sql_string(structure)})"
                 settings_clause = f" SETTINGS {m.group('settings')}" if m.group("settings") else ""
+                # The rows are counted first: the summary reports them, and
+                # data that parses to no row is refused, never acknowledged
+                # as an empty insert.
+                rows = int(self._query(f"SELECT count() FROM {source}", "TSV", params).decode().strip() or 0)
+                if rows == 0:
+                    raise QueryError(
+                        27, "Code: 27. DB::Exception: The INSERT's data holds no row in format "
+                        f"{fmt} ({len(data)} bytes). (CANNOT_PARSE_INPUT_ASSERTION_FAILED)")
                 self._query(f"INSERT INTO {table} {col_list} SELECT * FROM {source}{settings_clause}", "TSV", params)
-                return b""
+                return b"", rows
             finally:
                 self._restore(saved)
 
@@ -193,41 +277,60 @@ class Engine:
         return r.bytes() if r is not None else b""
 
     def _apply(self, settings, database):
-        saved = {}
-        if settings:
-            names = ",".join(adtally_ch.sql_string(k) for k in settings)
-            rows = self._query(f"SELECT name, value FROM system.settings WHERE name IN ({names})", "TSV", None)
-            for line in rows.decode().splitlines():
-                k, v = line.split("\t", 1)
-                saved[k] = v
-            for k in settings:
-                if k not in saved:
-                    raise QueryError(115, f"Code: 115. DB::Exception: Unknown setting '{k}'. (UNKNOWN_SETTING)")
-            for k, v in settings.items():
-                self._query(f"SET {k} = {adtally_ch.sql_string(v)}", "TSV", None)
-        db_saved = None
-        if database and database != self.current_db:
-            db_saved = self.current_db
-            self._query(f"USE {database}", "TSV", None)
-            self.current_db = database
-        return saved, db_saved
+        """Applies a request's database and settings, returning what to put
+        back. On any failure it puts back what it changed before raising,
+        so nothing of a request outlives it."""
+        saved = {"settings": {}, "database": None}
+        try:
+            if database and database != self.current_db:
+                self._query(f"USE {database}", "TSV", None)
+                saved["database"] = self.current_db
+                self.current_db = database
+            if settings:
+                names = ",".join(adtally_ch.sql_string(k) for k in settings)
+                rows = self._query(f"SELECT name, value FROM system.settings WHERE name IN ({names})", "TSV", None)
+                old = dict(line.split("\t", 1) for line in rows.decode().splitlines())
+                for k in settings:
+                    if k not in old:
+                        raise QueryError(115, f"Code: 115. DB::Exception: Unknown setting '{k}'. (UNKNOWN_SETTING)")
+                for k, v in settings.items():
+                    saved["settings"][k] = old[k]
+                    self._query(f"SET {k} = {adtally_ch.sql_string(v)}", "TSV", None)
+        except BaseException:
+            self._restore(saved)
+            raise
+        return saved
 
     def _restore(self, saved):
-        settings, db = saved
-        for k, v in settings.items():
+        for k, v in saved["settings"].items():
             try:
                 self._query(f"SET {k} = {adtally_ch.sql_string(v)}", "TSV", None)
             except QueryError:
                 pass
-        if db:
-            self._query(f"USE {db}", "TSV", None)
-            self.current_db = db
+        if saved["database"]:
+            self._query(f"USE {saved['database']}", "TSV", None)
+            self.current_db = saved["database"]
 
 
-def make_handler(engine):
+class Policy:
+    """What every request must satisfy: a password (when one is set), a
+    body size limit, and a socket timeout."""
+
+    def __init__(self, password=None, max_body_bytes=256 << 20, timeout_s=30.0):
+        self.password = password
+        self.max_body_bytes = max_body_bytes
+        self.timeout_s = timeout_s
+
+
+def make_handler(engine, policy=None):
+    policy = policy or Policy()
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "adtally-embedded-clickhouse"
+        # The socket's timeout: a client that stops sending mid-request is
+        # dropped instead of holding a thread forever.
+        timeout = policy.timeout_s
 
         def log_message(self, fmt, *args):  # quiet by default
             if os.environ.get("ADTALLY_HTTP_LOG"):
@@ -241,11 +344,13 @@ def make_handler(engine):
             self.end_headers()
             self.wfile.write(body)
 
-        def _error(self, e):
+        def _error(self, e, status=None):
             body = e.message
+            if not body.startswith("Code:"):
+                body = f"Code: {e.code}. DB::Exception: {body}"
             if "(version" not in body:
                 body = f"{body} (version {VERSION})"
-            self._send(STATUS_BY_CODE.get(e.code, 500), (body + "\n").encode(), {
+            self._send(status or STATUS_BY_CODE.get(e.code, 500), (body + "\n").encode(), {
                 "Content-Type": "text/plain; charset=UTF-8",
                 "X-ClickHouse-Exception-Code": str(e.code),
             })
@@ -254,31 +359,72 @@ def make_handler(engine):
             self._handle(b"", readonly=True)
 
         def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                body = self._read_chunked()
+            try:
+                body = self._read_body()
+            except QueryError as e:
+                # The rest of the body is not read: the connection closes.
+                self.close_connection = True
+                return self._error(e, 413 if e.code == 307 else 400)
             self._handle(body, readonly=False)
 
-        def _read_chunked(self):
-            out = bytearray()
-            while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline()
+        def _read_body(self):
+            limit = policy.max_body_bytes
+            too_big = QueryError(307, f"The request body is larger than {limit} bytes, this server's limit "
+                                      "(--max-body-bytes). (TOO_MANY_BYTES)")
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = bytearray()
+                while True:
+                    line = self.rfile.readline(1024)
+                    try:
+                        size = int(line.strip().split(b";")[0], 16)
+                    except ValueError:
+                        raise QueryError(27, f"Malformed chunk size line {line[:40]!r}")
+                    if size == 0:
+                        self.rfile.readline(1024)
+                        return bytes(out)
+                    if len(out) + size > limit:
+                        raise too_big
+                    out += self.rfile.read(size)
+                    self.rfile.readline(1024)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise QueryError(27, "Content-Length is not a number")
+            if length > limit:
+                raise too_big
+            return self.rfile.read(length) if length > 0 else b""
+
+        def _authorized(self, q):
+            if policy.password is None:
+                return True
+            password = q.get("password") or self.headers.get("X-ClickHouse-Key")
+            auth = self.headers.get("Authorization", "")
+            if password is None and auth.lower().startswith("basic "):
+                try:
+                    password = base64.b64decode(auth[6:]).decode().split(":", 1)[1]
+                except Exception:
+                    password = None
+            return password == policy.password
 
         def _handle(self, body, readonly):
             url = urllib.parse.urlsplit(self.path)
             if url.path in ("/ping", "/") and not url.query and not body:
                 return self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
             q = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+            if not self._authorized(q):
+                return self._error(QueryError(
+                    516, "default: Authentication failed: password is incorrect, or there is no user "
+                         "with such name. (AUTHENTICATION_FAILED)"))
             params = {k[6:]: v for k, v in q.items() if k.startswith("param_")}
             settings = {k: v for k, v in q.items() if k not in PROTOCOL_PARAMS and not k.startswith("param_")}
             database = q.get("database")
+            # `readonly` is enforced here, for this request only: set in the
+            # session, readonly=1 would forbid putting any setting back.
+            readonly = readonly or q.get("readonly", "0") not in ("", "0")
             try:
+                encoding = self.headers.get("Content-Encoding")
+                if encoding and body:
+                    body = decode_content(encoding, body)
                 if q.get("decompress") == "1" and body:
                     body = decompress_native(body)
                 if "query" in q:
@@ -291,10 +437,16 @@ def make_handler(engine):
                         query, data = query[:m.end()], raw.lstrip(b"\r\n")
                 if not query.strip():
                     raise QueryError(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)")
-                if readonly and not re.match(r"^\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", query, re.I):
-                    raise QueryError(164, "Code: 164. DB::Exception: Cannot execute query in readonly mode: use POST. (READONLY)")
+                if readonly and not READ_ONLY_RE.match(query):
+                    raise QueryError(164, "Code: 164. DB::Exception: Cannot execute query in readonly mode. (READONLY)")
+                forbidden = FORBIDDEN_RE.search(query)
+                if forbidden:
+                    raise QueryError(497, f"Code: 497. DB::Exception: {forbidden.group(0).strip()!r}: this server "
+                                          "reaches no local file and no network from SQL. (ACCESS_DENIED)")
+                summary = {"read_rows": "0", "read_bytes": "0", "written_rows": "0", "written_bytes": "0"}
                 if INSERT_RE.match(query):
-                    out = engine.insert(query, data, params, settings, database)
+                    out, rows = engine.insert(query, data, params, settings, database)
+                    summary.update(written_rows=str(rows), written_bytes=str(len(data)))
                     fmt = "TabSeparated"
                 else:
                     m = FORMAT_RE.search(query)
@@ -307,19 +459,53 @@ def make_handler(engine):
                 "Content-Type": "application/octet-stream" if binary else "text/plain; charset=UTF-8",
                 "X-ClickHouse-Format": fmt,
                 "X-ClickHouse-Server-Display-Name": "adtally-embedded",
+                "X-ClickHouse-Summary": json.dumps(summary, separators=(",", ":")),
             })
 
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    """Says in one line, not a traceback, that a client went away or timed
+    out mid-request (a consumer killed while it writes, an idle socket)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            sys.stderr.write(f"http: {client_address[0]}:{client_address[1]}: {type(e).__name__}: {e}\n")
+        else:
+            super().handle_error(request, client_address)
+
+
+def is_loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="data directory (persists across restarts)")
-    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind; other than loopback needs a password")
     ap.add_argument("--port", type=int, default=8123, help="0 picks a free port")
+    ap.add_argument("--password-env", metavar="VAR",
+                    help="environment variable holding the password every request must carry")
+    ap.add_argument("--max-body-bytes", type=int, default=256 << 20, help="largest request body (413 past it)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="socket timeout of a request, in seconds")
     args = ap.parse_args()
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if not password:
+            ap.error(f"--password-env {args.password_env}: the variable is not set or empty")
+    if not is_loopback(args.host) and password is None:
+        ap.error(f"--host {args.host} is reachable from other machines: give it a password with --password-env")
     engine = Engine(args.data)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(engine))
+    policy = Policy(password=password, max_body_bytes=args.max_body_bytes, timeout_s=args.timeout)
+    server = Server((args.host, args.port), make_handler(engine, policy))
     print(f"adtally embedded ClickHouse {VERSION} listening on http://{args.host}:{server.server_port} "
           f"(data: {os.path.abspath(args.data)})", flush=True)
     try:

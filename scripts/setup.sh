@@ -40,12 +40,16 @@ fi
 
 VENV=$ADTALLY_HOME/venv
 # chdb-core is the engine; lz4 and clickhouse-cityhash let the embedded HTTP
-# server read the LZ4-framed bodies the clickhouse crate sends by default.
-if ! "$VENV/bin/python" -c "import chdb, lz4.block, clickhouse_cityhash, pytest, importlib.metadata as m; assert m.version('chdb-core') == '$CHDB_VERSION'" 2>/dev/null; then
-  say "creating $VENV with chdb-core==$CHDB_VERSION"
-  python3 -m venv "$VENV"
+# server read the LZ4-framed bodies the clickhouse crate sends by default,
+# brotli and zstandard the br and zstd request bodies; clickhouse-connect,
+# the official Python client, is what its tests talk to it with.
+PY_PACKAGES=("chdb-core==$CHDB_VERSION" "lz4==4.4.5" "clickhouse-cityhash==1.0.2.6" "pytest==9.2.0"
+  "brotli==1.2.1" "zstandard==0.25.0" "clickhouse-connect==1.12.0")
+if ! "$VENV/bin/python" -c "import chdb, lz4.block, clickhouse_cityhash, pytest, brotli, zstandard, clickhouse_connect, importlib.metadata as m; assert m.version('chdb-core') == '$CHDB_VERSION'" 2>/dev/null; then
+  say "installing ${PY_PACKAGES[*]} into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet "chdb-core==$CHDB_VERSION" "lz4==4.4.5" "clickhouse-cityhash==1.0.2.6" "pytest==9.2.0"
+  "$VENV/bin/pip" install --quiet "${PY_PACKAGES[@]}"
 fi
 
 if [ "${ADTALLY_SKIP_TANSU:-0}" != 1 ] && ! command -v tansu >/dev/null 2>&1; then

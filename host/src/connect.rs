@@ -143,7 +143,8 @@ pub fn redact_url(url: &str) -> String {
             if !pairs.is_empty() {
                 u.query_pairs_mut().clear().extend_pairs(pairs);
             }
-            u.to_string()
+            // Without the `/` a bare `http://host:port` gains.
+            u.to_string().trim_end_matches('/').to_string()
         }
         Err(_) => "<unparsable url>".into(),
     }
