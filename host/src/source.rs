@@ -138,6 +138,42 @@ impl std::str::FromStr for StartAt {
     }
 }
 
+/// Nothing, when the configuration a snapshot was made under and the one
+/// given (`--config`) are the same semantics; else an error naming each
+/// field that differs. A restored core keeps the configuration of its
+/// state: counting on under another one would change what its numbers
+/// mean without saying so, so such a snapshot is treated as one that
+/// cannot be restored.
+fn config_differences(stored_json: &str, given_json: &str) -> Result<()> {
+    let parse = |json: &str, what: &str| -> Result<serde_json::Value> {
+        let c = adtally_core::Config::from_json(json)
+            .map_err(|e| anyhow::anyhow!("the {what} configuration: {e}"))?;
+        Ok(serde_json::to_value(&c)?)
+    };
+    let (stored, given) = (parse(stored_json, "stored")?, parse(given_json, "given")?);
+    let (Some(s), Some(g)) = (stored.as_object(), given.as_object()) else {
+        return Ok(());
+    };
+    let differ: Vec<String> = s
+        .iter()
+        .filter(|(k, v)| g.get(*k) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k}: {v} in the snapshot, {} given",
+                g.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "it was made under another configuration ({})",
+            differ.join("; ")
+        )
+    }
+}
+
 /// How long a request for a partition's first offset may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -306,7 +342,10 @@ impl<'m> Cores<'m, '_> {
         let low = log_start(consumer, self.topic, p)?;
         let start = match self.sink.load_snapshot(p, semantics).await? {
             None => low,
-            Some(snap) => match wasm(|| self.module.restore(&snap.state)) {
+            Some(snap) => match wasm(|| self.module.restore(&snap.state)).and_then(|mut agg| {
+                let stored = wasm(|| agg.config())?;
+                config_differences(&stored, self.config_json).map(|()| agg)
+            }) {
                 Ok(agg) => {
                     eprintln!(
                         "adtally: partition {p}: state restored, resuming at offset {}",

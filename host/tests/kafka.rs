@@ -781,3 +781,27 @@ fn an_unrestorable_snapshot_is_refused_or_replayed_as_told() {
     );
     assert_exact(&s, g.records.len() as u64);
 }
+
+/// The configuration stored with a partition's state and the one given
+/// with `--config` differ: the host says which fields and refuses, instead
+/// of counting on under rules its numbers were not made with.
+#[test]
+fn a_changed_config_is_refused_with_its_differences() {
+    let s = setup("kafka-config", 60_000);
+    let mut args = run_args(&s);
+    args.extend(["--partitions".into(), "all".into()]);
+    let (ok, run) = run_within(&args, 300);
+    assert!(ok, "{run}");
+    let config = s.tmp.join("config.json");
+    std::fs::write(&config, r#"{"watermark_quorum": 3, "top_n": 10}"#).unwrap();
+    args.extend(["--config".into(), config.to_str().unwrap().into()]);
+    let (ok, refused) = run_within(&args, 300);
+    assert!(!ok, "{refused}");
+    assert!(
+        refused.contains("made under another configuration")
+            && refused.contains("watermark_quorum: 5 in the snapshot, 3 given")
+            && refused.contains("top_n: 100 in the snapshot, 10 given"),
+        "{refused}"
+    );
+    assert_exact(&s, with_heartbeats(60_000, 4));
+}

@@ -445,6 +445,16 @@ impl Aggregator<'_> {
             .ctx("module trapped in snapshot")
     }
 
+    /// The configuration in force (as JSON, every field).
+    pub fn config(&mut self) -> Result<String> {
+        self.arm();
+        self.bindings
+            .adtally_core_aggregate()
+            .aggregator()
+            .call_config(&mut self.store, self.handle)
+            .ctx("module trapped in config")
+    }
+
     /// Position and watermark of every partition with state.
     pub fn positions(&mut self) -> Result<Vec<Position>> {
         self.arm();
