@@ -129,6 +129,13 @@ fn setup_gen(
     }
 }
 
+/// `args` with `--exit-when-idle` set to `secs`.
+fn with_idle(mut args: Vec<String>, secs: u64) -> Vec<String> {
+    let at = args.iter().position(|a| a == "--exit-when-idle").unwrap();
+    args[at + 1] = secs.to_string();
+    args
+}
+
 fn run_args(s: &Setup) -> Vec<String> {
     let url = s.ch.url();
     [
@@ -164,9 +171,13 @@ fn kafka_to_clickhouse_is_exact() {
     assert_exact(&s, n);
 }
 
+/// The consumer is SIGKILLed five times while records are produced and
+/// consumed; a last run finishes the stream; exact.
 #[test]
 fn sigkill_five_times_then_exact() {
-    let s = setup("kafka-crash", 200_000);
+    let (s, records) = setup_live("kafka-crash", 200_000, |_| "memory://tansu/".to_string());
+    let total = records.len() as u64;
+    let producer = produce_live(s.broker.addr(), records, 40, Duration::from_millis(250));
     // Without a group, a restarted consumer takes its partitions at once
     // (a dead group member holds them until the broker evicts it).
     let mut args = run_args(&s);
@@ -203,17 +214,94 @@ fn sigkill_five_times_then_exact() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
+    let at_last_kill = consumed(&s);
+    producer.join().unwrap();
     let last = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         last.contains("snapshots restored") && !last.contains(" 0 snapshots restored"),
         "the last run resumed from snapshots:\n{last}"
     );
-    let n = with_heartbeats(200_000, 4);
     assert!(
-        !last.contains(&format!("{n} records")),
+        !last.contains(&format!("{total} records")),
         "the last run replayed only the tail, not the whole topic:\n{last}"
     );
-    assert_exact(&s, n);
+    assert!(
+        consumed(&s) > at_last_kill,
+        "records consumed after the last kill"
+    );
+    assert_exact(&s, total);
+}
+
+/// A generated stream of `records` (its totals in the setup's expected
+/// file) on a fresh broker of `storage`, produced by the caller.
+fn setup_live(
+    name: &str,
+    records: usize,
+    storage: impl Fn(&Path) -> String,
+) -> (Setup, Vec<adtally_host::generator::GenRecord>) {
+    let (tmp, broker, ch) = start(name, storage);
+    let g = adtally_host::generator::generate(adtally_host::generator::GenConfig {
+        records,
+        ..Default::default()
+    });
+    let expected_path = tmp.join("expected.tsv");
+    g.write_expected(&expected_path).unwrap();
+    create_topic(&broker);
+    let s = Setup {
+        tmp,
+        broker,
+        ch,
+        expected_path,
+    };
+    (s, g.records)
+}
+
+/// Produces `records` in `chunks` pieces with a pause after each, from a
+/// thread: a stream that goes on while the host runs and faults strike.
+fn produce_live(
+    brokers: &str,
+    records: Vec<adtally_host::generator::GenRecord>,
+    chunks: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let brokers = brokers.to_string();
+    std::thread::spawn(move || {
+        let size = records.len().div_ceil(chunks);
+        for part in records.chunks(size) {
+            // A broker that is down for a moment (the restart test) is
+            // waited for: the producer retries until it is back.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while let Err(e) = adtally_host::source::produce(&brokers, "clicks", part) {
+                assert!(std::time::Instant::now() < deadline, "producing: {e:#}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+/// The offsets stored so far, summed over the partitions.
+fn consumed(s: &Setup) -> u64 {
+    query_tsv(
+        &s.ch.url(),
+        "SELECT sum(next_offset) FROM adtally.consumer_offsets FINAL FORMAT TSV",
+    )
+    .trim()
+    .parse()
+    .unwrap_or(0)
+}
+
+/// Waits (bounded) until the stored offsets pass `at_least`.
+fn wait_consumed(s: &Setup, at_least: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while consumed(s) <= at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: offsets still at {} (waited for more than {at_least})",
+            consumed(s)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Snapshots stored so far.
@@ -244,47 +332,94 @@ fn finish(child: Child) -> String {
     text
 }
 
+/// The broker stops and comes back on the same storage while records are
+/// produced and consumed; records produced after the restart are consumed
+/// after it; exact.
 #[test]
 fn broker_restart_on_sqlite_then_exact() {
-    let mut s = setup_with("kafka-restart", 100_000, |_| {
-        "sqlite://tansu.db".to_string()
-    });
-    let args = run_args(&s);
+    let storage = "sqlite://tansu.db";
+    let (mut s, records) = setup_live("kafka-restart", 100_000, |_| storage.to_string());
+    let total = records.len() as u64;
+    let (before, after) = records.split_at(records.len() / 2);
+    let producer = produce_live(
+        s.broker.addr(),
+        before.to_vec(),
+        10,
+        Duration::from_millis(300),
+    );
+    // Idle for longer than the broker is away and the producer reconnects.
+    let args = with_idle(run_args(&s), 30);
     let mut run = spawn_run(&args);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_consumed(&s, 0, "the consumer before the restart");
     assert!(
         run.try_wait().unwrap().is_none(),
         "the consumer ended before the broker stopped"
     );
+    producer.join().unwrap();
     // Stop the broker mid-run and bring it back on the same address and storage.
     let addr = s.broker.addr().to_string();
-    let storage = "sqlite://tansu.db";
     s.broker.kill();
+    let at_fault = consumed(&s);
     std::thread::sleep(Duration::from_secs(2));
     s.broker = Broker::start_on(addr, storage, &s.tmp).unwrap();
+    let producer = produce_live(
+        s.broker.addr(),
+        after.to_vec(),
+        10,
+        Duration::from_millis(300),
+    );
+    producer.join().unwrap();
     let out = finish(run);
-    let n = with_heartbeats(100_000, 4);
-    assert!(out.contains(&format!("{n} records")), "{out}");
-    assert_exact(&s, n);
+    assert!(
+        consumed(&s) > at_fault + after.len() as u64 / 2,
+        "records consumed after the restart"
+    );
+    assert!(out.contains(&format!("{total} records")), "{out}");
+    assert_exact(&s, total);
 }
 
+/// Two hosts share a topic in one consumer group while records are
+/// produced; one is SIGKILLed; the survivor must take over the dead host's
+/// partitions and consume what is produced to them after the kill.
+///
+/// Ignored: on Tansu 0.6.0 the group coordinator removes a member whose
+/// session expired but starts no rebalance (the generation stays, the
+/// stored assignment is handed out again), so the dead host's partitions
+/// stay unread; see docs/host.md, "Failover in a consumer group". Run it
+/// with `cargo test -p adtally-host --test kafka -- --ignored` against a
+/// broker whose coordinator rebalances (Kafka itself does).
 #[test]
+#[ignore = "Tansu 0.6.0 never reassigns a dead member's partitions (docs/host.md)"]
 fn two_hosts_one_killed_then_exact() {
-    let s = setup("kafka-scale", 100_000);
-    let a = run_args(&s);
-    let b = run_args(&s);
-    let mut first = spawn_run(&a);
-    let second = spawn_run(&b);
-    std::thread::sleep(Duration::from_secs(6));
+    let (s, records) = setup_live("kafka-scale", 100_000, |_| "memory://tansu/".to_string());
+    let total = records.len() as u64;
+    let (before, after) = records.split_at(records.len() / 2);
+    adtally_host::source::produce(s.broker.addr(), "clicks", before).unwrap();
+    let mut first = spawn_run(&run_args(&s));
+    let second = spawn_run(&with_idle(run_args(&s), 60));
+    // Both hold partitions and have consumed some of them.
+    wait_consumed(&s, before.len() as u64 / 2, "the two hosts");
     assert!(
         first.try_wait().unwrap().is_none(),
         "host a ended before it was killed"
     );
-    first.kill().unwrap(); // SIGKILL: its partitions move to host b
+    first.kill().unwrap(); // SIGKILL: its partitions must move to host b
     first.wait().unwrap();
+    let at_kill = consumed(&s);
+    produce_live(
+        s.broker.addr(),
+        after.to_vec(),
+        5,
+        Duration::from_millis(500),
+    )
+    .join()
+    .unwrap();
     let out = finish(second);
-    assert!(out.contains(" records"), "{out}");
-    assert_exact(&s, with_heartbeats(100_000, 4));
+    assert!(
+        consumed(&s) > at_kill,
+        "the survivor consumed after the kill:\n{out}"
+    );
+    assert_exact(&s, total);
 }
 
 /// Every (minute, ad) count equals the generator's totals; late and invalid
