@@ -103,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         config_json: "{}",
         compress: std::env::var_os("ADTALLY_BENCH_LZ4").is_some(),
         auth: Default::default(),
+        limits: Default::default(),
     };
     let stats = pipeline::run(&opts, &target).await?.stats;
     anyhow::ensure!(

@@ -130,6 +130,12 @@ enum Command {
         /// comments); `-X` overrides it.
         #[arg(long, value_name = "FILE")]
         kafka_config: Option<PathBuf>,
+        /// Largest memory of one partition's instance, in MiB.
+        #[arg(long, default_value_t = 2048)]
+        max_memory_mb: usize,
+        /// How long one call into a partition's instance may run, in ms.
+        #[arg(long, default_value_t = 10_000)]
+        call_deadline_ms: u64,
         /// ClickHouse user (default: ClickHouse's `default`).
         #[arg(long, env = "ADTALLY_CLICKHOUSE_USER")]
         clickhouse_user: Option<String>,
@@ -299,6 +305,8 @@ fn main() -> Result<()> {
             kafka_config,
             clickhouse_user,
             clickhouse_password,
+            max_memory_mb,
+            call_deadline_ms,
         } => {
             let config_json = match config {
                 Some(p) => std::fs::read_to_string(&p)
@@ -323,6 +331,10 @@ fn main() -> Result<()> {
                 user: clickhouse_user,
                 password: clickhouse_password,
             };
+            let limits = adtally_runtime::Limits {
+                max_memory_bytes: max_memory_mb << 20,
+                call_deadline: std::time::Duration::from_millis(call_deadline_ms),
+            };
             run(
                 &opts,
                 &clickhouse,
@@ -331,6 +343,7 @@ fn main() -> Result<()> {
                 &config_json,
                 clickhouse_compression == "lz4",
                 &auth,
+                limits,
             )
         }
         Command::Ship {
@@ -413,6 +426,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         // The embedded server is on this machine.
         compress: false,
         auth: Default::default(),
+        limits: Default::default(),
     };
     let start = Instant::now();
     let report = pipeline::run(&opts, &target).await?;
@@ -498,6 +512,7 @@ async fn run(
     config_json: &str,
     compress: bool,
     auth: &ClickHouseAuth,
+    limits: adtally_runtime::Limits,
 ) -> Result<()> {
     let target = pipeline::Target {
         url,
@@ -506,6 +521,7 @@ async fn run(
         config_json,
         compress,
         auth: auth.clone(),
+        limits,
     };
     eprintln!("adtally run: {} -> {}/{db}", opts.topic, redact_url(url));
     let report = pipeline::run(opts, &target).await?;

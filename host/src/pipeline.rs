@@ -23,6 +23,8 @@ pub struct Target<'a> {
     pub compress: bool,
     /// ClickHouse credentials.
     pub auth: crate::connect::ClickHouseAuth,
+    /// Each partition's instance: its memory cap and call deadline.
+    pub limits: Limits,
 }
 
 /// What a run did, and with which module.
@@ -37,7 +39,7 @@ pub struct Report {
 
 /// Consumes `opts.topic` into `target` until idle (or forever).
 pub async fn run(opts: &ConsumeOptions, target: &Target<'_>) -> Result<Report> {
-    let rt = Runtime::new(Limits::default())?;
+    let rt = Runtime::new(target.limits)?;
     let module = rt.load_file(target.module)?;
     // The configuration is checked before anything is consumed.
     module.create(target.config_json)?;

@@ -23,7 +23,7 @@ use crate::connect::KafkaProperties;
 use crate::generator::GenRecord;
 use crate::sink::Sink;
 use adtally_core::RawRecord;
-use adtally_runtime::{Aggregator, Module, RecordBatch};
+use adtally_runtime::{Aggregator, Failure, Module, RecordBatch};
 use anyhow::{Context, Result, bail};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
@@ -305,6 +305,9 @@ struct PartitionCore<'m> {
     snapshot_offset: i64,
     /// After a trap: records up to this offset go one at a time.
     careful_until: Option<i64>,
+    /// A record the module ran out of time or memory on by itself, in a
+    /// fresh instance: if it does again, the run stops (see [`recover`]).
+    suspect: Option<i64>,
     /// Set when the fetch position was (re)set: the next records must
     /// start at or before `next_offset`. Some brokers answer a fetch from
     /// inside a producer batch with the *next* batch; then the consumer
@@ -358,6 +361,7 @@ impl<'m> Cores<'m, '_> {
                         last_snapshot: Instant::now(),
                         snapshot_offset: snap.next_offset,
                         careful_until: None,
+                        suspect: None,
                         rewind: Some(0),
                     };
                     skip_deleted(p, &mut core, low, stats);
@@ -397,15 +401,26 @@ impl<'m> Cores<'m, '_> {
             last_snapshot: Instant::now(),
             snapshot_offset: start,
             careful_until: None,
+            suspect: None,
             rewind: Some(0),
         })
     }
 
     async fn snapshot(&self, p: u32, core: &mut PartitionCore<'m>) -> Result<()> {
         let state = wasm(|| core.agg.snapshot())?;
+        self.store_snapshot(p, core, &state).await
+    }
+
+    /// Stores `state`, `p`'s core's snapshot.
+    async fn store_snapshot(
+        &self,
+        p: u32,
+        core: &mut PartitionCore<'m>,
+        state: &[u8],
+    ) -> Result<()> {
         let semantics = self.module.info().semantics_version;
         self.sink
-            .write_snapshot(p, core.next_offset, semantics, &state)
+            .write_snapshot(p, core.next_offset, semantics, state)
             .await?;
         core.last_snapshot = Instant::now();
         core.snapshot_offset = core.next_offset;
@@ -591,8 +606,18 @@ pub async fn consume(
         let now = now_ms();
         let mut outs: Vec<(u32, adtally_core::Outputs)> = Vec::new();
         if records == 0 {
+            let mut failed = Vec::new();
             for (p, core) in cores.held.iter_mut() {
-                outs.push((*p, wasm(|| core.agg.tick(now))?));
+                match wasm(|| core.agg.tick(now)) {
+                    Ok(out) => outs.push((*p, out)),
+                    Err(e) => failed.push((*p, e)),
+                }
+            }
+            if !failed.is_empty() {
+                writer.settle(&mut stats).await?;
+            }
+            for (p, e) in failed {
+                recover_call(&mut cores, p, "tick", e, &consumer, &opts.topic, &mut stats).await?;
             }
             writer
                 .start(outs, BTreeMap::new(), None, &mut stats)
@@ -700,8 +725,26 @@ pub async fn consume(
         }
         for p in due {
             if let Some(mut core) = cores.held.remove(&p) {
-                cores.snapshot(p, &mut core).await?;
-                cores.held.insert(p, core);
+                let state = wasm(|| core.agg.snapshot());
+                match state {
+                    Ok(state) => {
+                        cores.store_snapshot(p, &mut core, &state).await?;
+                        cores.held.insert(p, core);
+                    }
+                    Err(e) => {
+                        cores.held.insert(p, core);
+                        recover_call(
+                            &mut cores,
+                            p,
+                            "snapshot",
+                            e,
+                            &consumer,
+                            &opts.topic,
+                            &mut stats,
+                        )
+                        .await?;
+                    }
+                }
             }
         }
     }
@@ -820,8 +863,13 @@ fn push(
 }
 
 /// The core of `p` failed on `recs`: report it, restore the last snapshot,
-/// and replay from there carefully. A failure on a single record while
-/// careful quarantines that record.
+/// and replay from there one record at a time. A record that the module
+/// then fails on by itself, in that fresh instance, with a trap (a panic,
+/// a bad access) is quarantined. Running out of time or memory is no proof
+/// that a record is bad (a large state, a slow machine): such a record is
+/// tried once more in a fresh instance, and if the module fails on it
+/// again the run stops with what to change; no valid click is moved to
+/// `invalid_events` for it.
 async fn recover<C: ConsumerContext>(
     cores: &mut Cores<'_, '_>,
     p: u32,
@@ -836,9 +884,11 @@ async fn recover<C: ConsumerContext>(
         return Ok(());
     };
     let failed_at = old.next_offset;
+    let kind = Failure::of(&error);
     eprintln!(
-        "adtally: partition {p}: the core failed at offset {failed_at}, restoring: {error:#}"
+        "adtally: partition {p}: the core failed ({kind:?}) at offset {failed_at}, restoring: {error:#}"
     );
+    let mut suspect = None;
     if old.careful_until.is_some() {
         // One record at a time: the record at `failed_at` is the culprit
         // (the first not quarantined at or after it).
@@ -846,18 +896,88 @@ async fn recover<C: ConsumerContext>(
             .iter()
             .find(|r| r.offset.0 >= failed_at && !cores.quarantined.contains(&(p, r.offset.0)))
         {
-            cores
-                .sink
-                .write_quarantined(p, r.offset.0, r.payload, &format!("{error:#}"))
-                .await?;
-            cores.quarantined.insert((p, r.offset.0));
-            stats.quarantined += 1;
+            let offset = r.offset.0;
+            match kind {
+                Failure::Trap => {
+                    cores
+                        .sink
+                        .write_quarantined(p, offset, r.payload, &format!("{error:#}"))
+                        .await?;
+                    cores.quarantined.insert((p, offset));
+                    stats.quarantined += 1;
+                }
+                Failure::Deadline | Failure::OutOfMemory if old.suspect == Some(offset) => {
+                    let (what, remedy) = match kind {
+                        Failure::Deadline => ("ran past its call deadline", "--call-deadline-ms"),
+                        _ => ("ran out of memory", "--max-memory-mb"),
+                    };
+                    bail!(
+                        "partition {p}: the module {what} on the record at offset {offset}, twice, \
+                         each time by itself in a fresh instance restored from the last snapshot. \
+                         That is no proof the record is bad, so it is not quarantined: raise \
+                         {remedy}, or see why the partition's state is this large \
+                         (`adtally run` stops here instead of skipping clicks)"
+                    );
+                }
+                Failure::Deadline | Failure::OutOfMemory => suspect = Some(offset),
+            }
         }
     }
     let until = recs.last().map_or(failed_at, |r| r.offset.0);
     drop(old);
     let mut core = cores.open(p, consumer, stats).await?;
     core.careful_until = Some(until);
+    core.suspect = suspect;
+    seek(consumer, topic, p, core.next_offset);
+    cores.held.insert(p, core);
+    Ok(())
+}
+
+/// A call into `p`'s core other than a push (`what`: tick, snapshot)
+/// failed. Out of time or memory there means the partition's state is too
+/// large for the instance's limits: the run stops and says what to raise.
+/// Any other trap is recovered like one in a push (the last snapshot
+/// restored, the records since replayed one at a time); the same call
+/// failing again at the same offset stops the run.
+async fn recover_call<C: ConsumerContext>(
+    cores: &mut Cores<'_, '_>,
+    p: u32,
+    what: &str,
+    error: anyhow::Error,
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    stats: &mut ConsumeStats,
+) -> Result<()> {
+    stats.traps += 1;
+    let Some(old) = cores.held.remove(&p) else {
+        return Ok(());
+    };
+    let at = old.next_offset;
+    let kind = Failure::of(&error);
+    let remedy = match kind {
+        Failure::Deadline => Some("--call-deadline-ms"),
+        Failure::OutOfMemory => Some("--max-memory-mb"),
+        Failure::Trap => None,
+    };
+    if let Some(remedy) = remedy {
+        bail!(
+            "partition {p}: the module failed in {what} at offset {at} ({kind:?}): the partition's \
+             state is too large for the instance's limits; raise {remedy} (`adtally run` stops \
+             here instead of skipping clicks): {error:#}"
+        );
+    }
+    if old.suspect == Some(at) {
+        bail!(
+            "partition {p}: the module trapped in {what} at offset {at} twice, each time in a fresh instance: {error:#}"
+        );
+    }
+    eprintln!(
+        "adtally: partition {p}: the core failed in {what} at offset {at}, restoring: {error:#}"
+    );
+    drop(old);
+    let mut core = cores.open(p, consumer, stats).await?;
+    core.careful_until = Some(at - 1);
+    core.suspect = Some(at);
     seek(consumer, topic, p, core.next_offset);
     cores.held.insert(p, core);
     Ok(())

@@ -940,3 +940,26 @@ fn a_changed_config_is_refused_with_its_differences() {
     );
     assert_exact(&s, with_heartbeats(60_000, 4));
 }
+
+/// A partition whose state outgrows its instance's memory (a 2 MiB cap):
+/// running out of memory is no proof that a record is bad, so no valid
+/// click is quarantined; the run stops and says what to raise.
+#[test]
+fn running_out_of_memory_quarantines_no_valid_click() {
+    let s = setup("kafka-oom", 60_000);
+    let mut args = run_args(&s);
+    args.extend(["--partitions", "all", "--max-memory-mb", "2"].map(String::from));
+    let (ok, run) = run_within(&args, 300);
+    assert!(!ok, "{run}");
+    assert!(
+        (run.contains("ran out of memory on the record at offset")
+            || run.contains("state is too large for the instance's limits"))
+            && run.contains("--max-memory-mb"),
+        "{run}"
+    );
+    let quarantined = query_tsv(
+        &s.ch.url(),
+        "SELECT count() FROM adtally.invalid_events WHERE startsWith(reason, 'module_trap') FORMAT TSV",
+    );
+    assert_eq!(quarantined.trim(), "0", "{run}");
+}

@@ -182,6 +182,43 @@ impl<T> Ctx<T> for std::result::Result<T, wasmtime::Error> {
     }
 }
 
+/// Why a call into a module failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The call ran past [`Limits::call_deadline`]: slow, not proof that
+    /// its input is bad.
+    Deadline,
+    /// The instance's memory would have grown past
+    /// [`Limits::max_memory_bytes`]: the state is too large, which is not
+    /// proof that the input is bad either.
+    OutOfMemory,
+    /// Any other trap (a panic, an `unreachable`, a bad access): the
+    /// module failed on what it was given.
+    Trap,
+}
+
+impl Failure {
+    /// What kind of failure `error`, from a call of this crate, is.
+    pub fn of(error: &anyhow::Error) -> Failure {
+        let deadline = error.chain().any(|e| {
+            matches!(
+                e.downcast_ref::<wasmtime::Trap>(),
+                Some(wasmtime::Trap::Interrupt)
+            )
+        });
+        if deadline {
+            Failure::Deadline
+        } else if error
+            .chain()
+            .any(|e| e.to_string().contains("forcing trap when growing memory"))
+        {
+            Failure::OutOfMemory
+        } else {
+            Failure::Trap
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

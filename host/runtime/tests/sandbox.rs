@@ -75,15 +75,17 @@ fn running_out_of_memory_is_an_error_not_a_crash() {
     // Distinct ads until the 4 MiB cap is hit.
     let payloads = distinct_clicks(200_000);
     let recs = records(&payloads);
-    let mut failed = None;
+    let (mut failed, mut kind) = (None, None);
     for chunk in recs.chunks(10_000) {
         if let Err(e) = agg.push(chunk, 0) {
             failed = Some(format!("{e:#}"));
+            kind = Some(adtally_runtime::Failure::of(&e));
             break;
         }
     }
     let msg = failed.expect("a 4 MiB instance cannot hold 200k distinct keys");
     assert!(msg.contains("module trapped in push"), "{msg}");
+    assert_eq!(kind, Some(adtally_runtime::Failure::OutOfMemory), "{msg}");
     // The runtime and module still work: a new instance starts fine.
     let mut fresh = module.create("{}").unwrap();
     assert!(fresh.push(&[], 0).unwrap().rollups.is_empty());
@@ -106,6 +108,10 @@ fn a_call_past_its_deadline_is_interrupted_and_reported() {
     let msg = format!("{err:#}");
     assert!(msg.contains("module trapped in push"), "{msg}");
     assert!(msg.contains("interrupt"), "the epoch deadline fired: {msg}");
+    assert_eq!(
+        adtally_runtime::Failure::of(&err),
+        adtally_runtime::Failure::Deadline
+    );
     // The host goes on: a new instance serves the next call.
     let mut fresh = module.create("{}").unwrap();
     assert!(fresh.push(&recs[..10], 0).unwrap().invalid.is_empty());
