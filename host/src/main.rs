@@ -57,6 +57,14 @@ enum Command {
         /// Where each file's position is kept between runs.
         #[arg(long, default_value = "adtally-ship.json")]
         state: PathBuf,
+        /// Where lines that cannot be shipped go (JSON lines: file, byte
+        /// range, reason, the line); shipping goes on past them.
+        #[arg(long, default_value = "adtally-ship.dead.jsonl")]
+        dead_letter: PathBuf,
+        /// The longest line read, in bytes; a longer one is dead-lettered
+        /// (memory never holds more of it).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_line_bytes: usize,
         /// Exit after this many seconds without a new line.
         #[arg(long)]
         exit_when_idle: Option<u64>,
@@ -350,6 +358,8 @@ fn main() -> Result<()> {
             brokers,
             topic,
             state,
+            dead_letter,
+            max_line_bytes,
             exit_when_idle,
             kafka_property,
             kafka_config,
@@ -362,10 +372,12 @@ fn main() -> Result<()> {
                 state,
                 exit_when_idle: exit_when_idle.map(std::time::Duration::from_secs),
                 kafka: KafkaProperties::new(kafka_config.as_deref(), &kafka_property)?,
+                dead_letter,
+                max_line_bytes,
             })?;
             eprintln!(
-                "adtally ship: {} lines shipped, {} files followed from their start after rotation or truncation",
-                stats.lines, stats.restarts
+                "adtally ship: {} lines shipped, {} files followed from their start after rotation or truncation, {} lines dead-lettered",
+                stats.lines, stats.restarts, stats.dead_lettered
             );
             Ok(())
         }

@@ -17,6 +17,14 @@
 //! - A rotated file (same path, new inode) is read to its end through the
 //!   old handle, then followed from the start of the new file; a truncated
 //!   file is followed from its new start.
+//! - A line is acknowledged when its delivery report says so, not when
+//!   `flush` returns (which it also does for records that failed). A line
+//!   the broker cannot take (larger than the producer's
+//!   `message.max.bytes`, or than `max_line_bytes` while it is read, so
+//!   that an unterminated line never grows memory without bound) goes to
+//!   the dead-letter file with its file and byte range, and shipping goes
+//!   on; any other failure stops `ship` with the position kept before the
+//!   first unacknowledged line.
 
 use anyhow::{Context, Result, bail};
 use rdkafka::config::ClientConfig;
@@ -43,6 +51,11 @@ pub struct ShipOptions {
     pub exit_when_idle: Option<Duration>,
     /// librdkafka properties for a secured cluster (SASL, TLS, ...).
     pub kafka: crate::connect::KafkaProperties,
+    /// Where lines that cannot be shipped go (JSON lines, appended).
+    pub dead_letter: PathBuf,
+    /// The longest line read; a longer one is dead-lettered (its first
+    /// `max_line_bytes` bytes kept there), never held whole in memory.
+    pub max_line_bytes: usize,
 }
 
 /// Where one file stands.
@@ -91,6 +104,73 @@ pub struct ShipStats {
     pub lines: u64,
     /// Files found rotated or truncated and followed from their start.
     pub restarts: u64,
+    /// Lines written to the dead-letter file instead.
+    pub dead_lettered: u64,
+}
+
+/// A line read from a file: its bytes (at most `max_line_bytes`), where
+/// it starts and the offset just after its newline, and its whole length
+/// when it was longer than the bytes kept.
+struct Line {
+    bytes: Vec<u8>,
+    start: u64,
+    end: u64,
+    oversize: Option<u64>,
+}
+
+/// Delivery reports: the lines (by index in the batch) the broker did not
+/// acknowledge, with why.
+#[derive(Default)]
+struct Deliveries {
+    failed: std::sync::Mutex<Vec<(usize, rdkafka::error::KafkaError)>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<usize>;
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, line: Self::DeliveryOpaque) {
+        if let Err((e, _)) = result
+            && let Ok(mut failed) = self.failed.lock()
+        {
+            failed.push((*line, e.clone()));
+        }
+    }
+}
+
+/// Whether the broker (or librdkafka) refuses this record for what it is,
+/// so that sending it again can never succeed: it goes to the dead letters.
+fn refused_for_good(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | BadMessage
+        )
+    )
+}
+
+/// Appends a line that cannot be shipped to the dead-letter file (synced:
+/// the position moves past the line right after).
+fn dead_letter(path: &Path, file: &Path, line: &Line, reason: &str) -> Result<()> {
+    use std::io::Write;
+    let entry = serde_json::json!({
+        "file": file,
+        "start": line.start,
+        "end": line.end,
+        "bytes": line.oversize.unwrap_or(line.bytes.len() as u64),
+        "reason": reason,
+        "line": String::from_utf8_lossy(&line.bytes),
+    });
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the dead-letter file {}", path.display()))?;
+    writeln!(f, "{entry}")?;
+    f.sync_all()
+        .with_context(|| format!("writing the dead-letter file {}", path.display()))
 }
 
 /// The `ad_id` of a record, to key it by.
@@ -116,8 +196,10 @@ struct Followed {
     path: PathBuf,
     file: Option<File>,
     pos: FilePosition,
-    /// Bytes read but not yet a complete line.
+    /// Bytes read but not yet a complete line (at most `max_line_bytes`).
     partial: Vec<u8>,
+    /// The length of the line being read, beyond what `partial` keeps.
+    partial_len: u64,
 }
 
 impl Followed {
@@ -145,6 +227,7 @@ impl Followed {
         file.seek(SeekFrom::Start(self.pos.offset))?;
         self.file = Some(file);
         self.partial.clear();
+        self.partial_len = 0;
         Ok(())
     }
 
@@ -157,23 +240,32 @@ impl Followed {
         }
     }
 
-    /// Reads what was appended; returns the complete lines with the offset
-    /// just after each.
-    fn read_lines(&mut self, max_bytes: usize) -> Result<Vec<(Vec<u8>, u64)>> {
+    /// Reads what was appended; returns the complete lines. A line keeps
+    /// at most `max_line` bytes, however long it grows.
+    fn read_lines(&mut self, max_bytes: usize, max_line: usize) -> Result<Vec<Line>> {
         let Some(file) = self.file.as_mut() else {
             return Ok(Vec::new());
         };
         let mut buf = vec![0u8; max_bytes];
         let n = file.read(&mut buf)?;
         let mut lines = Vec::new();
-        let mut at = self.pos.offset + self.partial.len() as u64;
+        let mut at = self.pos.offset + self.partial_len;
         for &b in &buf[..n] {
             at += 1;
             if b == b'\n' {
-                let line = std::mem::take(&mut self.partial);
-                lines.push((line, at));
+                let len = std::mem::take(&mut self.partial_len);
+                let bytes = std::mem::take(&mut self.partial);
+                lines.push(Line {
+                    oversize: (len > bytes.len() as u64).then_some(len),
+                    start: at - 1 - len,
+                    end: at,
+                    bytes,
+                });
             } else {
-                self.partial.push(b);
+                if self.partial.len() < max_line {
+                    self.partial.push(b);
+                }
+                self.partial_len += 1;
             }
         }
         // Shrunk below where we are: truncated, start over.
@@ -181,6 +273,7 @@ impl Followed {
             self.pos.offset = 0;
             file.seek(SeekFrom::Start(0))?;
             self.partial.clear();
+            self.partial_len = 0;
         }
         Ok(lines)
     }
@@ -196,10 +289,10 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
         .set("bootstrap.servers", &opts.brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20");
-    let producer: BaseProducer = opts
+    let producer: BaseProducer<Deliveries> = opts
         .kafka
         .apply(&mut config)
-        .create()
+        .create_with_context(Deliveries::default())
         .context("creating the Kafka producer")?;
     let metadata = producer
         .client()
@@ -226,6 +319,7 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
             file: None,
             pos: state.files.get(p).copied().unwrap_or_default(),
             partial: Vec::new(),
+            partial_len: 0,
         })
         .collect();
     for f in &mut followed {
@@ -235,7 +329,7 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
     loop {
         let mut shipped = 0usize;
         for f in &mut followed {
-            let lines = f.read_lines(1 << 20)?;
+            let lines = f.read_lines(1 << 20, opts.max_line_bytes)?;
             if lines.is_empty() {
                 if f.rotated() {
                     // The old file is drained: follow the new one.
@@ -247,37 +341,92 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
                 }
                 continue;
             }
-            let end = lines.last().map(|(_, at)| *at).unwrap_or(f.pos.offset);
-            for (line, _) in &lines {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.trim_ascii().is_empty() {
+            let mut dead: Vec<(usize, String)> = Vec::new();
+            for (i, line) in lines.iter().enumerate() {
+                let bytes = line.bytes.strip_suffix(b"\r").unwrap_or(&line.bytes);
+                if let Some(len) = line.oversize {
+                    dead.push((
+                        i,
+                        format!(
+                            "a line of {len} bytes, longer than --max-line-bytes {}",
+                            opts.max_line_bytes
+                        ),
+                    ));
                     continue;
                 }
-                if is_heartbeat(line) {
-                    for p in 0..partitions {
+                if bytes.trim_ascii().is_empty() {
+                    continue;
+                }
+                let sent = if is_heartbeat(bytes) {
+                    (0..partitions).try_for_each(|p| {
                         send(
                             &producer,
-                            BaseRecord::<[u8], [u8]>::to(&opts.topic)
-                                .payload(line)
+                            BaseRecord::with_opaque_to(&opts.topic, Box::new(i))
+                                .payload(bytes)
                                 .partition(p),
-                        )?;
-                    }
+                        )
+                    })
                 } else {
-                    let mut rec = BaseRecord::<[u8], [u8]>::to(&opts.topic).payload(line);
-                    let key = ad_key(line);
+                    let mut rec = BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(
+                        &opts.topic,
+                        Box::new(i),
+                    )
+                    .payload(bytes);
+                    let key = ad_key(bytes);
                     if let Some(key) = &key {
                         rec = rec.key(key.as_slice());
                     }
-                    send(&producer, rec)?;
+                    send(&producer, rec)
+                };
+                match sent {
+                    Ok(()) => {}
+                    Err(e) if refused_for_good(&e) => {
+                        dead.push((i, format!("refused by the producer: {e}")))
+                    }
+                    Err(e) => bail!("producing a line of {}: {e}", f.path.display()),
                 }
                 stats.lines += 1;
                 shipped += 1;
             }
-            // Acknowledged by the broker before the position moves.
+            // Every line's delivery report is in once the queue is empty;
+            // only acknowledged lines let the position move.
             producer
                 .flush(Duration::from_secs(60))
                 .context("waiting for the broker to acknowledge the lines")?;
-            f.pos.offset = end;
+            let failed =
+                std::mem::take(&mut *producer.context().failed.lock().expect("not poisoned"));
+            let mut not_acked: Option<(usize, rdkafka::error::KafkaError)> = None;
+            for (i, e) in failed {
+                if refused_for_good(&e) {
+                    dead.push((i, format!("refused by the broker: {e}")));
+                    stats.lines -= 1;
+                } else if not_acked.as_ref().is_none_or(|(first, _)| i < *first) {
+                    not_acked = Some((i, e));
+                }
+            }
+            dead.sort_by_key(|(i, _)| *i);
+            dead.dedup_by_key(|(i, _)| *i);
+            for (i, reason) in &dead {
+                if not_acked.as_ref().is_some_and(|(first, _)| i > first) {
+                    break;
+                }
+                dead_letter(&opts.dead_letter, &f.path, &lines[*i], reason)?;
+                stats.dead_lettered += 1;
+            }
+            if let Some((first, e)) = not_acked {
+                // The position moves to the first line not acknowledged:
+                // a restart ships from there (repeats are duplicates).
+                f.pos.offset = lines[first].start;
+                state.files.insert(f.path.clone(), f.pos);
+                state.save(&opts.state)?;
+                bail!(
+                    "the broker did not acknowledge the line at byte {} of {}: {e}; the position is \
+                     kept there, and the next run ships from it",
+                    lines[first].start,
+                    f.path.display()
+                );
+            }
+            f.pos.offset = lines.last().map_or(f.pos.offset, |l| l.end);
             state.files.insert(f.path.clone(), f.pos);
             state.save(&opts.state)?;
         }
@@ -295,7 +444,11 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
     }
 }
 
-fn send(producer: &BaseProducer, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<()> {
+/// Queues `rec`, waiting while the queue is full.
+fn send(
+    producer: &BaseProducer<Deliveries>,
+    mut rec: BaseRecord<'_, [u8], [u8], Box<usize>>,
+) -> Result<(), rdkafka::error::KafkaError> {
     loop {
         match producer.send(rec) {
             Ok(()) => {
@@ -308,7 +461,7 @@ fn send(producer: &BaseProducer, mut rec: BaseRecord<'_, [u8], [u8]>) -> Result<
                 producer.poll(Duration::from_millis(50));
                 rec = back;
             }
-            Err((e, _)) => bail!("producing: {e}"),
+            Err((e, _)) => return Err(e),
         }
     }
 }

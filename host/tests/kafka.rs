@@ -395,9 +395,44 @@ fn two_hosts_one_killed_then_exact() {
     let total = records.len() as u64;
     let (before, after) = records.split_at(records.len() / 2);
     adtally_host::source::produce(s.broker.addr(), "clicks", before).unwrap();
-    let mut first = spawn_run(&run_args(&s));
-    let second = spawn_run(&with_idle(run_args(&s), 60));
+    let (log_a, log_b) = (s.tmp.join("host-a.log"), s.tmp.join("host-b.log"));
+    let spawn_logged = |args: &[String], log: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_adtally"))
+            .current_dir(root())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn_logged(&run_args(&s), &log_a);
+    let mut second = spawn_logged(&with_idle(run_args(&s), 60), &log_b);
+    // The partitions a host holds, from the last assignment it logged.
+    let held_by = |log: &Path| -> Vec<u32> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once("partitions assigned: ["))
+            .last()
+            .map(|(_, list)| {
+                list.trim_end_matches(']')
+                    .split(',')
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     // Both hold partitions and have consumed some of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while held_by(&log_a).is_empty() || held_by(&log_b).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both hosts hold partitions: {:?} {:?}",
+            held_by(&log_a),
+            held_by(&log_b)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_consumed(&s, before.len() as u64 / 2, "the two hosts");
     assert!(
         first.try_wait().unwrap().is_none(),
@@ -405,7 +440,21 @@ fn two_hosts_one_killed_then_exact() {
     );
     first.kill().unwrap(); // SIGKILL: its partitions must move to host b
     first.wait().unwrap();
-    let at_kill = consumed(&s);
+    let held = held_by(&log_a);
+    assert!(!held.is_empty());
+    let offsets = |s: &Setup| -> BTreeMap<u32, u64> {
+        query_tsv(
+            &s.ch.url(),
+            "SELECT partition, max(next_offset) FROM adtally.consumer_offsets GROUP BY partition FORMAT TSV",
+        )
+        .lines()
+        .map(|l| {
+            let (p, o) = l.split_once('\t').unwrap();
+            (p.parse().unwrap(), o.parse().unwrap())
+        })
+        .collect()
+    };
+    let at_kill = offsets(&s);
     produce_live(
         s.broker.addr(),
         after.to_vec(),
@@ -414,11 +463,18 @@ fn two_hosts_one_killed_then_exact() {
     )
     .join()
     .unwrap();
-    let out = finish(second);
-    assert!(
-        consumed(&s) > at_kill,
-        "the survivor consumed after the kill:\n{out}"
-    );
+    let status = second.wait().unwrap();
+    let out = std::fs::read_to_string(&log_b).unwrap();
+    assert!(status.success(), "host b failed:\n{out}");
+    let at_end = offsets(&s);
+    for p in &held {
+        assert!(
+            at_end.get(p) > at_kill.get(p),
+            "the survivor consumed host a's partition {p} after the kill ({:?} -> {:?}):\n{out}",
+            at_kill.get(p),
+            at_end.get(p)
+        );
+    }
     assert_exact(&s, total);
 }
 
@@ -962,4 +1018,146 @@ fn running_out_of_memory_quarantines_no_valid_click() {
         "SELECT count() FROM adtally.invalid_events WHERE startsWith(reason, 'module_trap') FORMAT TSV",
     );
     assert_eq!(quarantined.trim(), "0", "{run}");
+}
+
+/// `adtally ship` moves a file's position only past lines the broker
+/// acknowledged: with the broker down, the delivery reports fail (flush
+/// alone returns as if all went out), and the next run, with the broker
+/// back, ships them. A line longer than `--max-line-bytes` (2 MB) and one
+/// the producer refuses (over `message.max.bytes`) go to the dead-letter
+/// file with their byte ranges, and shipping goes on past them.
+#[test]
+fn ship_saves_a_position_only_past_acknowledged_lines() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let storage = "sqlite://tansu.db";
+    let (tmp, mut broker, _ch) = start("kafka-ship-acks", |_| storage.to_string());
+    create_topic(&broker);
+    let log = tmp.join("clicks.log");
+    let state = tmp.join("ship.json");
+    let dead = tmp.join("dead.jsonl");
+    let append = |lines: &[String]| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        for l in lines {
+            std::io::Write::write_all(&mut f, format!("{l}\n").as_bytes()).unwrap();
+        }
+    };
+    let clicks = |from: usize, n: usize| -> Vec<String> {
+        (from..from + n)
+            .map(|i| format!("ad{}, 1767225600000, u{i}, 10.0.0.1, USA, e{i}", i % 50))
+            .collect()
+    };
+    let ship_args = |broker: &Broker, extra: &[&str]| {
+        let mut args = vec![
+            "ship".to_string(),
+            "--brokers".into(),
+            broker.addr().into(),
+            "--topic".into(),
+            "clicks".into(),
+            "--state".into(),
+            state.to_str().unwrap().into(),
+            "--dead-letter".into(),
+            dead.to_str().unwrap().into(),
+            "--exit-when-idle".into(),
+            "2".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.push(log.to_str().unwrap().into());
+        args
+    };
+    let ship = |broker: &Broker, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adtally"))
+            .args(ship_args(broker, extra))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let in_topic = |broker: &Broker| -> i64 {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.addr())
+            .create()
+            .unwrap();
+        (0..4)
+            .map(|p| {
+                c.fetch_watermarks("clicks", p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .sum()
+    };
+    append(&clicks(0, 1000));
+    // A ship that follows the file while the broker goes away.
+    let mut args = ship_args(&broker, &["-X", "message.timeout.ms=3000"]);
+    let idle = args.iter().position(|a| a == "--exit-when-idle").unwrap();
+    args[idle + 1] = "60".into();
+    let follower = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .args(&args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while in_topic(&broker) < 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first lines shipped"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let addr = broker.addr().to_string();
+    broker.kill();
+    // Appended while the broker is away: their delivery fails.
+    append(&clicks(1000, 500));
+    let out = follower.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("did not acknowledge"),
+        "{text}"
+    );
+    broker = Broker::start_on(addr, storage, &tmp).unwrap();
+    let (ok, out) = ship(&broker, &[]);
+    assert!(ok && out.contains("500 lines shipped"), "{out}");
+    assert_eq!(in_topic(&broker), 1500, "every line once");
+    // A 2 MB line, one over the producer's limit, then more clicks.
+    let huge = format!("ad1, 1767225600000, {}, 10.0.0.1, USA", "u".repeat(2 << 20));
+    let large = format!("ad2, 1767225600000, {}, 10.0.0.1, USA", "v".repeat(5_000));
+    let mut lines = vec![huge, large];
+    lines.extend(clicks(1500, 10));
+    append(&lines);
+    let (ok, out) = ship(&broker, &["-X", "message.max.bytes=4000"]);
+    assert!(ok && out.contains("2 lines dead-lettered"), "{out}");
+    assert_eq!(in_topic(&broker), 1510);
+    let entries: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    assert!(
+        entries[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--max-line-bytes")
+    );
+    assert_eq!(
+        entries[0]["bytes"].as_u64().unwrap() as usize,
+        lines[0].len()
+    );
+    assert!(
+        entries[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("refused by the producer")
+    );
+    assert_eq!(
+        entries[1]["end"].as_u64().unwrap() - entries[1]["start"].as_u64().unwrap(),
+        lines[1].len() as u64 + 1
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
 }
