@@ -68,11 +68,32 @@ def record_module(query, db, module, sha):
     query(f"INSERT INTO {db}.module_history (module, sha256, semantics_version) VALUES ('{module}', '{sha}', {version})")
 
 
+def sorting_key(query, db, table):
+    return query(f"SELECT sorting_key FROM system.tables WHERE database = '{db}' AND name = '{table}'").decode().strip()
+
+
+def migrate(query, db):
+    """Brings tables an earlier schema created to the current keys, keeping
+    their rows. `snapshots` was keyed by (topic, source_partition) alone, so
+    a module of one semantics version merged away another's state; it is
+    rebuilt keyed by semantics version too (rows already merged away before
+    the migration are gone, the rest are kept)."""
+    if sorting_key(query, db, "snapshots") == "topic, source_partition":
+        query(f"DROP TABLE IF EXISTS {db}.snapshots_migrating")
+        query(f"CREATE TABLE {db}.snapshots_migrating AS {db}.snapshots "
+              f"ENGINE = ReplacingMergeTree(next_offset) ORDER BY (topic, source_partition, semantics_version)")
+        query(f"INSERT INTO {db}.snapshots_migrating SELECT * FROM {db}.snapshots")
+        query(f"RENAME TABLE {db}.snapshots TO {db}.snapshots_before_migration, "
+              f"{db}.snapshots_migrating TO {db}.snapshots")
+        query(f"DROP TABLE {db}.snapshots_before_migration")
+
+
 def install(query, wasm, db="adtally", config=None, kafka=None):
     config = dict(DEFAULT_CONFIG, **(config or {}))
     module, sha = adtally_ch.install(query, wasm)
     for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "schema.sql"), db=db):
         query(stmt)
+    migrate(query, db)
     has_tiered = query("SELECT count() FROM system.storage_policies WHERE policy_name = 'adtally_tiered' AND volume_name = 'cold'")
     if has_tiered.decode().strip() not in ("", "0"):
         query(f"ALTER TABLE {db}.raw_events MODIFY SETTING storage_policy = 'adtally_tiered'")

@@ -90,7 +90,9 @@ ORDER BY (window_minutes, update_time_minute, filter_id, source_partition);
 -- The core's state per source partition, tied to the offset it covers: a
 -- consumer that takes the partition over (after a restart or a rebalance)
 -- restores it and replays only the records from next_offset on. Written only
--- after every row of the records before next_offset was acknowledged.
+-- after every row of the records before next_offset was acknowledged. Kept
+-- per semantics version: a module of another version never merges away the
+-- state of this one (install.py migrates tables keyed without it).
 CREATE TABLE IF NOT EXISTS {db}.snapshots
 (
     topic             String,
@@ -102,7 +104,7 @@ CREATE TABLE IF NOT EXISTS {db}.snapshots
     taken_at          DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(next_offset)
-ORDER BY (topic, source_partition);
+ORDER BY (topic, source_partition, semantics_version);
 
 -- Where each consumer stands: written only after the rows they cover were acknowledged.
 CREATE TABLE IF NOT EXISTS {db}.consumer_offsets
