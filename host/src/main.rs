@@ -345,13 +345,15 @@ fn main() -> Result<()> {
             };
             run(
                 &opts,
-                &clickhouse,
-                &db,
-                &module,
-                &config_json,
-                clickhouse_compression == "lz4",
-                &auth,
-                limits,
+                &pipeline::Target {
+                    url: &clickhouse,
+                    db: &db,
+                    module: &module,
+                    config_json: &config_json,
+                    compress: clickhouse_compression == "lz4",
+                    auth,
+                    limits,
+                },
             )
         }
         Command::Ship {
@@ -516,27 +518,14 @@ struct TopAds {
 }
 
 #[tokio::main(flavor = "multi_thread")]
-async fn run(
-    opts: &source::ConsumeOptions,
-    url: &str,
-    db: &str,
-    module_path: &Path,
-    config_json: &str,
-    compress: bool,
-    auth: &ClickHouseAuth,
-    limits: adtally_runtime::Limits,
-) -> Result<()> {
-    let target = pipeline::Target {
-        url,
-        db,
-        module: module_path,
-        config_json,
-        compress,
-        auth: auth.clone(),
-        limits,
-    };
-    eprintln!("adtally run: {} -> {}/{db}", opts.topic, redact_url(url));
-    let report = pipeline::run(opts, &target).await?;
+async fn run(opts: &source::ConsumeOptions, target: &pipeline::Target<'_>) -> Result<()> {
+    eprintln!(
+        "adtally run: {} -> {}/{}",
+        opts.topic,
+        redact_url(target.url),
+        target.db
+    );
+    let report = pipeline::run(opts, target).await?;
     let stats = &report.stats;
     eprintln!(
         "adtally run: {} records, {} rollup rows, {} duplicates, {} late, {} invalid (module {})",

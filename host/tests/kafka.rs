@@ -412,8 +412,8 @@ fn two_hosts_one_killed_then_exact() {
         std::fs::read_to_string(log)
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.split_once("partitions assigned: ["))
-            .last()
+            .rev()
+            .find_map(|l| l.split_once("partitions assigned: ["))
             .map(|(_, list)| {
                 list.trim_end_matches(']')
                     .split(',')

@@ -290,8 +290,12 @@ impl PartitionState {
     /// beforehand. When the watermark reached `advance_at`, returns the
     /// watermark before, for [`Engine::advance`], which must run before the
     /// next click. The click is borrowed: passed by value, WebAssembly
-    /// copied it to the stack in memory for each click.
+    /// copied it to the stack in memory for each click. `payload` is the
+    /// record's bytes, for the side output of a click too far ahead (none
+    /// for a click handed over parsed). (Eight arguments: bundling them
+    /// into a struct costs WebAssembly a copy through memory per click.)
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn count(
         &mut self,
         cx: &mut Counting<'_>,
