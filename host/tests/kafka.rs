@@ -697,7 +697,7 @@ fn a_trapping_record_is_quarantined_then_exact() {
     let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(run.contains("1 records quarantined"), "{run}");
     assert!(
-        run.contains("the core failed at offset"),
+        run.contains("the core failed (Trap) at offset"),
         "the trap is reported:\n{run}"
     );
     let q = query_tsv(
