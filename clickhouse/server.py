@@ -74,9 +74,12 @@ PROTOCOL_PARAMS = {
 # server confines these with user_files_path and access rights; the embedded
 # engine has the machine's file system, so they are refused outright.
 FORBIDDEN_RE = re.compile(
-    r"\b(?:file|url|urlCluster|s3|s3Cluster|gcs|azureBlobStorage|hdfs|hdfsCluster|executable|"
-    r"remote|remoteSecure|cluster|mysql|postgresql|mongodb|redis|sqlite|jdbc|odbc)\s*\(|"
-    r"\bINTO\s+OUTFILE\b|\bFROM\s+INFILE\b|\bENGINE\s*=\s*(?:File|URL|S3|HDFS|Executable|ExecutablePool)\b",
+    r"[`\"]?\b(?:file|fileCluster|url|urlCluster|s3|s3Cluster|gcs|azureBlobStorage|azureBlobStorageCluster|"
+    r"hdfs|hdfsCluster|executable|remote|remoteSecure|cluster|clusterAllReplicas|mysql|postgresql|mongodb|"
+    r"redis|sqlite|jdbc|odbc|iceberg\w*|deltaLake\w*|hudi\w*|input)\b[`\"]?\s*\(|"
+    r"\bINTO\s+OUTFILE\b|\bFROM\s+INFILE\b|\bSOURCE\s*\(|"
+    r"\bENGINE\s*=\s*[`\"]?(?:File|URL|S3|S3Queue|HDFS|Executable|ExecutablePool|Kafka|RabbitMQ|NATS|"
+    r"MySQL|PostgreSQL|MongoDB|Redis|SQLite|JDBC|ODBC|Distributed|Dictionary|AzureBlobStorage|AzureQueue)\b",
     re.IGNORECASE,
 )
 
@@ -93,7 +96,7 @@ for code in (164, 192, 193, 194, 497, 516):
 
 INSERT_RE = re.compile(
     r"^\s*INSERT\s+INTO\s+(?:TABLE\s+)?(?P<table>[\w.`\"]+)\s*(?:\((?P<cols>[^)]*)\))?\s*"
-    r"(?:SETTINGS\s+(?P<settings>.*?)\s+)?FORMAT\s+(?P<fmt>\w+)\s*",
+    r"(?:SETTINGS\s+(?P<settings>.*?)\s+)?FORMAT\s+(?P<fmt>\w+)[ \t]*(?:\r?\n)?",
     re.IGNORECASE | re.DOTALL,
 )
 FORMAT_RE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
@@ -103,6 +106,36 @@ CODE_RE = re.compile(r"Code:\s*(\d+)")
 SELF_DESCRIBING = {"rowbinarywithnamesandtypes", "native", "parquet", "arrow", "arrowstream", "orc", "avro",
                    "tabseparatedwithnamesandtypes", "tsvwithnamesandtypes", "csvwithnamesandtypes",
                    "jsoncompacteachrowwithnamesandtypes"}
+
+
+def quote_name(name):
+    """`name` as a quoted identifier."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def strip_comments_and_strings(sql):
+    """The query with its comments removed and its string literals emptied,
+    so that checks of its words see only SQL."""
+    out, i, n = [], 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if sql.startswith("--", i) or c == "#":
+            j = sql.find("\n", i)
+            i = n if j < 0 else j
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            out.append(" ")
+        elif c == "'":
+            j = i + 1
+            while j < n and sql[j] != "'":
+                j += 2 if sql[j] == "\\" else 1
+            out.append("''")
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 class QueryError(Exception):
@@ -150,6 +183,27 @@ def decompress_native(data):
     return bytes(out)
 
 
+def every_frame(data, decompressor, brotli_frames=False):
+    """Decodes every frame of `data`, one after the other: clients such as
+    clickhouse-connect compress each block of an insert as a frame of its
+    own. Bytes after the last whole frame are an error."""
+    out = bytearray()
+    while data:
+        d = decompressor()
+        if brotli_frames:
+            # brotli's Decompressor has no unused_data: a stream holds one
+            # frame, so the whole body must be it.
+            out += d.process(data)
+            if not d.is_finished():
+                raise ValueError("the brotli stream ends before its last block")
+            return bytes(out)
+        out += d.decompress(data)
+        if not d.eof:
+            raise ValueError("the body ends inside a frame")
+        data = d.unused_data
+    return bytes(out)
+
+
 def decode_content(encoding, data):
     """Undoes an HTTP `Content-Encoding` ClickHouse accepts (gzip, deflate,
     br, zstd, lz4, xz, bz2; several, comma-separated, are undone last
@@ -157,18 +211,18 @@ def decode_content(encoding, data):
     for enc in reversed([e.strip().lower() for e in encoding.split(",") if e.strip()]):
         try:
             if enc in ("gzip", "x-gzip"):
-                data = gzip.decompress(data)
+                data = gzip.decompress(data)  # reads every member
             elif enc == "deflate":
-                data = zlib.decompress(data)
+                data = every_frame(data, lambda: zlib.decompressobj())
             elif enc == "br":
                 import brotli
-                data = brotli.decompress(data)
+                data = every_frame(data, lambda: brotli.Decompressor(), brotli_frames=True)
             elif enc == "zstd":
                 import zstandard
-                data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+                data = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(data)
             elif enc == "lz4":
                 import lz4.frame
-                data = lz4.frame.decompress(data)
+                data = every_frame(data, lambda: lz4.frame.LZ4FrameDecompressor())
             elif enc == "xz":
                 import lzma
                 data = lzma.decompress(data)
@@ -238,7 +292,8 @@ class Engine:
                 # The rows are counted first: the summary reports them, and
                 # data that parses to no row is refused, never acknowledged
                 # as an empty insert.
-                rows = int(self._query(f"SELECT count() FROM {source}", "TSV", params).decode().strip() or 0)
+                rows = int(self._query(f"SELECT count() FROM {source}{settings_clause}", "TSV", params)
+                           .decode().strip() or 0)
                 if rows == 0:
                     raise QueryError(
                         27, "Code: 27. DB::Exception: The INSERT's data holds no row in format "
@@ -283,13 +338,18 @@ class Engine:
         saved = {"settings": {}, "database": None}
         try:
             if database and database != self.current_db:
-                self._query(f"USE {database}", "TSV", None)
+                self._query(f"USE {quote_name(database)}", "TSV", None)
                 saved["database"] = self.current_db
                 self.current_db = database
             if settings:
                 names = ",".join(adtally_ch.sql_string(k) for k in settings)
-                rows = self._query(f"SELECT name, value FROM system.settings WHERE name IN ({names})", "TSV", None)
-                old = dict(line.split("\t", 1) for line in rows.decode().splitlines())
+                rows = self._query(f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})",
+                                   "JSONEachRow", None)
+                # JSON, not TSV: TSV escapes a value's backslashes and tabs.
+                old = {}
+                for line in rows.decode().splitlines():
+                    r = json.loads(line)
+                    old[r["name"]] = r["value"] if int(r["changed"]) else None
                 for k in settings:
                     if k not in old:
                         raise QueryError(115, f"Code: 115. DB::Exception: Unknown setting '{k}'. (UNKNOWN_SETTING)")
@@ -303,12 +363,16 @@ class Engine:
 
     def _restore(self, saved):
         for k, v in saved["settings"].items():
+            value = "DEFAULT" if v is None else adtally_ch.sql_string(v)
             try:
-                self._query(f"SET {k} = {adtally_ch.sql_string(v)}", "TSV", None)
-            except QueryError:
-                pass
+                self._query(f"SET {k} = {value}", "TSV", None)
+            except QueryError as e:
+                # A setting that cannot be put back would outlive its
+                # request: better no server than a wrong one.
+                sys.stderr.write(f"adtally embedded ClickHouse: cannot restore setting {k}: {e.message}\n")
+                os._exit(70)
         if saved["database"]:
-            self._query(f"USE {saved['database']}", "TSV", None)
+            self._query(f"USE {quote_name(saved['database'])}", "TSV", None)
             self.current_db = saved["database"]
 
 
@@ -434,12 +498,15 @@ def make_handler(engine, policy=None):
                     m = INSERT_RE.match(query)
                     if m and m.end() < len(query):  # inline data after FORMAT
                         raw = body[len(query[:m.end()].encode()):]
-                        query, data = query[:m.end()], raw.lstrip(b"\r\n")
+                        query, data = query[:m.end()], raw
                 if not query.strip():
                     raise QueryError(62, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)")
-                if readonly and not READ_ONLY_RE.match(query):
+                sql = strip_comments_and_strings(query)
+                if ";" in sql.strip().rstrip(";"):
+                    raise QueryError(62, "Code: 62. DB::Exception: Multi-statements are not allowed. (SYNTAX_ERROR)")
+                if readonly and not READ_ONLY_RE.match(sql):
                     raise QueryError(164, "Code: 164. DB::Exception: Cannot execute query in readonly mode. (READONLY)")
-                forbidden = FORBIDDEN_RE.search(query)
+                forbidden = FORBIDDEN_RE.search(sql)
                 if forbidden:
                     raise QueryError(497, f"Code: 497. DB::Exception: {forbidden.group(0).strip()!r}: this server "
                                           "reaches no local file and no network from SQL. (ACCESS_DENIED)")

@@ -213,3 +213,64 @@ def test_a_password_is_required_when_set_and_beyond_loopback():
         p = subprocess.run([sys.executable, SERVER, "--data", d, "--host", "0.0.0.0", "--port", "0"],
                            capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "password" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("encoding", ["lz4", "zstd", "deflate", "gzip"])
+def test_a_body_of_several_frames_is_decoded_whole(server, encoding):
+    import lz4.frame
+    import zstandard
+
+    codecs = {"gzip": gzip.compress, "deflate": zlib.compress,
+              "zstd": lambda b: zstandard.ZstdCompressor().compress(b), "lz4": lz4.frame.compress}
+    name = "frames_" + encoding
+    table(server, name)
+    # One frame per block, as clickhouse-connect sends a large insert.
+    body = b"".join(codecs[encoding](tsv(10_000, start)) for start in range(0, 30_000, 10_000))
+    status, headers, out = post(server, f"INSERT INTO {name} FORMAT TSV", body, {"Content-Encoding": encoding})
+    assert status == 200, out
+    assert scalar(server, f"SELECT count() FROM {name}") == "30000"
+    status, _, out = post(server, f"INSERT INTO {name} FORMAT TSV", body + b"\x00\x01", {"Content-Encoding": encoding})
+    assert status >= 400, "bytes after the last frame are an error"
+
+
+def test_clickhouse_connect_inserts_a_table_too_large_for_one_block(server):
+    import clickhouse_connect
+
+    table(server, "cc_big")
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=server.port)
+    rows = [[i, f"ad{i % 97}"] for i in range(300_000)]
+    summary = client.insert("cc_big", rows, column_names=["id", "ad"])
+    assert summary.written_rows == 300_000
+    assert client.command("SELECT count() FROM cc_big") == 300_000
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM `file`('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM file/**/('/etc/passwd', 'LineAsString')",
+    "SELECT * FROM file -- a comment\n ('/etc/passwd', 'LineAsString')",
+    "SELECT 1; SELECT * FROM numbers(1)",
+])
+def test_no_quoting_comment_or_second_statement_gets_around_the_checks(server, sql):
+    status, _, out = post(server, sql)
+    assert status >= 400, out
+
+
+def test_readonly_and_the_database_parameter_run_no_other_statement(server):
+    table(server, "keep")
+    status, _, out = post(server, "SELECT 1; DROP TABLE keep", params="&readonly=1")
+    assert status >= 400, out
+    db = urllib.parse.quote("default; DROP TABLE keep")
+    status, _, out = post(server, "SELECT 1", params=f"&database={db}")
+    assert status >= 400, out
+    assert scalar(server, "EXISTS TABLE keep") == "1"
+    # A string holding a ';' or '--' is fine.
+    assert scalar(server, "SELECT 'a;b -- c'") == "a;b -- c"
+
+
+def test_a_setting_whose_value_has_a_backslash_is_put_back_exactly(server):
+    before = scalar(server, "SELECT value FROM system.settings WHERE name = 'format_tsv_null_representation' FORMAT JSONEachRow")
+    status, _, out = post(server, "SELECT 1", params="&format_tsv_null_representation=NULL")
+    assert status == 200, out
+    after = scalar(server, "SELECT value FROM system.settings WHERE name = 'format_tsv_null_representation' FORMAT JSONEachRow")
+    assert after == before
+    assert scalar(server, "SELECT changed FROM system.settings WHERE name = 'format_tsv_null_representation'") == "0"
