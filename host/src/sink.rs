@@ -186,6 +186,25 @@ impl Sink {
         }))
     }
 
+    /// Deletes every stored state of partition `p` under
+    /// `semantics_version`: the operator chose to start the partition
+    /// afresh (`--unrestorable-snapshot`), and a refused snapshot at a
+    /// higher offset must not shadow the new ones.
+    pub async fn discard_snapshots(&self, p: u32, semantics_version: u32) -> Result<()> {
+        self.client
+            .query(
+                "ALTER TABLE snapshots DELETE \
+                 WHERE topic = ? AND source_partition = ? AND semantics_version = ? \
+                 SETTINGS mutations_sync = 2",
+            )
+            .bind(&self.topic)
+            .bind(p)
+            .bind(semantics_version)
+            .execute()
+            .await
+            .with_context(|| format!("discarding the snapshots of partition {p}"))
+    }
+
     /// Offsets of partition `p` quarantined earlier (by any consumer).
     pub async fn quarantined(&self, p: u32) -> Result<Vec<i64>> {
         self.client

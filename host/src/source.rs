@@ -307,7 +307,11 @@ struct PartitionCore<'m> {
     careful_until: Option<i64>,
     /// A record the module ran out of time or memory on by itself, in a
     /// fresh instance: if it does again, the run stops (see [`recover`]).
-    suspect: Option<i64>,
+    suspect_record: Option<i64>,
+    /// A call other than a push (tick, snapshot) that trapped, and the
+    /// offset the core stood at: the same again stops the run (see
+    /// [`recover_call`]).
+    suspect_call: Option<(&'static str, i64)>,
     /// Set when the fetch position was (re)set: the next records must
     /// start at or before `next_offset`. Some brokers answer a fetch from
     /// inside a producer batch with the *next* batch; then the consumer
@@ -361,7 +365,8 @@ impl<'m> Cores<'m, '_> {
                         last_snapshot: Instant::now(),
                         snapshot_offset: snap.next_offset,
                         careful_until: None,
-                        suspect: None,
+                        suspect_record: None,
+                        suspect_call: None,
                         rewind: Some(0),
                     };
                     skip_deleted(p, &mut core, low, stats);
@@ -384,9 +389,10 @@ impl<'m> Cores<'m, '_> {
                         eprintln!(
                             "adtally: partition {p}: the snapshot at offset {} cannot be \
                              restored ({e:#}); starting with no state at offset {from}, as \
-                             --unrestorable-snapshot says",
+                             --unrestorable-snapshot says (its stored snapshots are discarded)",
                             snap.next_offset
                         );
+                        self.sink.discard_snapshots(p, semantics).await?;
                         from
                     }
                 },
@@ -401,7 +407,8 @@ impl<'m> Cores<'m, '_> {
             last_snapshot: Instant::now(),
             snapshot_offset: start,
             careful_until: None,
-            suspect: None,
+            suspect_record: None,
+            suspect_call: None,
             rewind: Some(0),
         })
     }
@@ -841,7 +848,10 @@ fn push(
             core.next_offset = r.offset.0 + 1;
         }
         if core.careful_until.is_some_and(|u| core.next_offset > u) {
+            // Past what failed: a failure from here on is a new one.
             core.careful_until = None;
+            core.suspect_record = None;
+            core.suspect_call = None;
         }
         return Ok(out);
     }
@@ -906,7 +916,7 @@ async fn recover<C: ConsumerContext>(
                     cores.quarantined.insert((p, offset));
                     stats.quarantined += 1;
                 }
-                Failure::Deadline | Failure::OutOfMemory if old.suspect == Some(offset) => {
+                Failure::Deadline | Failure::OutOfMemory if old.suspect_record == Some(offset) => {
                     let (what, remedy) = match kind {
                         Failure::Deadline => ("ran past its call deadline", "--call-deadline-ms"),
                         _ => ("ran out of memory", "--max-memory-mb"),
@@ -927,7 +937,7 @@ async fn recover<C: ConsumerContext>(
     drop(old);
     let mut core = cores.open(p, consumer, stats).await?;
     core.careful_until = Some(until);
-    core.suspect = suspect;
+    core.suspect_record = suspect;
     seek(consumer, topic, p, core.next_offset);
     cores.held.insert(p, core);
     Ok(())
@@ -942,7 +952,7 @@ async fn recover<C: ConsumerContext>(
 async fn recover_call<C: ConsumerContext>(
     cores: &mut Cores<'_, '_>,
     p: u32,
-    what: &str,
+    what: &'static str,
     error: anyhow::Error,
     consumer: &StreamConsumer<C>,
     topic: &str,
@@ -966,7 +976,7 @@ async fn recover_call<C: ConsumerContext>(
              here instead of skipping clicks): {error:#}"
         );
     }
-    if old.suspect == Some(at) {
+    if old.suspect_call == Some((what, at)) {
         bail!(
             "partition {p}: the module trapped in {what} at offset {at} twice, each time in a fresh instance: {error:#}"
         );
@@ -977,7 +987,7 @@ async fn recover_call<C: ConsumerContext>(
     drop(old);
     let mut core = cores.open(p, consumer, stats).await?;
     core.careful_until = Some(at - 1);
-    core.suspect = Some(at);
+    core.suspect_call = Some((what, at));
     seek(consumer, topic, p, core.next_offset);
     cores.held.insert(p, core);
     Ok(())
