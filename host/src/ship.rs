@@ -342,6 +342,7 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
                 continue;
             }
             let mut dead: Vec<(usize, String)> = Vec::new();
+            let mut sent: Vec<usize> = Vec::new();
             for (i, line) in lines.iter().enumerate() {
                 let bytes = line.bytes.strip_suffix(b"\r").unwrap_or(&line.bytes);
                 if let Some(len) = line.oversize {
@@ -357,62 +358,66 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
                 if bytes.trim_ascii().is_empty() {
                     continue;
                 }
-                let sent = if is_heartbeat(bytes) {
-                    (0..partitions).try_for_each(|p| {
-                        send(
-                            &producer,
-                            BaseRecord::with_opaque_to(&opts.topic, Box::new(i))
-                                .payload(bytes)
-                                .partition(p),
-                        )
-                    })
-                } else {
-                    let mut rec = BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(
-                        &opts.topic,
-                        Box::new(i),
-                    )
-                    .payload(bytes);
-                    let key = ad_key(bytes);
-                    if let Some(key) = &key {
-                        rec = rec.key(key.as_slice());
-                    }
-                    send(&producer, rec)
-                };
-                match sent {
-                    Ok(()) => {}
+                match send_line(&producer, &opts.topic, partitions, i, bytes) {
+                    Ok(()) => sent.push(i),
                     Err(e) if refused_for_good(&e) => {
                         dead.push((i, format!("refused by the producer: {e}")))
                     }
                     Err(e) => bail!("producing a line of {}: {e}", f.path.display()),
                 }
-                stats.lines += 1;
-                shipped += 1;
             }
             // Every line's delivery report is in once the queue is empty;
             // only acknowledged lines let the position move.
-            producer
-                .flush(Duration::from_secs(60))
-                .context("waiting for the broker to acknowledge the lines")?;
-            let failed =
-                std::mem::take(&mut *producer.context().failed.lock().expect("not poisoned"));
             let mut not_acked: Option<(usize, rdkafka::error::KafkaError)> = None;
-            for (i, e) in failed {
+            let mut refused = BTreeMap::new();
+            for (i, e) in deliveries(&producer)? {
                 if refused_for_good(&e) {
-                    dead.push((i, format!("refused by the broker: {e}")));
-                    stats.lines -= 1;
+                    refused.insert(i, e);
                 } else if not_acked.as_ref().is_none_or(|(first, _)| i < *first) {
                     not_acked = Some((i, e));
                 }
             }
-            dead.sort_by_key(|(i, _)| *i);
-            dead.dedup_by_key(|(i, _)| *i);
-            for (i, reason) in &dead {
-                if not_acked.as_ref().is_some_and(|(first, _)| i > first) {
+            // A broker refuses a whole batch for one record in it: each
+            // refused line is sent again alone, and only one refused by
+            // itself is a dead letter.
+            for (i, e) in refused {
+                if not_acked.as_ref().is_some_and(|(first, _)| i > *first) {
                     break;
                 }
+                let bytes = lines[i]
+                    .bytes
+                    .strip_suffix(b"\r")
+                    .unwrap_or(&lines[i].bytes);
+                let alone = send_line(&producer, &opts.topic, partitions, i, bytes)
+                    .map_err(|e| (i, e))
+                    .and_then(|()| match deliveries(&producer) {
+                        Ok(failed) => failed.into_iter().next().map_or(Ok(()), Err),
+                        Err(_) => Ok(()),
+                    });
+                match alone {
+                    Ok(()) => {}
+                    Err((_, again)) if refused_for_good(&again) => {
+                        dead.push((i, format!("refused by the broker: {again} (first: {e})")))
+                    }
+                    Err((_, again)) => {
+                        if not_acked.as_ref().is_none_or(|(first, _)| i < *first) {
+                            not_acked = Some((i, again));
+                        }
+                    }
+                }
+            }
+            dead.sort_by_key(|(i, _)| *i);
+            let before_failure = |i: usize| not_acked.as_ref().is_none_or(|(first, _)| i < *first);
+            for (i, reason) in dead.iter().filter(|(i, _)| before_failure(*i)) {
                 dead_letter(&opts.dead_letter, &f.path, &lines[*i], reason)?;
                 stats.dead_lettered += 1;
             }
+            let acked = sent
+                .iter()
+                .filter(|i| before_failure(**i) && !dead.iter().any(|(d, _)| d == *i))
+                .count();
+            stats.lines += acked as u64;
+            shipped += sent.len();
             if let Some((first, e)) = not_acked {
                 // The position moves to the first line not acknowledged:
                 // a restart ships from there (repeats are duplicates).
@@ -442,6 +447,47 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Queues line `i` of a batch: a click keyed by its ad, a heartbeat to
+/// every partition.
+fn send_line(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    partitions: i32,
+    i: usize,
+    bytes: &[u8],
+) -> Result<(), rdkafka::error::KafkaError> {
+    if is_heartbeat(bytes) {
+        (0..partitions).try_for_each(|p| {
+            send(
+                producer,
+                BaseRecord::with_opaque_to(topic, Box::new(i))
+                    .payload(bytes)
+                    .partition(p),
+            )
+        })
+    } else {
+        let mut rec =
+            BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(topic, Box::new(i)).payload(bytes);
+        let key = ad_key(bytes);
+        if let Some(key) = &key {
+            rec = rec.key(key.as_slice());
+        }
+        send(producer, rec)
+    }
+}
+
+/// Waits until every queued record's delivery report is in; returns the
+/// lines (by index) whose records failed, with why.
+fn deliveries(
+    producer: &BaseProducer<Deliveries>,
+) -> Result<Vec<(usize, rdkafka::error::KafkaError)>> {
+    producer
+        .flush(Duration::from_secs(60))
+        .context("waiting for the broker to acknowledge the lines")?;
+    let mut failed = producer.context().failed.lock().expect("not poisoned");
+    Ok(std::mem::take(&mut *failed))
 }
 
 /// Queues `rec`, waiting while the queue is full.
