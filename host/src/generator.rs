@@ -41,7 +41,9 @@ pub struct GenConfig {
     /// stream's (counted in their own minute, moving no watermark).
     pub ahead: f64,
     /// Heartbeats at the far future (2199), one per partition every this
-    /// many records (side-lined as ahead of their partition); none if 0.
+    /// many records; none if 0. Through Kafka they are refused against
+    /// their record time (`timestamp_in_future`); without one, side-lined
+    /// as ahead of their partition.
     pub far_heartbeat_every: usize,
     /// Seed.
     pub seed: u64,

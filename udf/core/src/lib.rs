@@ -102,7 +102,11 @@
 //! longer silence side-lines its first records until a quorum of them has
 //! moved the frontier, and counts from there on. (Once a partition has a
 //! frontier, every click it counts is within 8 h of it, which the dedup
-//! memory's 16-bit seconds need.) Heartbeats obey the same checks as
+//! memory's 16-bit seconds need. Before its first quorum no bound applies:
+//! a click more than 9 h ahead among a partition's very first records is
+//! counted in its window, and its key may be forgotten early, so a repeat
+//! of it could count again; the record-time check, `max_future_skew_ms`,
+//! is what bounds those.) Heartbeats obey the same checks as
 //! clicks: the range 1900..2200 and `max_future_skew_ms` past the record
 //! time. Window and watermark arithmetic saturates; no input wraps it.
 //!
