@@ -183,20 +183,13 @@ def decompress_native(data):
     return bytes(out)
 
 
-def every_frame(data, decompressor, brotli_frames=False):
+def every_frame(data, decompressor):
     """Decodes every frame of `data`, one after the other: clients such as
     clickhouse-connect compress each block of an insert as a frame of its
     own. Bytes after the last whole frame are an error."""
     out = bytearray()
     while data:
         d = decompressor()
-        if brotli_frames:
-            # brotli's Decompressor has no unused_data: a stream holds one
-            # frame, so the whole body must be it.
-            out += d.process(data)
-            if not d.is_finished():
-                raise ValueError("the brotli stream ends before its last block")
-            return bytes(out)
         out += d.decompress(data)
         if not d.eof:
             raise ValueError("the body ends inside a frame")
@@ -216,7 +209,8 @@ def decode_content(encoding, data):
                 data = every_frame(data, lambda: zlib.decompressobj())
             elif enc == "br":
                 import brotli
-                data = every_frame(data, lambda: brotli.Decompressor(), brotli_frames=True)
+                # One stream, the whole body: brotli reports no bytes after it.
+                data = brotli.decompress(data)
             elif enc == "zstd":
                 import zstandard
                 data = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(data)

@@ -74,6 +74,16 @@ def table(server, name):
     assert status == 200, body
 
 
+def codecs():
+    """Each Content-Encoding's compressor."""
+    import brotli
+    import lz4.frame
+    import zstandard
+
+    return {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress,
+            "zstd": lambda b: zstandard.ZstdCompressor().compress(b), "lz4": lz4.frame.compress}
+
+
 def tsv(n, start=0):
     return "".join(f"{i}\tad{i % 97}\n" for i in range(start, start + n)).encode()
 
@@ -97,17 +107,11 @@ def test_clickhouse_connect_with_its_defaults_stores_every_row(server):
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "lz4", "gzip, br"])
 def test_every_content_encoding_is_decoded(server, encoding):
-    import brotli
-    import lz4.frame
-    import zstandard
-
-    codecs = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress,
-              "zstd": lambda b: zstandard.ZstdCompressor().compress(b), "lz4": lz4.frame.compress}
     name = "enc_" + encoding.replace(", ", "_")
     table(server, name)
     body = tsv(20_000)
     for enc in [e.strip() for e in encoding.split(",")]:
-        body = codecs[enc](body)
+        body = codecs()[enc](body)
     status, headers, out = post(server, f"INSERT INTO {name} FORMAT TSV", body, {"Content-Encoding": encoding})
     assert status == 200, out
     assert json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "20000"
@@ -217,15 +221,10 @@ def test_a_password_is_required_when_set_and_beyond_loopback():
 
 @pytest.mark.parametrize("encoding", ["lz4", "zstd", "deflate", "gzip"])
 def test_a_body_of_several_frames_is_decoded_whole(server, encoding):
-    import lz4.frame
-    import zstandard
-
-    codecs = {"gzip": gzip.compress, "deflate": zlib.compress,
-              "zstd": lambda b: zstandard.ZstdCompressor().compress(b), "lz4": lz4.frame.compress}
     name = "frames_" + encoding
     table(server, name)
     # One frame per block, as clickhouse-connect sends a large insert.
-    body = b"".join(codecs[encoding](tsv(10_000, start)) for start in range(0, 30_000, 10_000))
+    body = b"".join(codecs()[encoding](tsv(10_000, start)) for start in range(0, 30_000, 10_000))
     status, headers, out = post(server, f"INSERT INTO {name} FORMAT TSV", body, {"Content-Encoding": encoding})
     assert status == 200, out
     assert scalar(server, f"SELECT count() FROM {name}") == "30000"

@@ -671,29 +671,28 @@ pub async fn consume(
                     // from inside a producer batch with the next batch.
                     let low = log_start(&consumer, &opts.topic, p)?;
                     skip_deleted(p, core, low, &mut stats);
-                }
-                if first.offset.0 > core.next_offset {
-                    let low = log_start(&consumer, &opts.topic, p)?;
-                    if rewind > 0 && core.next_offset.saturating_sub(rewind) <= low {
-                        // The last fetch started at the log's start, and
-                        // records are still missing: these offsets hold
-                        // none (a compacted or transactional gap).
-                        eprintln!(
-                            "adtally: partition {p}: offsets {}..{} hold no records; counting from {}",
-                            core.next_offset, first.offset.0, first.offset.0
-                        );
-                        core.next_offset = first.offset.0;
-                    } else {
-                        // Drop these and fetch again from further back.
-                        let back = rewind.saturating_mul(REWIND_GROWTH).max(FIRST_REWIND);
-                        eprintln!(
-                            "adtally: partition {p}: the broker answered from offset {} for {}; fetching from {back} records earlier",
-                            first.offset.0, core.next_offset
-                        );
-                        core.rewind = Some(back);
-                        let from = core.next_offset.saturating_sub(back).max(low);
-                        seek(&consumer, &opts.topic, p, from);
-                        continue;
+                    if first.offset.0 > core.next_offset {
+                        if rewind > 0 && core.next_offset.saturating_sub(rewind) <= low {
+                            // The last fetch started at the log's start, and
+                            // records are still missing: these offsets hold
+                            // none (a compacted or transactional gap).
+                            eprintln!(
+                                "adtally: partition {p}: offsets {}..{} hold no records; counting from {}",
+                                core.next_offset, first.offset.0, first.offset.0
+                            );
+                            core.next_offset = first.offset.0;
+                        } else {
+                            // Drop these and fetch again from further back.
+                            let back = rewind.saturating_mul(REWIND_GROWTH).max(FIRST_REWIND);
+                            eprintln!(
+                                "adtally: partition {p}: the broker answered from offset {} for {}; fetching from {back} records earlier",
+                                first.offset.0, core.next_offset
+                            );
+                            core.rewind = Some(back);
+                            let from = core.next_offset.saturating_sub(back).max(low);
+                            seek(&consumer, &opts.topic, p, from);
+                            continue;
+                        }
                     }
                 }
                 core.rewind = None;
@@ -889,8 +888,7 @@ async fn recover<C: ConsumerContext>(
     topic: &str,
     stats: &mut ConsumeStats,
 ) -> Result<()> {
-    stats.traps += 1;
-    let Some(old) = cores.held.remove(&p) else {
+    let Some(old) = take_failed(cores, p, stats) else {
         return Ok(());
     };
     let failed_at = old.next_offset;
@@ -935,12 +933,36 @@ async fn recover<C: ConsumerContext>(
     }
     let until = recs.last().map_or(failed_at, |r| r.offset.0);
     drop(old);
+    reopen_careful(cores, p, until, consumer, topic, stats)
+        .await?
+        .suspect_record = suspect;
+    Ok(())
+}
+
+/// `p`'s core, taken out of the held ones after a failed call (counted).
+fn take_failed<'m>(
+    cores: &mut Cores<'m, '_>,
+    p: u32,
+    stats: &mut ConsumeStats,
+) -> Option<PartitionCore<'m>> {
+    stats.traps += 1;
+    cores.held.remove(&p)
+}
+
+/// `p`'s core opened anew from its last snapshot, fetching from there and
+/// replaying one record at a time up to `until`.
+async fn reopen_careful<'c, 'm, C: ConsumerContext>(
+    cores: &'c mut Cores<'m, '_>,
+    p: u32,
+    until: i64,
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    stats: &mut ConsumeStats,
+) -> Result<&'c mut PartitionCore<'m>> {
     let mut core = cores.open(p, consumer, stats).await?;
     core.careful_until = Some(until);
-    core.suspect_record = suspect;
     seek(consumer, topic, p, core.next_offset);
-    cores.held.insert(p, core);
-    Ok(())
+    Ok(cores.held.entry(p).or_insert(core))
 }
 
 /// A call into `p`'s core other than a push (`what`: tick, snapshot)
@@ -958,8 +980,7 @@ async fn recover_call<C: ConsumerContext>(
     topic: &str,
     stats: &mut ConsumeStats,
 ) -> Result<()> {
-    stats.traps += 1;
-    let Some(old) = cores.held.remove(&p) else {
+    let Some(old) = take_failed(cores, p, stats) else {
         return Ok(());
     };
     let at = old.next_offset;
@@ -985,11 +1006,9 @@ async fn recover_call<C: ConsumerContext>(
         "adtally: partition {p}: the core failed in {what} at offset {at}, restoring: {error:#}"
     );
     drop(old);
-    let mut core = cores.open(p, consumer, stats).await?;
-    core.careful_until = Some(at - 1);
-    core.suspect_call = Some((what, at));
-    seek(consumer, topic, p, core.next_offset);
-    cores.held.insert(p, core);
+    reopen_careful(cores, p, at - 1, consumer, topic, stats)
+        .await?
+        .suspect_call = Some((what, at));
     Ok(())
 }
 

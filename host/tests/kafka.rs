@@ -280,15 +280,17 @@ fn produce_live(
     })
 }
 
+/// The number one query answers.
+fn query_u64(s: &Setup, sql: &str) -> u64 {
+    query_tsv(&s.ch.url(), sql).trim().parse().unwrap()
+}
+
 /// The offsets stored so far, summed over the partitions.
 fn consumed(s: &Setup) -> u64 {
-    query_tsv(
-        &s.ch.url(),
+    query_u64(
+        s,
         "SELECT sum(next_offset) FROM adtally.consumer_offsets FINAL FORMAT TSV",
     )
-    .trim()
-    .parse()
-    .unwrap_or(0)
 }
 
 /// Waits (bounded) until the stored offsets pass `at_least`.
@@ -306,13 +308,7 @@ fn wait_consumed(s: &Setup, at_least: u64, what: &str) {
 
 /// Snapshots stored so far.
 fn snapshots(s: &Setup) -> u64 {
-    query_tsv(
-        &s.ch.url(),
-        "SELECT count() FROM adtally.snapshots FORMAT TSV",
-    )
-    .trim()
-    .parse()
-    .unwrap()
+    query_u64(s, "SELECT count() FROM adtally.snapshots FORMAT TSV")
 }
 
 fn spawn_run(args: &[String]) -> Child {

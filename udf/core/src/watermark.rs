@@ -60,7 +60,7 @@ impl Watermark {
 
     /// The samples above the frontier that are still within the history,
     /// oldest first, with how many samples ago each came (0: the latest).
-    pub fn ahead(&self) -> impl Iterator<Item = (u64, EventTime)> + '_ {
+    fn ahead(&self) -> impl Iterator<Item = (u64, EventTime)> + '_ {
         let last = self.samples.saturating_sub(1);
         self.ahead.iter().map(move |&(seq, t)| (last - seq, t))
     }
