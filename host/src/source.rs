@@ -312,6 +312,9 @@ struct PartitionCore<'m> {
     /// offset the core stood at: the same again stops the run (see
     /// [`recover_call`]).
     suspect_call: Option<(&'static str, i64)>,
+    /// When a click was last side-lined for the partition's bounds and
+    /// said so (at most once a minute).
+    over_bounds_said: Option<Instant>,
     /// Set when the fetch position was (re)set: the next records must
     /// start at or before `next_offset`. Some brokers answer a fetch from
     /// inside a producer batch with the *next* batch; then the consumer
@@ -365,6 +368,7 @@ impl<'m> Cores<'m, '_> {
                         last_snapshot: Instant::now(),
                         snapshot_offset: snap.next_offset,
                         careful_until: None,
+                        over_bounds_said: None,
                         suspect_record: None,
                         suspect_call: None,
                         rewind: Some(0),
@@ -407,6 +411,7 @@ impl<'m> Cores<'m, '_> {
             last_snapshot: Instant::now(),
             snapshot_offset: start,
             careful_until: None,
+            over_bounds_said: None,
             suspect_record: None,
             suspect_call: None,
             rewind: Some(0),
@@ -706,6 +711,7 @@ pub async fn consume(
                 }
             };
             stats.replayed += out.replayed;
+            say_over_bounds(p, core, &out);
             next.insert(p, core.next_offset);
             outs.push((p, out));
         }
@@ -754,6 +760,42 @@ pub async fn consume(
             }
         }
     }
+}
+
+/// How often a partition's clicks side-lined for its bounds are reported.
+const OVER_BOUNDS_EVERY: Duration = Duration::from_secs(60);
+
+/// Says, at most once every [`OVER_BOUNDS_EVERY`] for a partition, that
+/// clicks of `out` were side-lined because the partition's state reached
+/// its bounds, with what the state takes and what to change.
+fn say_over_bounds(p: u32, core: &mut PartitionCore<'_>, out: &adtally_core::Outputs) {
+    use adtally_core::InvalidReason::{TooManyCells, TooManyKeys};
+    let over = |r| out.invalid.iter().filter(|i| i.reason == r).count();
+    let (keys, cells) = (over(TooManyKeys), over(TooManyCells));
+    if keys + cells == 0
+        || core
+            .over_bounds_said
+            .is_some_and(|at| at.elapsed() < OVER_BOUNDS_EVERY)
+    {
+        return;
+    }
+    core.over_bounds_said = Some(Instant::now());
+    let usage = match core.agg.state_usage() {
+        Ok(u) => format!(
+            "it remembers {} keys ({} MiB) and holds {} cells; its instance has {} MiB",
+            u.keys,
+            u.key_bytes >> 20,
+            u.cells,
+            u.memory_bytes >> 20
+        ),
+        Err(e) => format!("its state could not be measured: {e:#}"),
+    };
+    eprintln!(
+        "adtally: partition {p}: {keys} clicks side-lined as too_many_keys and {cells} as \
+         too_many_cells (in invalid_events, with their payload): {usage}. Raise \
+         max_partition_keys or max_partition_cells in --config (and --max-memory-mb), or \
+         spread the topic over more partitions"
+    );
 }
 
 /// Writes batches' outputs, then the offsets they cover, while the next

@@ -9,7 +9,7 @@ use adtally_host::broker::LocalBroker as Broker;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -1001,6 +1001,101 @@ fn a_changed_config_is_refused_with_its_differences() {
 /// A partition whose state outgrows its instance's memory (a 2 MiB cap):
 /// running out of memory is no proof that a record is bad, so no valid
 /// click is quarantined; the run stops and says what to raise.
+/// A flood of distinct clicks at one time, produced while the host runs:
+/// 100,000 random ad ids, then 40,000 random user ids of ads already held,
+/// through a 16 MiB instance (without bounds the flood's state outgrows
+/// it). The partition's state stops at its bounds (`max_partition_cells`
+/// 10,000, `max_partition_keys` 30,000): the clicks beyond are side-lined
+/// as `too_many_cells` and `too_many_keys` with their payload, the host
+/// says so with what the state takes, nothing traps or is quarantined, and
+/// the clicks after the flood, once time moved past it, are counted
+/// exactly.
+#[test]
+fn a_flood_of_distinct_keys_is_side_lined_at_the_partitions_bounds() {
+    use adtally_host::generator::GenRecord;
+    let (tmp, broker, ch) = start("kafka-flood", |_| "memory://tansu/".to_string());
+    create_topic(&broker);
+    let config = tmp.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"max_partition_cells": 10000, "max_partition_keys": 30000, "dedup_horizon_ms": 75000}"#,
+    )
+    .unwrap();
+    let t0 = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        / 60_000
+        - 20)
+        * 60_000;
+    let click = |ad: String, t: i64, user: String| GenRecord {
+        partition: 0,
+        payload: format!("{ad}, {t}, {user}, 10.0.0.1, USA"),
+    };
+    let heartbeats = |t: i64| {
+        (0..5).map(move |i| GenRecord {
+            partition: 0,
+            payload: format!("{{\"heartbeat_ms\": {}}}", t + i),
+        })
+    };
+    let mut records: Vec<GenRecord> = (0..100_000)
+        .map(|i| click(format!("flood{i}"), t0, format!("u{i}")))
+        .chain((0..40_000).map(|i| click(format!("flood{}", i % 10_000), t0 + 1, format!("v{i}"))))
+        .collect();
+    records.extend(heartbeats(t0 + 200_000));
+    records.extend(
+        (0..5_000).map(|i| click(format!("ad{}", i % 50), t0 + 210_000 + i, format!("w{i}"))),
+    );
+    records.extend(heartbeats(t0 + 400_000));
+    let total = records.len() as u64;
+    let s = Setup {
+        tmp,
+        broker,
+        ch,
+        expected_path: PathBuf::new(),
+    };
+    let producer = produce_live(s.broker.addr(), records, 8, Duration::from_millis(500));
+    let mut args = with_idle(run_args(&s), 10);
+    args.extend(
+        [
+            "--partitions",
+            "0",
+            "--max-memory-mb",
+            "16",
+            "--config",
+            config.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let child = spawn_run(&args);
+    producer.join().unwrap();
+    let run = finish(child);
+    assert!(
+        run.contains("side-lined as too_many_keys") && run.contains("max_partition_keys"),
+        "{run}"
+    );
+    assert_eq!(consumed(&s), total, "{run}");
+    let reasons = query_tsv(
+        &s.ch.url(),
+        "SELECT reason, count() FROM adtally.invalid_events FINAL GROUP BY reason ORDER BY reason FORMAT TSV",
+    );
+    assert_eq!(
+        reasons, "too_many_cells\t90000\ntoo_many_keys\t20000\n",
+        "{run}"
+    );
+    let counted = |sql: &str| {
+        query_u64(
+            &s,
+            &format!(
+                "SELECT sum(clicks) FROM adtally.clicks_per_minute WHERE filter_id = 0 AND {sql} FORMAT TSV"
+            ),
+        )
+    };
+    assert_eq!(counted("startsWith(ad_id, 'flood')"), 30_000);
+    assert_eq!(counted("NOT startsWith(ad_id, 'flood')"), 5_000);
+    let _ = std::fs::remove_dir_all(&s.tmp);
+}
+
 #[test]
 fn running_out_of_memory_quarantines_no_valid_click() {
     let s = setup("kafka-oom", 60_000);

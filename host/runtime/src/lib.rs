@@ -226,7 +226,57 @@ fn hex(bytes: &[u8]) -> String {
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
+    limits: Limiter,
+}
+
+/// The store's limits, and the size its memory has reached.
+struct Limiter {
     limits: StoreLimits,
+    memory_bytes: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grown = self.limits.memory_growing(current, desired, maximum)?;
+        if grown {
+            self.memory_bytes = self.memory_bytes.max(desired);
+        }
+        Ok(grown)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl WasiView for State {
@@ -276,10 +326,13 @@ impl Module {
         let state = State {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.max_memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.max_memory_bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_bytes: 0,
+            },
         };
         let mut store = Store::new(&self.runtime_engine, state);
         store.limiter(|s| &mut s.limits);
@@ -520,20 +573,43 @@ impl Aggregator<'_> {
             .ctx("module trapped in drop-partition")
     }
 
-    /// (remembered keys, heap bytes).
-    pub fn dedup_usage(&mut self) -> Result<(u64, u64)> {
+    /// What the aggregator's state takes, and the memory its instance has.
+    pub fn state_usage(&mut self) -> Result<StateUsage> {
         self.arm();
-        self.bindings
+        let u = self
+            .bindings
             .adtally_core_aggregate()
             .aggregator()
-            .call_dedup_usage(&mut self.store, self.handle)
-            .ctx("module trapped in dedup-usage")
+            .call_state_usage(&mut self.store, self.handle)
+            .ctx("module trapped in state-usage")?;
+        Ok(StateUsage {
+            keys: u.keys,
+            key_bytes: u.key_bytes,
+            cells: u.cells,
+            ads: u.ads,
+            memory_bytes: self.store.data().limits.memory_bytes as u64,
+        })
     }
 
     /// The module this aggregator runs.
     pub fn module(&self) -> &Module {
         self.module
     }
+}
+
+/// What an aggregator's state takes ([`Aggregator::state_usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateUsage {
+    /// Keys remembered for deduplication.
+    pub keys: u64,
+    /// Heap bytes the remembered keys take.
+    pub key_bytes: u64,
+    /// (window, ad, filter) counts in open windows.
+    pub cells: u64,
+    /// Distinct ad ids held.
+    pub ads: u64,
+    /// The size the instance's linear memory has grown to.
+    pub memory_bytes: u64,
 }
 
 /// Where an aggregator stands in one partition.

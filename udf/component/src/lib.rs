@@ -174,9 +174,14 @@ impl wit::GuestAggregator for Aggregator {
             .drop_partition(Partition(partition));
     }
 
-    fn dedup_usage(&self) -> (u64, u64) {
-        let (k, b) = self.engine.borrow().dedup_usage();
-        (k as u64, b as u64)
+    fn state_usage(&self) -> wit::StateUsage {
+        let u = self.engine.borrow().state_usage();
+        wit::StateUsage {
+            keys: u.keys as u64,
+            key_bytes: u.key_bytes as u64,
+            cells: u.cells as u64,
+            ads: u.ads as u64,
+        }
     }
 }
 

@@ -37,6 +37,13 @@ pub struct Config {
     /// How far past its partition's frontier a click or heartbeat may be
     /// and still count [28 800 000, 8 h; at most 8 h].
     pub max_ahead_ms: i64,
+    /// The most keys one partition remembers within the dedup horizon
+    /// [24 000 000]; a click beyond is side-lined as `too_many_keys`.
+    pub max_partition_keys: u64,
+    /// The most counts, (window, ad, filter) cells, one partition holds in
+    /// its open windows [4 000 000]; a click that would add one beyond is
+    /// side-lined as `too_many_cells`.
+    pub max_partition_cells: u64,
     /// How many ads a top-N row holds [100].
     pub top_n: u32,
     /// The top-N window sizes M, in windows [1, 5].
@@ -59,6 +66,8 @@ impl Default for Config {
             max_ahead_ms: MAX_AHEAD_MS,
             watermark_quorum: 5,
             watermark_history: 32,
+            max_partition_keys: 24_000_000,
+            max_partition_cells: 4_000_000,
             top_n: 100,
             top_n_windows: vec![1, 5],
             topn_revision_windows: 5,
@@ -111,6 +120,13 @@ const HOUR: i64 = 3_600_000;
 /// may be at most 2^15 s (9.1 h) ahead of it, and the watermark trails
 /// the frontier by up to an hour.
 pub const MAX_AHEAD_MS: i64 = 8 * HOUR;
+/// The most keys a partition may be configured to remember: they fit a
+/// dedup table of 2^27 slots (2.3 GB), and growing into it takes 3.4 GB
+/// of the 4 GiB a 32-bit memory has. (The default, 24 million, fits 2^25
+/// slots: 570 MB, 855 MB while growing.)
+pub const MAX_PARTITION_KEYS: i64 = 100_000_000;
+/// The most cells a partition may be configured to hold.
+pub const MAX_PARTITION_CELLS: i64 = 100_000_000;
 /// The longest history a watermark quorum may be looked for in.
 pub const MAX_WATERMARK_HISTORY: i64 = 1024;
 
@@ -184,6 +200,19 @@ impl Config {
             self.watermark_quorum.into(),
             1,
             self.watermark_history.into(),
+        )?;
+        let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        range(
+            "max_partition_keys",
+            count(self.max_partition_keys),
+            1,
+            MAX_PARTITION_KEYS,
+        )?;
+        range(
+            "max_partition_cells",
+            count(self.max_partition_cells),
+            1,
+            MAX_PARTITION_CELLS,
         )?;
         range("top_n", self.top_n.into(), 1, 10_000)?;
         if self.top_n_windows.is_empty() {

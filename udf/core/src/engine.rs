@@ -207,6 +207,8 @@ pub(crate) struct PartitionState {
     pub(crate) next_offset: Option<Offset>,
     pub(crate) dedup: DedupSet,
     pub(crate) windows: BTreeMap<WindowStart, WindowState>,
+    /// Cells in `windows`, all together (derived: recounted on restore).
+    pub(crate) cells: usize,
     /// Cells of the last window finalized: a new window's map starts this
     /// large instead of growing there step by step (a hint, not state).
     pub(crate) cells_hint: usize,
@@ -225,6 +227,7 @@ impl PartitionState {
             next_offset: None,
             dedup: DedupSet::new(config.dedup_horizon_ms),
             windows: BTreeMap::new(),
+            cells: 0,
             cells_hint: 0,
             advance_at: i64::MIN,
         }
@@ -240,15 +243,19 @@ impl PartitionState {
             .is_some_and(|f| t.0 > f.0.saturating_add(max_ahead_ms))
     }
 
-    /// Side-lines a record at `t` that is [far ahead](Self::far_ahead),
-    /// as [`InvalidReason::AheadOfPartition`]; `payload` is the record, or
-    /// `None` for a click handed over parsed (then it is written as JSON).
+    /// Side-lines a click or heartbeat at `t` for a `reason` of the
+    /// partition's state: one [far ahead](Self::far_ahead)
+    /// ([`InvalidReason::AheadOfPartition`]), or one beyond the partition's
+    /// bounds ([`InvalidReason::TooManyKeys`], [`InvalidReason::TooManyCells`]).
+    /// `payload` is the record, or a click handed over parsed (then it is
+    /// written as JSON). It is still a sample of the partition's time.
     #[cold]
-    fn side_line_ahead(
+    fn side_line(
         &mut self,
         p: Partition,
         offset: Offset,
         t: EventTime,
+        reason: InvalidReason,
         payload: Payload<'_>,
         out: &mut Outputs,
     ) -> Option<Option<i64>> {
@@ -259,7 +266,7 @@ impl PartitionState {
         out.invalid.push(InvalidEvent {
             partition: p,
             offset,
-            reason: InvalidReason::AheadOfPartition,
+            reason,
             payload,
         });
         self.observe(t)
@@ -306,20 +313,44 @@ impl PartitionState {
         keys: Keys,
         out: &mut Outputs,
     ) -> Option<Option<i64>> {
+        let side_line = |reason| {
+            (
+                reason,
+                payload.map_or(Payload::Click(click), Payload::Bytes),
+            )
+        };
         if self.far_ahead(click.timestamp, cx.max_ahead) {
-            let payload = payload.map_or(Payload::Click(click), Payload::Bytes);
-            return self.side_line_ahead(p, offset, click.timestamp, payload, out);
+            let (reason, payload) = side_line(InvalidReason::AheadOfPartition);
+            return self.side_line(p, offset, click.timestamp, reason, payload, out);
         }
         let key = keys.event;
         let (size, lateness) = (cx.size, cx.lateness);
         let w = size.window_of(click.timestamp);
         let wm = self.watermark.current();
         let late = wm.filter(|&wm| w.end(size).saturating_add(lateness) <= wm);
+        // Near its bound of cells, a click that would add one is refused
+        // (before its key is remembered, so a resend of it is not a
+        // duplicate); a duplicate stays a duplicate.
+        if late.is_none()
+            && self.cells + cx.filters.len_all() > cx.max_cells
+            && !self.dedup.contains(key)
+            && !self.has_cells(cx, w, click, keys.ad)
+        {
+            let (reason, payload) = side_line(InvalidReason::TooManyCells);
+            return self.side_line(p, offset, click.timestamp, reason, payload, out);
+        }
         // A late click older than the horizon is only looked up: remembering
         // it would be undone by the next sweep anyway.
         let new = match late {
             Some(wm) if !self.dedup.is_within_horizon(click.timestamp, Some(wm)) => {
                 !self.dedup.contains(key)
+            }
+            _ if self.dedup.len() >= cx.max_keys => {
+                if !self.dedup.contains(key) {
+                    let (reason, payload) = side_line(InvalidReason::TooManyKeys);
+                    return self.side_line(p, offset, click.timestamp, reason, payload, out);
+                }
+                false
             }
             _ => self.dedup.insert_new(key, click.timestamp),
         };
@@ -361,6 +392,7 @@ impl PartitionState {
         } else {
             &[FilterId::ALL]
         };
+        let cells_before = ws.cells.len();
         for &filter in matched {
             let cell = ws.cells.entry(CellKey { ad, filter }).or_default();
             cell.clicks += 1;
@@ -376,8 +408,44 @@ impl PartitionState {
                 });
             }
         }
+        self.cells += ws.cells.len() - cells_before;
         self.observe(t)
     }
+
+    /// Whether counting `click` in window `w` adds no cell: its window,
+    /// its ad and each of its filters' cells are there.
+    #[cold]
+    fn has_cells(
+        &self,
+        cx: &mut Counting<'_>,
+        w: WindowStart,
+        click: &ClickRef<'_>,
+        ad: AdHash,
+    ) -> bool {
+        let Some(ws) = self.windows.get(&w) else {
+            return false;
+        };
+        let Some(ad) = cx.interner.get_hashed(click.ad_id, ad) else {
+            return false;
+        };
+        cx.filters.matching_ref(click, cx.scratch);
+        cx.scratch
+            .iter()
+            .all(|&filter| ws.cells.contains_key(&CellKey { ad, filter }))
+    }
+}
+
+/// The size of an engine's state ([`Engine::state_usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StateUsage {
+    /// Keys remembered for deduplication.
+    pub keys: usize,
+    /// Heap bytes the remembered keys take.
+    pub key_bytes: usize,
+    /// (window, ad, filter) counts in open windows.
+    pub cells: usize,
+    /// Distinct ad ids held.
+    pub ads: usize,
 }
 
 /// What counting a click touches besides its partition's state: the rest
@@ -386,6 +454,8 @@ struct Counting<'e> {
     size: WindowSize,
     lateness: i64,
     max_ahead: i64,
+    max_keys: usize,
+    max_cells: usize,
     filters: &'e FilterSet,
     interner: &'e mut Interner,
     scratch: &'e mut Vec<FilterId>,
@@ -473,9 +543,24 @@ impl Engine {
 
     /// Keys remembered and the heap bytes they take, over all partitions.
     pub fn dedup_usage(&self) -> (usize, usize) {
-        self.partitions.values().fold((0, 0), |(k, b), s| {
-            (k + s.dedup.len(), b + s.dedup.allocated_bytes())
-        })
+        let u = self.state_usage();
+        (u.keys, u.key_bytes)
+    }
+
+    /// What the state takes, over all partitions: what the bounds
+    /// `max_partition_keys` and `max_partition_cells` apply to (each
+    /// partition's own).
+    pub fn state_usage(&self) -> StateUsage {
+        let mut u = StateUsage {
+            ads: self.interner.len(),
+            ..StateUsage::default()
+        };
+        for s in self.partitions.values() {
+            u.keys += s.dedup.len();
+            u.key_bytes += s.dedup.allocated_bytes();
+            u.cells += s.cells;
+        }
+        u
     }
 
     /// Forgets a partition (after it was revoked and handed to another
@@ -545,9 +630,14 @@ impl Engine {
                         let c = c.as_click_ref();
                         st.count(&mut cx, p, offset, &c, payload, keys, out)
                     }
-                    Ok(Parsed::Heartbeat(t)) if st.far_ahead(t, cx.max_ahead) => {
-                        st.side_line_ahead(p, offset, t, Payload::Bytes(r.payload), out)
-                    }
+                    Ok(Parsed::Heartbeat(t)) if st.far_ahead(t, cx.max_ahead) => st.side_line(
+                        p,
+                        offset,
+                        t,
+                        InvalidReason::AheadOfPartition,
+                        Payload::Bytes(r.payload),
+                        out,
+                    ),
                     Ok(Parsed::Heartbeat(t)) => st.observe(t),
                     Err(reason) => {
                         out.invalid.push(InvalidEvent {
@@ -683,6 +773,8 @@ impl Engine {
             size: self.size,
             lateness: config.allowed_lateness_ms,
             max_ahead: config.max_ahead_ms,
+            max_keys: usize::try_from(config.max_partition_keys).unwrap_or(usize::MAX),
+            max_cells: usize::try_from(config.max_partition_cells).unwrap_or(usize::MAX),
             filters: &self.filters,
             interner: &mut self.interner,
             scratch: &mut self.scratch,
@@ -719,6 +811,7 @@ impl Engine {
                 break;
             }
             let (start, ws) = entry.remove_entry();
+            st.cells -= ws.cells.len();
             st.cells_hint = ws.cells.len();
             self.topn.minutes.entry(start).or_default().add(&ws.cells);
             finalized = true;

@@ -179,6 +179,11 @@ impl FilterSet {
         !self.filters.is_empty()
     }
 
+    /// How many filters a click can count in, filter 0 included.
+    pub(crate) fn len_all(&self) -> usize {
+        1 + self.filters.len()
+    }
+
     /// The configured filter ids (without 0).
     pub fn ids(&self) -> impl Iterator<Item = FilterId> + '_ {
         self.filters.iter().map(|f| f.id)

@@ -196,6 +196,14 @@ impl Interner {
         self.intern_hashed(id, AdHash::of(id))
     }
 
+    /// The handle of `id` if it has one, allocating nothing.
+    pub(crate) fn get_hashed(&self, id: &str, hash: AdHash) -> Option<AdHandle> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.probe(id, Head::of(id), hash).1
+    }
+
     /// [`Interner::intern`] with the hash computed beforehand. Inlined into
     /// its caller with its probe: the common case, an ad already known,
     /// then makes no call (in WebAssembly, each call costs the host's

@@ -79,7 +79,8 @@
 //! ## Watermark, firing and lateness (per source partition)
 //!
 //! The *samples* of a partition are its counted clicks, its heartbeats and
-//! the records side-lined as ahead (below), in order; duplicates, late
+//! the records side-lined for its state (ahead, below, or over its bounds,
+//! see *Bounds*), in order; duplicates, late
 //! clicks and invalid records are not samples. The partition's *frontier*
 //! `F_p` is the latest time `t` such that at least `watermark_quorum` [5]
 //! distinct event times at `t` or later are among its last
@@ -151,6 +152,25 @@
 //! merges top-N lists computed over disjoint ad sets (one per partition or
 //! per host of an ad-keyed topic) exactly.
 //!
+//! ## Bounds
+//!
+//! Each partition's state is bounded, so that no input can make it outgrow
+//! its memory: it remembers at most `max_partition_keys` [24 million] keys
+//! and holds at most `max_partition_cells` [4 million] (window, ad, filter)
+//! counts in its open windows. A click that would remember a key beyond the
+//! first bound is side-lined as invalid ([`InvalidReason::TooManyKeys`]),
+//! and one that would add a cell beyond the second
+//! ([`InvalidReason::TooManyCells`]; a click whose cells all exist still
+//! counts); its key is not remembered, so the record can be replayed later
+//! (it keeps its payload), and a duplicate of a counted click is still a
+//! duplicate. Side-lined clicks are samples of the partition's time: the
+//! watermark moves on, windows become final and keys pass the horizon,
+//! which frees the state, and clicks count again. The defaults hold a
+//! partition of 40,000 clicks/s with the 10-minute horizon and 4 million
+//! distinct (ad, filter) pairs a window; the dedup table at the key bound
+//! takes 570 MB (2^25 slots), 855 MB while it grows, within the host's
+//! default 2 GiB an instance.
+//!
 //! ## Offsets
 //!
 //! The engine remembers, per partition, the offset after the last record it
@@ -213,7 +233,9 @@ mod watermark;
 mod window;
 
 pub use config::{Config, ConfigError};
-pub use engine::{Engine, InvalidEvent, LateEvent, Outputs, RawRecord, Rollup, TopNRow};
+pub use engine::{
+    Engine, InvalidEvent, LateEvent, Outputs, RawRecord, Rollup, StateUsage, TopNRow,
+};
 pub use event::{
     AdId, Click, ClickRef, Country, EventId, EventTime, IpAddr, Offset, Partition, UserId,
 };

@@ -297,6 +297,7 @@ impl Engine {
                     };
                     ws.cells.insert(key, Counts { clicks, version });
                 }
+                st.cells += ws.cells.len();
                 st.windows.insert(WindowStart(start), ws);
             }
             engine.partitions.insert(Partition(ps.partition), st);

@@ -89,6 +89,14 @@ pub enum InvalidReason {
     /// time its partition has reached (the only reason that depends on
     /// the partition's state, given by the engine, never by the parser).
     AheadOfPartition,
+    /// The click would make its partition remember more keys than
+    /// `max_partition_keys` (a flood of distinct clicks within the dedup
+    /// horizon); given by the engine.
+    TooManyKeys,
+    /// The click would make its partition hold more counts than
+    /// `max_partition_cells` (a flood of distinct ad ids in the open
+    /// windows); given by the engine.
+    TooManyCells,
     /// `country` is not an ISO 3166-1 alpha-2 or alpha-3 code (or `ZZZ`).
     UnknownCountry,
     /// A Yahoo Streaming Benchmark event other than a `view`: only views
@@ -108,9 +116,10 @@ impl InvalidReason {
             BadTimestamp | TimestampOutOfRange | TimestampInFuture | AheadOfPartition => {
                 Some(Field::ClickTimestamp)
             }
+            TooManyCells => Some(Field::AdId),
             BadIp => Some(Field::Ip),
             UnknownCountry => Some(Field::Country),
-            OversizeRecord | NotUtf8 | Malformed | NotAView => None,
+            OversizeRecord | NotUtf8 | Malformed | NotAView | TooManyKeys => None,
         }
     }
 
@@ -129,6 +138,8 @@ impl InvalidReason {
             TimestampOutOfRange,
             TimestampInFuture,
             AheadOfPartition,
+            TooManyKeys,
+            TooManyCells,
             BadIp,
             UnknownCountry,
             NotAView,
@@ -182,6 +193,8 @@ impl fmt::Display for CodeDisplay {
             TimestampOutOfRange => f.write_str("timestamp_out_of_range"),
             TimestampInFuture => f.write_str("timestamp_in_future"),
             AheadOfPartition => f.write_str("ahead_of_partition"),
+            TooManyKeys => f.write_str("too_many_keys"),
+            TooManyCells => f.write_str("too_many_cells"),
             BadIp => f.write_str("bad_ip"),
             UnknownCountry => f.write_str("unknown_country"),
             NotAView => f.write_str("not_a_view"),
@@ -215,6 +228,12 @@ impl fmt::Display for InvalidReason {
             ),
             AheadOfPartition => f.write_str(
                 "the time is further past what its partition has reached than max_ahead_ms",
+            ),
+            TooManyKeys => f.write_str(
+                "its partition already remembers max_partition_keys keys within the dedup horizon",
+            ),
+            TooManyCells => f.write_str(
+                "its partition already holds max_partition_cells counts in its open windows",
             ),
             BadIp => f.write_str("`ip` is not an IPv4 or IPv6 address"),
             UnknownCountry => f.write_str("`country` is not an ISO 3166-1 code"),
