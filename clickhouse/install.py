@@ -3,6 +3,7 @@
 usage:
   python clickhouse/install.py install --wasm MODULE.wasm (--data DIR | --url URL)
          [--db adtally] [--config core.json] [--kafka-brokers H:P --kafka-topic T --kafka-group G]
+         [--topic-of-existing-rows TOPIC]
   python clickhouse/install.py upgrade --wasm MODULE.wasm (--data DIR | --url URL) [--db adtally]
 
 install: puts the module into system.webassembly_modules under a name derived
@@ -10,7 +11,8 @@ from its SHA-256, declares every adtally function over exactly that hash,
 creates the tables (sql/schema.sql), the ClickHouse-native pipeline
 (sql/pipeline.sql, configured from the core's config: window, skew, filters),
 the filters table's rows and, with --kafka-*, the Kafka source (sql/kafka.sql).
-Every step is idempotent.
+Every step is idempotent. Tables an earlier schema created are migrated with
+their rows (see `migrate`).
 
 upgrade: inserts the new module under its own name, re-points every function
 at it with CREATE OR REPLACE FUNCTION (views keep running and compute with the
@@ -72,7 +74,65 @@ def sorting_key(query, db, table):
     return query(f"SELECT sorting_key FROM system.tables WHERE database = '{db}' AND name = '{table}'").decode().strip()
 
 
-def migrate(query, db):
+# Tables whose rows an earlier schema wrote without a topic, and their
+# columns then (the new tables add `topic` and are keyed by it and by the
+# module that wrote the row).
+WITHOUT_TOPIC = {
+    "rollups": "window_start, ad_id, filter_id, source_partition, clicks, version, module_sha256, written_at",
+    "most_clicked_ads": "window_minutes, update_time_minute, filter_id, source_partition, version, "
+                        "most_clicked_ads, module_sha256, written_at",
+}
+
+
+class MigrationError(Exception):
+    """A migration that needs the operator: it says what to pass."""
+
+
+def has_column(query, db, table, column):
+    return query(f"SELECT count() FROM system.columns WHERE database = '{db}' AND table = '{table}' "
+                 f"AND name = '{column}'").decode().strip() != "0"
+
+
+def has_table(query, db, table):
+    return query(f"SELECT count() FROM system.tables WHERE database = '{db}' AND name = '{table}'"
+                 ).decode().strip() != "0"
+
+
+def topic_of_old_rows(query, db, topic):
+    """The topic rows written without one came from: `topic` if given, else
+    the only topic the host has stored offsets or snapshots for. Rows of a
+    wrong topic would count twice beside the new rows, so with no topic
+    known, or several, the migration stops and asks."""
+    if topic is not None:
+        return topic
+    seen = set()
+    for table in ("consumer_offsets", "snapshots"):
+        if has_table(query, db, table):
+            seen |= set(query(f"SELECT DISTINCT topic FROM {db}.{table}").decode().split())
+    if len(seen) == 1:
+        return seen.pop()
+    raise MigrationError(
+        "rollups and most_clicked_ads now carry the topic, and their existing rows have none: "
+        + (f"the host has read several topics ({', '.join(sorted(seen))})" if seen else "no topic is on record")
+        + "; run install again with --topic-of-existing-rows TOPIC (the topic those rows were counted from)")
+
+
+def migrate_before_schema(query, db, topic=None):
+    """Moves tables an earlier schema created aside when the current schema
+    changes their columns, so that sql/schema.sql creates them anew (and
+    its views, which read the new columns, can be created); returns what
+    `migrate` then copies back."""
+    moved = []
+    for table in WITHOUT_TOPIC:
+        if has_table(query, db, table) and not has_column(query, db, table, "topic"):
+            rows = int(query(f"SELECT count() FROM {db}.{table}").decode().strip())
+            old_topic = topic_of_old_rows(query, db, topic) if rows else ""
+            query(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_migration")
+            moved.append((table, old_topic))
+    return moved
+
+
+def migrate(query, db, moved=()):
     """Brings tables an earlier schema created to the current keys, keeping
     their rows. `snapshots` was keyed by (topic, source_partition) alone, so
     a module of one semantics version merged away another's state; it is
@@ -86,14 +146,22 @@ def migrate(query, db):
         query(f"RENAME TABLE {db}.snapshots TO {db}.snapshots_before_migration, "
               f"{db}.snapshots_migrating TO {db}.snapshots")
         query(f"DROP TABLE {db}.snapshots_before_migration")
+    # Rows of tables moved aside by migrate_before_schema, with their topic.
+    for table, topic in moved:
+        columns = WITHOUT_TOPIC[table]
+        query(f"INSERT INTO {db}.{table} ({columns}, topic) SELECT {columns}, {adtally_ch.sql_string(topic)} "
+              f"FROM {db}.{table}_before_migration")
+        query(f"DROP TABLE {db}.{table}_before_migration")
 
 
-def install(query, wasm, db="adtally", config=None, kafka=None):
+def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existing_rows=None):
     config = dict(DEFAULT_CONFIG, **(config or {}))
     module, sha = adtally_ch.install(query, wasm)
+    query(f"CREATE DATABASE IF NOT EXISTS {db}")
+    moved = migrate_before_schema(query, db, topic_of_existing_rows)
     for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "schema.sql"), db=db):
         query(stmt)
-    migrate(query, db)
+    migrate(query, db, moved)
     has_tiered = query("SELECT count() FROM system.storage_policies WHERE policy_name = 'adtally_tiered' AND volume_name = 'cold'")
     if has_tiered.decode().strip() not in ("", "0"):
         query(f"ALTER TABLE {db}.raw_events MODIFY SETTING storage_policy = 'adtally_tiered'")
@@ -141,6 +209,9 @@ def main():
     ap.add_argument("--kafka-brokers")
     ap.add_argument("--kafka-topic")
     ap.add_argument("--kafka-group", default="adtally-clickhouse")
+    ap.add_argument("--topic-of-existing-rows",
+                    help="when migrating rollups written before they carried a topic: the topic they came from "
+                         "(needed only when the host's offsets name no topic or several)")
     args = ap.parse_args()
     if args.data:
         session = adtally_ch.open_session(args.data)
@@ -154,7 +225,10 @@ def main():
             if not args.kafka_topic:
                 ap.error("--kafka-brokers needs --kafka-topic")
             kafka = {"brokers": args.kafka_brokers, "topic": args.kafka_topic, "group": args.kafka_group}
-        module, sha = install(query, args.wasm, args.db, config, kafka)
+        try:
+            module, sha = install(query, args.wasm, args.db, config, kafka, args.topic_of_existing_rows)
+        except MigrationError as e:
+            sys.exit(f"install: {e}")
     else:
         module, sha = upgrade(query, args.wasm, args.db)
     print(f"{args.command}: module {module} sha256 {sha}")

@@ -62,7 +62,7 @@ GROUP BY window_start, ad_id, filter_id;
 -- partition's latest ranking (highest version), merged by the core's own
 -- merge. Exact because a topic keyed by ad_id gives each ad one partition,
 -- whichever host ranked it; the merge refuses overlapping lists.
-CREATE VIEW IF NOT EXISTS {db}.top_ads AS
+CREATE OR REPLACE VIEW {db}.top_ads AS
 SELECT
     window_minutes,
     update_time_minute,
@@ -71,10 +71,10 @@ SELECT
     count() AS partitions
 FROM
 (
-    SELECT window_minutes, update_time_minute, filter_id, source_partition,
-           argMax(most_clicked_ads, version) AS ads
+    SELECT window_minutes, update_time_minute, filter_id, topic, source_partition,
+           argMax(most_clicked_ads, (version, module_sha256)) AS ads
     FROM {db}.most_clicked_ads
-    GROUP BY window_minutes, update_time_minute, filter_id, source_partition
+    GROUP BY window_minutes, update_time_minute, filter_id, topic, source_partition
 )
 GROUP BY window_minutes, update_time_minute, filter_id
 -- Small blocks keep each merge call well inside the UDF fuel limit.

@@ -42,14 +42,18 @@ ORDER BY (ad_id, window_start, event_key)
 TTL toDateTime(ingested_at) + INTERVAL 400 DAY DELETE;
 
 -- Per-minute rollups written by the host: one row per (window, ad, filter,
--- source partition) and version. A window re-emitted after a late click has
--- a higher version and replaces the earlier row; read through
--- clicks_per_minute (argMax) to be exact before and after merges.
+-- topic, source partition, module) and version. A window re-emitted after a
+-- late click has a higher version and replaces the earlier row; read through
+-- clicks_per_minute (argMax) to be exact before and after merges. Rows of
+-- two modules are both kept; where both wrote the same version of a cell,
+-- the one of the greater module_sha256 counts (a fixed order, never the
+-- order of insertion).
 CREATE TABLE IF NOT EXISTS {db}.rollups
 (
     window_start     DateTime64(3, 'UTC'),
     ad_id            String,
     filter_id        UInt32,
+    topic            LowCardinality(String),
     source_partition UInt32,
     clicks           UInt64,                             -- distinct clicks
     version          UInt32,                             -- the highest is the count
@@ -58,26 +62,29 @@ CREATE TABLE IF NOT EXISTS {db}.rollups
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (ad_id, window_start, filter_id, source_partition);
+ORDER BY (ad_id, window_start, filter_id, topic, source_partition, module_sha256);
 
-CREATE VIEW IF NOT EXISTS {db}.clicks_per_minute AS
-SELECT window_start, ad_id, filter_id, sum(clicks) AS clicks, groupUniqArray(module_sha256) AS modules
+CREATE OR REPLACE VIEW {db}.clicks_per_minute AS
+SELECT window_start, ad_id, filter_id, sum(clicks) AS clicks, groupUniqArray(counted_by) AS modules
 FROM
 (
-    SELECT window_start, ad_id, filter_id, source_partition,
-           argMax(clicks, version) AS clicks, argMax(module_sha256, version) AS module_sha256
+    SELECT window_start, ad_id, filter_id, topic, source_partition,
+           argMax(clicks, (version, module_sha256)) AS clicks,
+           max((version, module_sha256)).2 AS counted_by
     FROM {db}.rollups
-    GROUP BY window_start, ad_id, filter_id, source_partition
+    GROUP BY window_start, ad_id, filter_id, topic, source_partition
 )
 GROUP BY window_start, ad_id, filter_id;
 
--- Top-N (the design's most_clicked_ads), one list per host; lists of hosts
+-- Top-N (the design's most_clicked_ads), one list per (topic, partition,
+-- module) and version, the same tie-break as rollups; lists of hosts
 -- reading disjoint ad sets merge exactly with adtally_merge_top_n.
 CREATE TABLE IF NOT EXISTS {db}.most_clicked_ads
 (
     window_minutes     UInt32,                           -- M
     update_time_minute DateTime64(3, 'UTC'),             -- the last minute included
     filter_id          UInt32,
+    topic              LowCardinality(String),
     source_partition   UInt32,                           -- the partition ranked: see top_ads for all
     version            UInt32,                           -- revisions after an idle partition caught up
     most_clicked_ads   Array(Tuple(String, UInt64)),     -- (ad_id, clicks), best first
@@ -85,7 +92,7 @@ CREATE TABLE IF NOT EXISTS {db}.most_clicked_ads
     written_at         DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (window_minutes, update_time_minute, filter_id, source_partition);
+ORDER BY (window_minutes, update_time_minute, filter_id, topic, source_partition, module_sha256);
 
 -- The core's state per source partition, tied to the offset it covers: a
 -- consumer that takes the partition over (after a restart or a rebalance)

@@ -1,5 +1,6 @@
 """Schema migrations: tables an earlier schema created are brought to the
 current keys by install.py, their rows kept."""
+import pytest
 import install as installer
 from conftest import WASM
 
@@ -29,3 +30,73 @@ def test_snapshots_keyed_without_semantics_version_are_migrated(ch):
     # Installing again changes nothing.
     installer.install(ch, WASM)
     assert ch("SELECT count() FROM adtally.snapshots").decode().strip() == "3"
+
+
+OLD_ROLLUPS = ("CREATE TABLE adtally.rollups (window_start DateTime64(3, 'UTC'), ad_id String, filter_id UInt32, "
+               "source_partition UInt32, clicks UInt64, version UInt32, module_sha256 LowCardinality(String), "
+               "written_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree(version) "
+               "PARTITION BY toYYYYMM(window_start) ORDER BY (ad_id, window_start, filter_id, source_partition)")
+OLD_TOP_N = ("CREATE TABLE adtally.most_clicked_ads (window_minutes UInt32, update_time_minute DateTime64(3, 'UTC'), "
+             "filter_id UInt32, source_partition UInt32, version UInt32, most_clicked_ads Array(Tuple(String, UInt64)), "
+             "module_sha256 LowCardinality(String), written_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+             "ENGINE = ReplacingMergeTree(version) ORDER BY (window_minutes, update_time_minute, filter_id, source_partition)")
+
+
+def old_tables_with_rows(ch):
+    ch("CREATE DATABASE IF NOT EXISTS adtally")
+    ch(OLD_ROLLUPS)
+    ch(OLD_TOP_N)
+    ch("INSERT INTO adtally.rollups (window_start, ad_id, filter_id, source_partition, clicks, version, module_sha256) "
+       "VALUES (60000, 'ad1', 0, 0, 5, 1, 'a'), (60000, 'ad1', 0, 0, 7, 2, 'a'), (60000, 'ad2', 0, 1, 3, 1, 'a')")
+    ch("INSERT INTO adtally.most_clicked_ads (window_minutes, update_time_minute, filter_id, source_partition, version, "
+       "most_clicked_ads, module_sha256) VALUES (1, 60000, 0, 0, 1, [('ad1', 7)], 'a')")
+
+
+def test_rollups_without_a_topic_get_the_topic_the_host_read(ch):
+    old_tables_with_rows(ch)
+    ch("CREATE TABLE adtally.consumer_offsets (topic String, partition UInt32, next_offset Int64, "
+       "written_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree(next_offset) ORDER BY (topic, partition)")
+    ch("INSERT INTO adtally.consumer_offsets (topic, partition, next_offset) VALUES ('clicks', 0, 10), ('clicks', 1, 4)")
+    installer.install(ch, WASM)
+    for table, key in (("rollups", "ad_id, window_start, filter_id, topic, source_partition, module_sha256"),
+                       ("most_clicked_ads", "window_minutes, update_time_minute, filter_id, topic, source_partition, "
+                                            "module_sha256")):
+        got = ch(f"SELECT sorting_key FROM system.tables WHERE database = 'adtally' AND name = '{table}'")
+        assert got.decode().strip() == key
+    # (ad1's version 1 and 2 are one row: the newer replaced the older.)
+    assert ch("SELECT topic, count() FROM adtally.rollups FINAL GROUP BY topic FORMAT TSV").decode() == "clicks\t2\n"
+    assert ch("SELECT topic, count() FROM adtally.most_clicked_ads GROUP BY topic FORMAT TSV").decode() == "clicks\t1\n"
+    counts = ch("SELECT ad_id, clicks FROM adtally.clicks_per_minute ORDER BY ad_id FORMAT TSV").decode()
+    assert counts == "ad1\t7\nad2\t3\n"
+    # Installing again changes nothing.
+    installer.install(ch, WASM)
+    assert ch("SELECT count() FROM adtally.rollups FINAL").decode().strip() == "2"
+
+
+def test_rollups_without_a_topic_and_no_topic_on_record_need_the_operator(ch):
+    old_tables_with_rows(ch)
+    with pytest.raises(installer.MigrationError, match="--topic-of-existing-rows"):
+        installer.install(ch, WASM)
+    # Nothing was moved: the rows are where they were.
+    assert not installer.has_column(ch, "adtally", "rollups", "topic")
+    assert ch("SELECT count() FROM adtally.rollups FINAL").decode().strip() == "2"
+    installer.install(ch, WASM, topic_of_existing_rows="clicks_eu")
+    assert ch("SELECT DISTINCT topic FROM adtally.rollups FORMAT TSV").decode() == "clicks_eu\n"
+
+
+def test_a_tie_of_versions_is_settled_by_module_not_by_insertion(ch):
+    installer.install(ch, WASM)
+    insert = ("INSERT INTO adtally.rollups (window_start, ad_id, filter_id, topic, source_partition, clicks, version, "
+              "module_sha256) VALUES ")
+    # Two modules wrote version 1 of one cell; inserted in either order, the
+    # row of the greater hash counts, before and after merges.
+    for order in (("'bbb'", 9), ("'aaa'", 4)), (("'aaa'", 4), ("'bbb'", 9)):
+        ch("TRUNCATE TABLE adtally.rollups")
+        for sha, clicks in order:
+            ch(insert + f"(60000, 'ad1', 0, 'clicks', 0, {clicks}, 1, {sha})")
+        # The same partition number in another topic is another cell.
+        ch(insert + "(60000, 'ad1', 0, 'clicks_eu', 0, 2, 1, 'aaa')")
+        for _ in range(2):
+            got = ch("SELECT clicks, arraySort(modules) FROM adtally.clicks_per_minute FORMAT TSV").decode()
+            assert got == "11\t['aaa','bbb']\n", order
+            ch("OPTIMIZE TABLE adtally.rollups FINAL")

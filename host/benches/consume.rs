@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         group: "host".into(),
         batch: batch(),
         exit_when_idle: Some(std::time::Duration::from_secs(3)),
-        snapshot_every: std::time::Duration::from_secs(10),
+        snapshots: adtally_host::snapshot_policy::SnapshotPolicy::DEFAULT,
         assignment: source::Assignment::Group,
         unrestorable: None,
         kafka: Default::default(),

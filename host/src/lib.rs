@@ -10,4 +10,5 @@ pub mod generator;
 pub mod pipeline;
 pub mod ship;
 pub mod sink;
+pub mod snapshot_policy;
 pub mod source;

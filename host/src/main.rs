@@ -12,6 +12,7 @@
 //! ```
 
 use adtally_host::connect::{ClickHouseAuth, KafkaProperties, redact_url};
+use adtally_host::snapshot_policy::SnapshotPolicy;
 use adtally_host::{broker, generator, pipeline, sink, source};
 
 use adtally_chserver::EmbeddedClickHouse;
@@ -113,10 +114,18 @@ enum Command {
         /// Exit after this many seconds without a record (backfills, tests).
         #[arg(long)]
         exit_when_idle: Option<u64>,
-        /// Seconds between snapshots of each partition's state (a restart
-        /// replays at most about this much).
+        /// Shortest time between two snapshots of a partition's state, in
+        /// seconds.
         #[arg(long, default_value_t = 10)]
         snapshot_interval: u64,
+        /// Snapshot bytes each record processed pays for: a partition's
+        /// state is stored once the records since its last snapshot, at
+        /// this many bytes each, reach that snapshot's size, so snapshots
+        /// write at most this many bytes per input record (a restart
+        /// replays at most snapshot size / this many records). 0 stores
+        /// every --snapshot-interval whatever the size.
+        #[arg(long, default_value_t = 64)]
+        snapshot_bytes_per_record: u64,
         /// LZ4-compress inserts (`lz4`, the default) or not (`none`: for a
         /// ClickHouse on the same machine, where compression only costs CPU).
         #[arg(long, default_value = "lz4", value_parser = ["lz4", "none"])]
@@ -306,6 +315,7 @@ fn main() -> Result<()> {
             batch,
             exit_when_idle,
             snapshot_interval,
+            snapshot_bytes_per_record,
             clickhouse_compression,
             partitions,
             unrestorable_snapshot,
@@ -330,7 +340,10 @@ fn main() -> Result<()> {
                 group,
                 batch,
                 exit_when_idle: exit_when_idle.map(std::time::Duration::from_secs),
-                snapshot_every: std::time::Duration::from_secs(snapshot_interval),
+                snapshots: SnapshotPolicy {
+                    every: std::time::Duration::from_secs(snapshot_interval),
+                    bytes_per_record: snapshot_bytes_per_record,
+                },
                 assignment: partitions,
                 unrestorable: unrestorable_snapshot,
                 kafka: KafkaProperties::new(kafka_config.as_deref(), &kafka_property)?,
@@ -426,7 +439,7 @@ async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> 
         group: "adtally-demo".into(),
         batch: 50_000,
         exit_when_idle: Some(std::time::Duration::from_secs(5)),
-        snapshot_every: std::time::Duration::from_secs(10),
+        snapshots: SnapshotPolicy::DEFAULT,
         assignment: source::Assignment::Group,
         unrestorable: None,
         kafka: KafkaProperties::default(),

@@ -6,8 +6,8 @@
 //!
 //! The consumer commits nothing to Kafka. Where it stands is written to
 //! ClickHouse after the rows it covers were acknowledged: `consumer_offsets`
-//! after every batch, and every `snapshot_every` the state of each core with
-//! the offset it covers (`snapshots`). A consumer that is assigned a
+//! after every batch, and, when the [`SnapshotPolicy`] says so, the state of
+//! each core with the offset it covers (`snapshots`). A consumer that is assigned a
 //! partition (at start, or after a rebalance) restores the latest snapshot
 //! and seeks to its offset, so only the tail is replayed; with no snapshot it
 //! starts from the beginning. Replayed records rewrite the same versioned or
@@ -15,13 +15,14 @@
 //! handed over as a snapshot before it is dropped.
 //!
 //! A core that traps or times out is dropped and restored from the last
-//! snapshot, and the partition is replayed from there one record at a time
-//! up to where it failed; a record on which the core fails by itself is
+//! snapshot, and the partition is replayed from there, the batch that
+//! failed one record at a time; a record on which the core fails by itself is
 //! quarantined in `invalid_events` (reason `module_trap: ...`) and skipped.
 
 use crate::connect::KafkaProperties;
 use crate::generator::GenRecord;
 use crate::sink::Sink;
+use crate::snapshot_policy::SnapshotPolicy;
 use adtally_core::RawRecord;
 use adtally_runtime::{Aggregator, Failure, Module, RecordBatch};
 use anyhow::{Context, Result, bail};
@@ -102,8 +103,8 @@ pub struct ConsumeOptions {
     pub batch: usize,
     /// Stop after this long without a record (tests, backfills); never if `None`.
     pub exit_when_idle: Option<Duration>,
-    /// How often each partition's state is stored.
-    pub snapshot_every: Duration,
+    /// When each partition's state is stored.
+    pub snapshots: SnapshotPolicy,
     /// Which partitions this consumer reads.
     pub assignment: Assignment,
     /// Where a partition whose snapshot cannot be restored starts; `None`
@@ -303,8 +304,12 @@ struct PartitionCore<'m> {
     last_snapshot: Instant,
     /// Offset the state was last stored at.
     snapshot_offset: i64,
-    /// After a trap: records up to this offset go one at a time.
-    careful_until: Option<i64>,
+    /// Size of the state last stored or restored (0: none).
+    snapshot_bytes: u64,
+    /// After a trap: records in this range of offsets (the batch that
+    /// failed, or all since the snapshot when a tick or snapshot failed)
+    /// go one at a time; the records before it are replayed in batches.
+    careful: Option<(i64, i64)>,
     /// A record the module ran out of time or memory on by itself, in a
     /// fresh instance: if it does again, the run stops (see [`recover`]).
     suspect_record: Option<i64>,
@@ -320,6 +325,18 @@ struct PartitionCore<'m> {
     /// inside a producer batch with the *next* batch; then the consumer
     /// rewinds this far (growing) until nothing is skipped.
     rewind: Option<i64>,
+}
+
+impl PartitionCore<'_> {
+    /// Whether `recs` go one at a time: some are in the careful range.
+    fn is_careful(&self, recs: &[RawRecord<'_>]) -> bool {
+        let (Some((from, until)), Some(first), Some(last)) =
+            (self.careful, recs.first(), recs.last())
+        else {
+            return false;
+        };
+        first.offset.0 <= until && last.offset.0 >= from
+    }
 }
 
 /// The cores of the partitions this consumer holds.
@@ -367,7 +384,8 @@ impl<'m> Cores<'m, '_> {
                         next_offset: snap.next_offset,
                         last_snapshot: Instant::now(),
                         snapshot_offset: snap.next_offset,
-                        careful_until: None,
+                        snapshot_bytes: snap.state.len() as u64,
+                        careful: None,
                         over_bounds_said: None,
                         suspect_record: None,
                         suspect_call: None,
@@ -410,7 +428,8 @@ impl<'m> Cores<'m, '_> {
             next_offset: start,
             last_snapshot: Instant::now(),
             snapshot_offset: start,
-            careful_until: None,
+            snapshot_bytes: 0,
+            careful: None,
             over_bounds_said: None,
             suspect_record: None,
             suspect_call: None,
@@ -436,6 +455,7 @@ impl<'m> Cores<'m, '_> {
             .await?;
         core.last_snapshot = Instant::now();
         core.snapshot_offset = core.next_offset;
+        core.snapshot_bytes = state.len() as u64;
         Ok(())
     }
 }
@@ -727,8 +747,11 @@ pub async fn consume(
             .held
             .iter()
             .filter(|(_, c)| {
-                c.last_snapshot.elapsed() >= opts.snapshot_every
-                    && c.next_offset > c.snapshot_offset
+                opts.snapshots.due(
+                    c.last_snapshot.elapsed(),
+                    c.next_offset.saturating_sub(c.snapshot_offset).max(0) as u64,
+                    c.snapshot_bytes,
+                )
             })
             .map(|(p, _)| *p)
             .collect();
@@ -874,9 +897,7 @@ fn push(
     now: i64,
     quarantined: &BTreeSet<(u32, i64)>,
 ) -> Result<adtally_core::Outputs> {
-    let careful = core
-        .careful_until
-        .is_some_and(|until| recs.first().is_some_and(|r| r.offset.0 <= until));
+    let careful = core.is_careful(recs);
     let is_quarantined = |r: &RawRecord| quarantined.contains(&(r.partition.0, r.offset.0));
     if careful {
         let mut out = adtally_core::Outputs::default();
@@ -888,9 +909,9 @@ fn push(
             out.append(&mut o);
             core.next_offset = r.offset.0 + 1;
         }
-        if core.careful_until.is_some_and(|u| core.next_offset > u) {
+        if core.careful.is_some_and(|(_, u)| core.next_offset > u) {
             // Past what failed: a failure from here on is a new one.
-            core.careful_until = None;
+            core.careful = None;
             core.suspect_record = None;
             core.suspect_call = None;
         }
@@ -939,7 +960,7 @@ async fn recover<C: ConsumerContext>(
         "adtally: partition {p}: the core failed ({kind:?}) at offset {failed_at}, restoring: {error:#}"
     );
     let mut suspect = None;
-    if old.careful_until.is_some() {
+    if old.is_careful(recs) {
         // One record at a time: the record at `failed_at` is the culprit
         // (the first not quarantined at or after it).
         if let Some(r) = recs
@@ -975,7 +996,7 @@ async fn recover<C: ConsumerContext>(
     }
     let until = recs.last().map_or(failed_at, |r| r.offset.0);
     drop(old);
-    reopen_careful(cores, p, until, consumer, topic, stats)
+    reopen_careful(cores, p, (failed_at, until), consumer, topic, stats)
         .await?
         .suspect_record = suspect;
     Ok(())
@@ -992,17 +1013,17 @@ fn take_failed<'m>(
 }
 
 /// `p`'s core opened anew from its last snapshot, fetching from there and
-/// replaying one record at a time up to `until`.
+/// replaying the records in `careful` (offsets, inclusive) one at a time.
 async fn reopen_careful<'c, 'm, C: ConsumerContext>(
     cores: &'c mut Cores<'m, '_>,
     p: u32,
-    until: i64,
+    careful: (i64, i64),
     consumer: &StreamConsumer<C>,
     topic: &str,
     stats: &mut ConsumeStats,
 ) -> Result<&'c mut PartitionCore<'m>> {
     let mut core = cores.open(p, consumer, stats).await?;
-    core.careful_until = Some(until);
+    core.careful = Some(careful);
     seek(consumer, topic, p, core.next_offset);
     Ok(cores.held.entry(p).or_insert(core))
 }
@@ -1048,7 +1069,7 @@ async fn recover_call<C: ConsumerContext>(
         "adtally: partition {p}: the core failed in {what} at offset {at}, restoring: {error:#}"
     );
     drop(old);
-    reopen_careful(cores, p, at - 1, consumer, topic, stats)
+    reopen_careful(cores, p, (i64::MIN, at - 1), consumer, topic, stats)
         .await?
         .suspect_call = Some((what, at));
     Ok(())
