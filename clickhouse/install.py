@@ -82,20 +82,20 @@ WITHOUT_TOPIC = {
     "most_clicked_ads": "window_minutes, update_time_minute, filter_id, source_partition, version, "
                         "most_clicked_ads, module_sha256, written_at",
 }
+SCHEMA = os.path.join(HERE, "sql", "schema.sql")
 
 
 class MigrationError(Exception):
     """A migration that needs the operator: it says what to pass."""
 
 
-def has_column(query, db, table, column):
-    return query(f"SELECT count() FROM system.columns WHERE database = '{db}' AND table = '{table}' "
-                 f"AND name = '{column}'").decode().strip() != "0"
-
-
-def has_table(query, db, table):
-    return query(f"SELECT count() FROM system.tables WHERE database = '{db}' AND name = '{table}'"
-                 ).decode().strip() != "0"
+def table_ddl(db, table, name):
+    """sql/schema.sql's CREATE statement of `table`, creating `name`."""
+    head = f"CREATE TABLE IF NOT EXISTS {db}.{table}"
+    for stmt in adtally_ch.statements(SCHEMA, db=db):
+        if stmt.startswith(head) and stmt[len(head)] in " \n(":
+            return f"CREATE TABLE {db}.{name}" + stmt[len(head):]
+    raise KeyError(table)
 
 
 def topic_of_old_rows(query, db, topic):
@@ -107,7 +107,7 @@ def topic_of_old_rows(query, db, topic):
         return topic
     seen = set()
     for table in ("consumer_offsets", "snapshots"):
-        if has_table(query, db, table):
+        if sorting_key(query, db, table):
             seen |= set(query(f"SELECT DISTINCT topic FROM {db}.{table}").decode().split())
     if len(seen) == 1:
         return seen.pop()
@@ -117,22 +117,33 @@ def topic_of_old_rows(query, db, topic):
         + "; run install again with --topic-of-existing-rows TOPIC (the topic those rows were counted from)")
 
 
-def migrate_before_schema(query, db, topic=None):
-    """Moves tables an earlier schema created aside when the current schema
-    changes their columns, so that sql/schema.sql creates them anew (and
-    its views, which read the new columns, can be created); returns what
-    `migrate` then copies back."""
-    moved = []
+def migrate_topic(query, db, topic=None):
+    """Rebuilds `rollups` and `most_clicked_ads` of an earlier schema, which
+    had no topic, with the current definition and their rows, before
+    sql/schema.sql runs (its views read the topic). Every table's topic is
+    found before any is touched; each table is filled as `*_migrating` and
+    swapped in with one RENAME, so a crash at any point leaves the old
+    table or the new one whole (a leftover of either name is dropped)."""
     for table in WITHOUT_TOPIC:
-        if has_table(query, db, table) and not has_column(query, db, table, "topic"):
-            rows = int(query(f"SELECT count() FROM {db}.{table}").decode().strip())
-            old_topic = topic_of_old_rows(query, db, topic) if rows else ""
-            query(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_migration")
-            moved.append((table, old_topic))
-    return moved
+        query(f"DROP TABLE IF EXISTS {db}.{table}_migrating")
+        query(f"DROP TABLE IF EXISTS {db}.{table}_before_migration")
+    old = [t for t in WITHOUT_TOPIC
+           if sorting_key(query, db, t) and "topic" not in sorting_key(query, db, t).split(", ")]
+    topics = {}
+    for table in old:
+        rows = int(query(f"SELECT count() FROM {db}.{table}").decode().strip())
+        topics[table] = topic_of_old_rows(query, db, topic) if rows else ""
+    for table in old:
+        columns = WITHOUT_TOPIC[table]
+        query(table_ddl(db, table, f"{table}_migrating"))
+        query(f"INSERT INTO {db}.{table}_migrating ({columns}, topic) "
+              f"SELECT {columns}, {adtally_ch.sql_string(topics[table])} FROM {db}.{table}")
+        query(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_migration, "
+              f"{db}.{table}_migrating TO {db}.{table}")
+        query(f"DROP TABLE {db}.{table}_before_migration")
 
 
-def migrate(query, db, moved=()):
+def migrate(query, db):
     """Brings tables an earlier schema created to the current keys, keeping
     their rows. `snapshots` was keyed by (topic, source_partition) alone, so
     a module of one semantics version merged away another's state; it is
@@ -146,22 +157,16 @@ def migrate(query, db, moved=()):
         query(f"RENAME TABLE {db}.snapshots TO {db}.snapshots_before_migration, "
               f"{db}.snapshots_migrating TO {db}.snapshots")
         query(f"DROP TABLE {db}.snapshots_before_migration")
-    # Rows of tables moved aside by migrate_before_schema, with their topic.
-    for table, topic in moved:
-        columns = WITHOUT_TOPIC[table]
-        query(f"INSERT INTO {db}.{table} ({columns}, topic) SELECT {columns}, {adtally_ch.sql_string(topic)} "
-              f"FROM {db}.{table}_before_migration")
-        query(f"DROP TABLE {db}.{table}_before_migration")
 
 
 def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existing_rows=None):
     config = dict(DEFAULT_CONFIG, **(config or {}))
     module, sha = adtally_ch.install(query, wasm)
     query(f"CREATE DATABASE IF NOT EXISTS {db}")
-    moved = migrate_before_schema(query, db, topic_of_existing_rows)
-    for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "schema.sql"), db=db):
+    migrate_topic(query, db, topic_of_existing_rows)
+    for stmt in adtally_ch.statements(SCHEMA, db=db):
         query(stmt)
-    migrate(query, db, moved)
+    migrate(query, db)
     has_tiered = query("SELECT count() FROM system.storage_policies WHERE policy_name = 'adtally_tiered' AND volume_name = 'cold'")
     if has_tiered.decode().strip() not in ("", "0"):
         query(f"ALTER TABLE {db}.raw_events MODIFY SETTING storage_policy = 'adtally_tiered'")

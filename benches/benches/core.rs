@@ -126,7 +126,8 @@ fn main() -> anyhow::Result<()> {
             out.clear();
         }
         let elapsed = start.elapsed();
-        let (k, b) = engine.dedup_usage();
+        let u = engine.state_usage();
+        let (k, b) = (u.keys, u.key_bytes);
         keys = k;
         bytes_per_key = b as f64 / k as f64;
         Ok((elapsed, (rollups, dups)))

@@ -58,7 +58,7 @@ SELECT window_start, ad_id, filter_id, uniqExactMerge(event_keys) AS clicks
 FROM {db}.batch_minute_counts
 GROUP BY window_start, ad_id, filter_id;
 
--- The exact top-N of the whole topic, per (M, minute, filter): each source
+-- The exact top-N of each topic, per (M, minute, filter, topic): each source
 -- partition's latest ranking (highest version), merged by the core's own
 -- merge. Exact because a topic keyed by ad_id gives each ad one partition,
 -- whichever host ranked it; the merge refuses overlapping lists.
@@ -67,6 +67,7 @@ SELECT
     window_minutes,
     update_time_minute,
     filter_id,
+    topic,
     adtally_merge_top_n(groupArray(ads), {top_n}) AS most_clicked_ads,
     count() AS partitions
 FROM
@@ -76,6 +77,6 @@ FROM
     FROM {db}.most_clicked_ads
     GROUP BY window_minutes, update_time_minute, filter_id, topic, source_partition
 )
-GROUP BY window_minutes, update_time_minute, filter_id
+GROUP BY window_minutes, update_time_minute, filter_id, topic
 -- Small blocks keep each merge call well inside the UDF fuel limit.
 SETTINGS webassembly_udf_max_input_block_size = 64;

@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS {db}.rollups
     clicks           UInt64,                             -- distinct clicks
     version          UInt32,                             -- the highest is the count
     module_sha256    LowCardinality(String),             -- SHA-256 (hex) of the module that computed it
-    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3),
+    -- A host of the schema before topics would write '' and count twice.
+    CONSTRAINT topic_named CHECK topic != ''
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
@@ -89,7 +91,8 @@ CREATE TABLE IF NOT EXISTS {db}.most_clicked_ads
     version            UInt32,                           -- revisions after an idle partition caught up
     most_clicked_ads   Array(Tuple(String, UInt64)),     -- (ad_id, clicks), best first
     module_sha256      LowCardinality(String),
-    written_at         DateTime64(3, 'UTC') DEFAULT now64(3)
+    written_at         DateTime64(3, 'UTC') DEFAULT now64(3),
+    CONSTRAINT topic_named CHECK topic != ''
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (window_minutes, update_time_minute, filter_id, topic, source_partition, module_sha256);

@@ -5,8 +5,11 @@
 //! the state, not the input: 62 MB every 10 s for a partition of 3 million
 //! keys. The policy here stores a partition's state only once the records
 //! it processed since the last snapshot, at `bytes_per_record` each, pay
-//! for that snapshot's size; so the bytes written per second are at most
-//! `bytes_per_record` times the input rate, whatever the state. The price
+//! for that snapshot's size; so over any stretch of a run, the bytes
+//! written are at most `bytes_per_record` times the records processed,
+//! plus the size of the last snapshot (each snapshot is paid for by the
+//! records before it, the last one by its own size): per second, bounded by
+//! the input rate, whatever the state. The price
 //! is replay: a restart replays at most `last snapshot bytes /
 //! bytes_per_record` records (or `every`'s worth, if more), which is
 //! bounded by the state too (about a third of the keys at the default).

@@ -337,6 +337,15 @@ impl PartitionCore<'_> {
         };
         first.offset.0 <= until && last.offset.0 >= from
     }
+
+    /// The careful range after a failure in `range`: with the one still
+    /// pending (a batch before it failed during the replay), so that the
+    /// first failure is still replayed one record at a time.
+    fn careful_with(&self, range: (i64, i64)) -> (i64, i64) {
+        self.careful.map_or(range, |(from, until)| {
+            (from.min(range.0), until.max(range.1))
+        })
+    }
 }
 
 /// The cores of the partitions this consumer holds.
@@ -793,13 +802,21 @@ const OVER_BOUNDS_EVERY: Duration = Duration::from_secs(60);
 /// its bounds, with what the state takes and what to change.
 fn say_over_bounds(p: u32, core: &mut PartitionCore<'_>, out: &adtally_core::Outputs) {
     use adtally_core::InvalidReason::{TooManyCells, TooManyKeys};
-    let over = |r| out.invalid.iter().filter(|i| i.reason == r).count();
-    let (keys, cells) = (over(TooManyKeys), over(TooManyCells));
-    if keys + cells == 0
-        || core
-            .over_bounds_said
-            .is_some_and(|at| at.elapsed() < OVER_BOUNDS_EVERY)
+    if core
+        .over_bounds_said
+        .is_some_and(|at| at.elapsed() < OVER_BOUNDS_EVERY)
     {
+        return;
+    }
+    let (mut keys, mut cells) = (0, 0);
+    for i in &out.invalid {
+        match i.reason {
+            TooManyKeys => keys += 1,
+            TooManyCells => cells += 1,
+            _ => {}
+        }
+    }
+    if keys + cells == 0 {
         return;
     }
     core.over_bounds_said = Some(Instant::now());
@@ -995,8 +1012,9 @@ async fn recover<C: ConsumerContext>(
         }
     }
     let until = recs.last().map_or(failed_at, |r| r.offset.0);
+    let careful = old.careful_with((failed_at, until));
     drop(old);
-    reopen_careful(cores, p, (failed_at, until), consumer, topic, stats)
+    reopen_careful(cores, p, careful, consumer, topic, stats)
         .await?
         .suspect_record = suspect;
     Ok(())
@@ -1068,8 +1086,9 @@ async fn recover_call<C: ConsumerContext>(
     eprintln!(
         "adtally: partition {p}: the core failed in {what} at offset {at}, restoring: {error:#}"
     );
+    let careful = old.careful_with((i64::MIN, at - 1));
     drop(old);
-    reopen_careful(cores, p, (i64::MIN, at - 1), consumer, topic, stats)
+    reopen_careful(cores, p, careful, consumer, topic, stats)
         .await?
         .suspect_call = Some((what, at));
     Ok(())

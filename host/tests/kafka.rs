@@ -64,7 +64,7 @@ struct Setup {
 }
 
 fn setup(name: &str, records: usize) -> Setup {
-    setup_with(name, records, |_| "memory://tansu/".to_string())
+    setup_with(name, records, memory)
 }
 
 /// A fresh directory for test `name`, a broker on `storage` and an embedded
@@ -93,6 +93,24 @@ fn create_topic(broker: &Broker) {
             4,
         ))
         .unwrap();
+}
+
+/// A broker on `storage` with the `clicks` topic, an embedded ClickHouse,
+/// and where the expected totals go (`expected.tsv`, not written yet).
+fn setup_topic(name: &str, storage: impl Fn(&Path) -> String) -> Setup {
+    let (tmp, broker, ch) = start(name, storage);
+    create_topic(&broker);
+    Setup {
+        expected_path: tmp.join("expected.tsv"),
+        tmp,
+        broker,
+        ch,
+    }
+}
+
+/// The storage most tests run the broker on.
+fn memory(_: &Path) -> String {
+    "memory://tansu/".to_string()
 }
 
 fn setup_gen(
@@ -175,7 +193,7 @@ fn kafka_to_clickhouse_is_exact() {
 /// consumed; a last run finishes the stream; exact.
 #[test]
 fn sigkill_five_times_then_exact() {
-    let (s, records) = setup_live("kafka-crash", 200_000, |_| "memory://tansu/".to_string());
+    let (s, records) = setup_live("kafka-crash", 200_000, memory);
     let total = records.len() as u64;
     let producer = produce_live(s.broker.addr(), records, 40, Duration::from_millis(250));
     // Without a group, a restarted consumer takes its partitions at once
@@ -239,20 +257,12 @@ fn setup_live(
     records: usize,
     storage: impl Fn(&Path) -> String,
 ) -> (Setup, Vec<adtally_host::generator::GenRecord>) {
-    let (tmp, broker, ch) = start(name, storage);
+    let s = setup_topic(name, storage);
     let g = adtally_host::generator::generate(adtally_host::generator::GenConfig {
         records,
         ..Default::default()
     });
-    let expected_path = tmp.join("expected.tsv");
-    g.write_expected(&expected_path).unwrap();
-    create_topic(&broker);
-    let s = Setup {
-        tmp,
-        broker,
-        ch,
-        expected_path,
-    };
+    g.write_expected(&s.expected_path).unwrap();
     (s, g.records)
 }
 
@@ -387,7 +397,7 @@ fn broker_restart_on_sqlite_then_exact() {
 #[test]
 #[ignore = "Tansu 0.6.0 never reassigns a dead member's partitions (docs/host.md)"]
 fn two_hosts_one_killed_then_exact() {
-    let (s, records) = setup_live("kafka-scale", 100_000, |_| "memory://tansu/".to_string());
+    let (s, records) = setup_live("kafka-scale", 100_000, memory);
     let total = records.len() as u64;
     let (before, after) = records.split_at(records.len() / 2);
     adtally_host::source::produce(s.broker.addr(), "clicks", before).unwrap();
@@ -561,15 +571,8 @@ fn assert_top_n_exact(url: &str, expected: &BTreeMap<String, String>) {
 /// rotation, shipping each line once; the counts are exact.
 #[test]
 fn ship_follows_logs_across_restarts_then_exact() {
-    let (tmp, broker, ch) = start("kafka-ship", |_| "memory://tansu/".to_string());
-    create_topic(&broker);
-    let expected_path = tmp.join("expected.tsv");
-    let s = Setup {
-        tmp: tmp.clone(),
-        broker,
-        ch,
-        expected_path: expected_path.clone(),
-    };
+    let s = setup_topic("kafka-ship", memory);
+    let (tmp, expected_path) = (s.tmp.clone(), s.expected_path.clone());
     let stream = adtally(&[
         "gen",
         "--records",
@@ -656,7 +659,7 @@ fn ship_follows_logs_across_restarts_then_exact() {
 #[test]
 fn a_trapping_record_is_quarantined_then_exact() {
     use adtally_host::generator::{GenConfig, GenRecord, generate};
-    let (tmp, broker, ch) = start("kafka-trap", |_| "memory://tansu/".to_string());
+    let s = setup_topic("kafka-trap", memory);
     let mut g = generate(GenConfig {
         records: 150_000,
         ..GenConfig::default()
@@ -670,16 +673,8 @@ fn a_trapping_record_is_quarantined_then_exact() {
             payload: "adtally-trap-test".into(),
         },
     );
-    let expected_path = tmp.join("expected.tsv");
-    g.write_expected(&expected_path).unwrap();
-    create_topic(&broker);
-    adtally_host::source::produce(broker.addr(), "clicks", &g.records).unwrap();
-    let s = Setup {
-        tmp,
-        broker,
-        ch,
-        expected_path,
-    };
+    g.write_expected(&s.expected_path).unwrap();
+    adtally_host::source::produce(s.broker.addr(), "clicks", &g.records).unwrap();
     let mut args = run_args(&s);
     args.extend(
         [
@@ -708,12 +703,7 @@ fn a_trapping_record_is_quarantined_then_exact() {
 /// views counted as clicks; exact.
 #[test]
 fn ysb_views_are_counted_exactly() {
-    let s = setup_gen(
-        "kafka-ysb",
-        150_000,
-        |_| "memory://tansu/".to_string(),
-        &["--ysb"],
-    );
+    let s = setup_gen("kafka-ysb", 150_000, memory, &["--ysb"]);
     let mut args = run_args(&s);
     args.extend(["--partitions".into(), "all".into()]);
     let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -765,7 +755,7 @@ fn far_ahead_clicks_and_heartbeats_never_make_on_time_clicks_late() {
     let s = setup_gen(
         "kafka-ahead",
         40_000,
-        |_| "memory://tansu/".to_string(),
+        memory,
         &["--ahead", "0.0001", "--far-heartbeat-every", "20000"],
     );
     let mut args = run_args(&s);
@@ -798,12 +788,7 @@ fn far_ahead_clicks_and_heartbeats_never_make_on_time_clicks_late() {
 /// One host reads all 32 partitions of a topic (an instance each), exact.
 #[test]
 fn thirty_two_partitions_on_one_host_then_exact() {
-    let s = setup_gen(
-        "kafka-32",
-        64_000,
-        |_| "memory://tansu/".to_string(),
-        &["--partitions", "32"],
-    );
+    let s = setup_gen("kafka-32", 64_000, memory, &["--partitions", "32"]);
     let mut args = run_args(&s);
     args.extend(["--partitions".into(), "all".into()]);
     let (ok, run) = run_within(&args, 300);
@@ -918,22 +903,14 @@ fn a_topic_whose_first_offsets_were_deleted_is_consumed_from_its_start() {
 #[test]
 fn an_unrestorable_snapshot_is_refused_or_replayed_as_told() {
     use adtally_host::generator::{GenConfig, generate};
-    let (tmp, broker, ch) = start("kafka-badsnap", |_| "memory://tansu/".to_string());
+    let s = setup_topic("kafka-badsnap", memory);
     let g = generate(GenConfig {
         records: 40_000,
         ..GenConfig::default()
     });
-    let expected_path = tmp.join("expected.tsv");
-    g.write_expected(&expected_path).unwrap();
-    create_topic(&broker);
+    g.write_expected(&s.expected_path).unwrap();
     let half = g.records.len() / 2;
-    adtally_host::source::produce(broker.addr(), "clicks", &g.records[..half]).unwrap();
-    let s = Setup {
-        tmp,
-        broker,
-        ch,
-        expected_path,
-    };
+    adtally_host::source::produce(s.broker.addr(), "clicks", &g.records[..half]).unwrap();
     let url = s.ch.url();
     let mut args = run_args(&s);
     args.extend(["--partitions".into(), "all".into()]);
@@ -998,9 +975,6 @@ fn a_changed_config_is_refused_with_its_differences() {
     assert_exact(&s, with_heartbeats(60_000, 4));
 }
 
-/// A partition whose state outgrows its instance's memory (a 2 MiB cap):
-/// running out of memory is no proof that a record is bad, so no valid
-/// click is quarantined; the run stops and says what to raise.
 /// A flood of distinct clicks at one time, produced while the host runs:
 /// 100,000 random ad ids, then 40,000 random user ids of ads already held,
 /// through a 16 MiB instance (without bounds the flood's state outgrows
@@ -1013,9 +987,8 @@ fn a_changed_config_is_refused_with_its_differences() {
 #[test]
 fn a_flood_of_distinct_keys_is_side_lined_at_the_partitions_bounds() {
     use adtally_host::generator::GenRecord;
-    let (tmp, broker, ch) = start("kafka-flood", |_| "memory://tansu/".to_string());
-    create_topic(&broker);
-    let config = tmp.join("config.json");
+    let s = setup_topic("kafka-flood", memory);
+    let config = s.tmp.join("config.json");
     std::fs::write(
         &config,
         r#"{"max_partition_cells": 10000, "max_partition_keys": 30000, "dedup_horizon_ms": 75000}"#,
@@ -1048,12 +1021,6 @@ fn a_flood_of_distinct_keys_is_side_lined_at_the_partitions_bounds() {
     );
     records.extend(heartbeats(t0 + 400_000));
     let total = records.len() as u64;
-    let s = Setup {
-        tmp,
-        broker,
-        ch,
-        expected_path: PathBuf::new(),
-    };
     let producer = produce_live(s.broker.addr(), records, 8, Duration::from_millis(500));
     let mut args = with_idle(run_args(&s), 10);
     args.extend(
@@ -1096,6 +1063,9 @@ fn a_flood_of_distinct_keys_is_side_lined_at_the_partitions_bounds() {
     let _ = std::fs::remove_dir_all(&s.tmp);
 }
 
+/// A partition whose state outgrows its instance's memory (a 2 MiB cap):
+/// running out of memory is no proof that a record is bad, so no valid
+/// click is quarantined; the run stops and says what to raise.
 #[test]
 fn running_out_of_memory_quarantines_no_valid_click() {
     let s = setup("kafka-oom", 60_000);

@@ -313,46 +313,40 @@ impl PartitionState {
         keys: Keys,
         out: &mut Outputs,
     ) -> Option<Option<i64>> {
-        let side_line = |reason| {
-            (
-                reason,
-                payload.map_or(Payload::Click(click), Payload::Bytes),
-            )
-        };
-        if self.far_ahead(click.timestamp, cx.max_ahead) {
-            let (reason, payload) = side_line(InvalidReason::AheadOfPartition);
-            return self.side_line(p, offset, click.timestamp, reason, payload, out);
+        let as_came = || payload.map_or(Payload::Click(click), Payload::Bytes);
+        let t = click.timestamp;
+        if self.far_ahead(t, cx.max_ahead) {
+            let reason = InvalidReason::AheadOfPartition;
+            return self.side_line(p, offset, t, reason, as_came(), out);
         }
         let key = keys.event;
         let (size, lateness) = (cx.size, cx.lateness);
-        let w = size.window_of(click.timestamp);
+        let w = size.window_of(t);
         let wm = self.watermark.current();
         let late = wm.filter(|&wm| w.end(size).saturating_add(lateness) <= wm);
         // Near its bound of cells, a click that would add one is refused
         // (before its key is remembered, so a resend of it is not a
         // duplicate); a duplicate stays a duplicate.
         if late.is_none()
-            && self.cells + cx.filters.len_all() > cx.max_cells
+            && self.cells > cx.cells_room
             && !self.dedup.contains(key)
-            && !self.has_cells(cx, w, click, keys.ad)
+            && self.cells + self.missing_cells(cx, w, click, keys.ad) > cx.max_cells
         {
-            let (reason, payload) = side_line(InvalidReason::TooManyCells);
-            return self.side_line(p, offset, click.timestamp, reason, payload, out);
+            let reason = InvalidReason::TooManyCells;
+            return self.side_line(p, offset, t, reason, as_came(), out);
         }
         // A late click older than the horizon is only looked up: remembering
         // it would be undone by the next sweep anyway.
         let new = match late {
-            Some(wm) if !self.dedup.is_within_horizon(click.timestamp, Some(wm)) => {
-                !self.dedup.contains(key)
-            }
+            Some(wm) if !self.dedup.is_within_horizon(t, Some(wm)) => !self.dedup.contains(key),
             _ if self.dedup.len() >= cx.max_keys => {
                 if !self.dedup.contains(key) {
-                    let (reason, payload) = side_line(InvalidReason::TooManyKeys);
-                    return self.side_line(p, offset, click.timestamp, reason, payload, out);
+                    let reason = InvalidReason::TooManyKeys;
+                    return self.side_line(p, offset, t, reason, as_came(), out);
                 }
                 false
             }
-            _ => self.dedup.insert_new(key, click.timestamp),
+            _ => self.dedup.insert_new(key, t),
         };
         if !new {
             out.duplicates += 1;
@@ -369,7 +363,6 @@ impl PartitionState {
             });
             return None;
         }
-        let t = click.timestamp;
         // A window whose end W_p passed while it had no clicks was emitted
         // empty: its first click (within lateness) emits at once.
         let passed = wm.is_some_and(|wm| w.end(size) <= wm);
@@ -412,26 +405,28 @@ impl PartitionState {
         self.observe(t)
     }
 
-    /// Whether counting `click` in window `w` adds no cell: its window,
-    /// its ad and each of its filters' cells are there.
+    /// How many cells counting `click` in window `w` would add: one per
+    /// filter it matches whose cell (window, ad, filter) is not there.
     #[cold]
-    fn has_cells(
+    fn missing_cells(
         &self,
         cx: &mut Counting<'_>,
         w: WindowStart,
         click: &ClickRef<'_>,
         ad: AdHash,
-    ) -> bool {
-        let Some(ws) = self.windows.get(&w) else {
-            return false;
-        };
-        let Some(ad) = cx.interner.get_hashed(click.ad_id, ad) else {
-            return false;
-        };
+    ) -> usize {
         cx.filters.matching_ref(click, cx.scratch);
+        let held = self
+            .windows
+            .get(&w)
+            .zip(cx.interner.get_hashed(click.ad_id, ad));
+        let Some((ws, ad)) = held else {
+            return cx.scratch.len();
+        };
         cx.scratch
             .iter()
-            .all(|&filter| ws.cells.contains_key(&CellKey { ad, filter }))
+            .filter(|&&filter| !ws.cells.contains_key(&CellKey { ad, filter }))
+            .count()
     }
 }
 
@@ -456,6 +451,9 @@ struct Counting<'e> {
     max_ahead: i64,
     max_keys: usize,
     max_cells: usize,
+    /// `max_cells` less the most cells one click can add: below it, no
+    /// click needs its cells looked up.
+    cells_room: usize,
     filters: &'e FilterSet,
     interner: &'e mut Interner,
     scratch: &'e mut Vec<FilterId>,
@@ -539,12 +537,6 @@ impl Engine {
         self.partitions
             .iter()
             .map(|(p, s)| (*p, s.watermark.current()))
-    }
-
-    /// Keys remembered and the heap bytes they take, over all partitions.
-    pub fn dedup_usage(&self) -> (usize, usize) {
-        let u = self.state_usage();
-        (u.keys, u.key_bytes)
     }
 
     /// What the state takes, over all partitions: what the bounds
@@ -765,6 +757,7 @@ impl Engine {
     /// touches, borrowed apart from it.
     fn split(&mut self, p: Partition) -> (&mut PartitionState, Counting<'_>) {
         let config = &self.config;
+        let max_cells = usize::try_from(config.max_partition_cells).unwrap_or(usize::MAX);
         let st = self
             .partitions
             .entry(p)
@@ -774,7 +767,8 @@ impl Engine {
             lateness: config.allowed_lateness_ms,
             max_ahead: config.max_ahead_ms,
             max_keys: usize::try_from(config.max_partition_keys).unwrap_or(usize::MAX),
-            max_cells: usize::try_from(config.max_partition_cells).unwrap_or(usize::MAX),
+            max_cells,
+            cells_room: max_cells.saturating_sub(self.filters.len_all()),
             filters: &self.filters,
             interner: &mut self.interner,
             scratch: &mut self.scratch,

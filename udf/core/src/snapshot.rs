@@ -297,9 +297,14 @@ impl Engine {
                     };
                     ws.cells.insert(key, Counts { clicks, version });
                 }
-                st.cells += ws.cells.len();
-                st.windows.insert(WindowStart(start), ws);
+                if st.windows.insert(WindowStart(start), ws).is_some() {
+                    return Err(SnapshotError::Corrupt(alloc::format!(
+                        "partition {}: window {start} comes twice",
+                        ps.partition
+                    )));
+                }
             }
+            st.cells = st.windows.values().map(|ws| ws.cells.len()).sum();
             engine.partitions.insert(Partition(ps.partition), st);
         }
         let mut t = TopNState {
@@ -416,9 +421,9 @@ mod tests {
     }
 
     /// Cells of a filter the configuration lacks, or with no clicks, are
-    /// refused, in windows and in final minutes alike, and so are final
-    /// minutes that repeat a count or come twice: ranking relies on none of
-    /// these existing.
+    /// refused, in windows and in final minutes alike, and so are windows
+    /// that come twice and final minutes that repeat a count or come twice:
+    /// ranking and the bound of cells rely on none of these existing.
     #[test]
     fn cells_no_engine_makes_are_refused() {
         let b = body();
@@ -437,6 +442,13 @@ mod tests {
         };
         refused(|b| b.partitions[0].windows[0].2[0].1 = 7, "filter 7");
         refused(|b| b.partitions[0].windows[0].2[0].2 = 0, "0 clicks");
+        refused(
+            |b| {
+                let first = b.partitions[0].windows[0].clone();
+                b.partitions[0].windows.push(first)
+            },
+            "window 120000 comes twice",
+        );
         refused(|b| b.minutes[0].1[0].0 = 3, "filter 3");
         refused(|b| b.minutes[0].1[0].2 = 0, "0 clicks");
         refused(
