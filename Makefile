@@ -6,7 +6,7 @@ WASM_DIR := target/wasm
 # Where cargo builds (CARGO_TARGET_DIR, when set, moves it).
 CARGO_TARGET := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: setup wasm test conformance bench demo lint clean
+.PHONY: setup wasm test examples conformance bench demo lint clean
 
 setup:
 	@scripts/setup.sh
@@ -33,6 +33,14 @@ test: setup wasm
 	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse-udf --exclude adtally-js
 	$(ADTALLY_PYTHON) -m pytest -q clickhouse/tests
 	$(MAKE) --no-print-directory conformance
+	$(MAKE) --no-print-directory examples
+
+# Every example of examples/README.md, run.
+examples: setup wasm
+	cargo run -q -p adtally-examples --example core
+	cargo run -q -p adtally-examples --example component
+	$(ADTALLY_PYTHON) examples/clickhouse/udfs.py
+	node examples/js/clicks.mjs
 
 # Figures and how to read them: docs/benchmarks.md.
 bench: setup wasm
