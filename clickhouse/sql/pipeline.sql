@@ -78,5 +78,6 @@ FROM
     GROUP BY window_minutes, update_time_minute, filter_id, topic, source_partition
 )
 GROUP BY window_minutes, update_time_minute, filter_id, topic
--- Small blocks keep each merge call well inside the UDF fuel limit.
-SETTINGS webassembly_udf_max_input_block_size = 64;
+-- Small blocks keep each merge call inside the UDF fuel limit: a block of
+-- 64 groups of 32 partitions' rankings (100 ads each) ran out of fuel.
+SETTINGS webassembly_udf_max_input_block_size = 8;
