@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import adtally_ch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CONFIG = {"window_ms": 60000, "max_future_skew_ms": 3600000, "filters": []}
 
 
 class HttpClickHouse:
@@ -159,9 +158,20 @@ def migrate(query, db):
         query(f"DROP TABLE {db}.snapshots_before_migration")
 
 
+def core_config(query, config):
+    """`config` (a dict that may omit fields) as the installed module reads
+    it: every default filled in, or the core's error naming the field."""
+    arg = adtally_ch.sql_string(json.dumps(config or {}))
+    try:
+        text = query(f"SELECT adtally_config({arg})", "TabSeparatedRaw")
+    except Exception as e:  # chDB's and the HTTP client's errors alike
+        raise ValueError(f"the core refuses the configuration: {e}") from None
+    return json.loads(text.decode())
+
+
 def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existing_rows=None):
-    config = dict(DEFAULT_CONFIG, **(config or {}))
     module, sha = adtally_ch.install(query, wasm)
+    config = core_config(query, config)
     query(f"CREATE DATABASE IF NOT EXISTS {db}")
     migrate_topic(query, db, topic_of_existing_rows)
     for stmt in adtally_ch.statements(SCHEMA, db=db):
@@ -172,13 +182,13 @@ def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existin
         query(f"ALTER TABLE {db}.raw_events MODIFY SETTING storage_policy = 'adtally_tiered'")
         query(f"ALTER TABLE {db}.raw_events MODIFY TTL toDateTime(ingested_at) + INTERVAL 30 DAY TO VOLUME 'cold', "
               f"toDateTime(ingested_at) + INTERVAL 400 DAY DELETE")
-    filters_json = json.dumps(config.get("filters", []), separators=(",", ":"))
+    filters_json = json.dumps(config["filters"], separators=(",", ":"))
     for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "pipeline.sql"), db=db,
                                       window_ms=config["window_ms"], max_future_skew_ms=config["max_future_skew_ms"],
-                                      top_n=int(config.get("top_n", 100)),
+                                      top_n=int(config["top_n"]),
                                       filters_json=adtally_ch.sql_string(filters_json)):
         query(stmt)
-    for f in config.get("filters", []):
+    for f in config["filters"]:
         query(f"INSERT INTO {db}.filters (filter_id, name, spec) VALUES ({int(f['id'])}, "
               f"{adtally_ch.sql_string(f.get('name', ''))}, {adtally_ch.sql_string(json.dumps(f))})")
     if kafka:

@@ -11,12 +11,15 @@ CREATE OR REPLACE FUNCTION adtally_parse_at LANGUAGE WASM FROM '{module}' :: 'ad
     ABI BUFFERED_V1 DETERMINISTIC SHA256_HASH '{sha256}';
 CREATE OR REPLACE FUNCTION adtally_window_start LANGUAGE WASM FROM '{module}' :: 'adtally_window_start'
     ARGUMENTS (time_ms Int64, window_ms Int64) RETURNS Int64
-    ABI ROW_DIRECT DETERMINISTIC SHA256_HASH '{sha256}';
+    ABI BUFFERED_V1 DETERMINISTIC SHA256_HASH '{sha256}';
 CREATE OR REPLACE FUNCTION adtally_filter_ids LANGUAGE WASM FROM '{module}' :: 'adtally_filter_ids'
     ARGUMENTS (filters_json String, country String, ip String, user_id String) RETURNS Array(UInt32)
     ABI BUFFERED_V1 DETERMINISTIC SHA256_HASH '{sha256}';
 CREATE OR REPLACE FUNCTION adtally_merge_top_n LANGUAGE WASM FROM '{module}' :: 'adtally_merge_top_n'
     ARGUMENTS (lists Array(Array(Tuple(String, UInt64))), n UInt32) RETURNS Array(Tuple(String, UInt64))
+    ABI BUFFERED_V1 DETERMINISTIC SHA256_HASH '{sha256}';
+CREATE OR REPLACE FUNCTION adtally_config LANGUAGE WASM FROM '{module}' :: 'adtally_config'
+    ARGUMENTS (config_json String) RETURNS String
     ABI BUFFERED_V1 DETERMINISTIC SHA256_HASH '{sha256}';
 CREATE OR REPLACE FUNCTION adtally_semantics_version LANGUAGE WASM FROM '{module}' :: 'adtally_semantics_version'
     ARGUMENTS (x UInt32) RETURNS UInt32

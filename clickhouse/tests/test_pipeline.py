@@ -9,12 +9,13 @@
 """
 import json
 import os
+import subprocess
 from collections import defaultdict
 
 import adtally_ch
+import pytest
 import install as installer
-import vectors
-from conftest import VECTORS, WASM, WASM_MARKER
+from conftest import ROOT, VECTORS, WASM, WASM_MARKER
 
 
 def ingest(ch, rows, db="adtally"):
@@ -28,22 +29,39 @@ def ingest(ch, rows, db="adtally"):
 
 
 def vector_records(vector):
-    """(record, replayed) in order; replayed offsets are not sent to the
-    ClickHouse path (Kafka never delivers an offset twice)."""
-    return list(vectors.records(vector))
+    """((partition, offset, payload, record time), replayed) in order;
+    replayed offsets (below one already delivered) are not sent to the
+    ClickHouse path, as Kafka never delivers an offset twice."""
+    out, delivered = [], {}
+    for step in vector["steps"]:
+        for r in step.get("records", []):
+            p, o = r["p"], r["o"]
+            replayed = o < delivered.get(p, 0)
+            delivered[p] = max(delivered.get(p, 0), o + 1)
+            out.append(((p, o, bytes.fromhex(r["x"]), r["t"]), replayed))
+    return out
 
 
 def load_vectors():
-    for name in sorted(os.listdir(VECTORS)):
-        if name.endswith(".json"):
-            yield name[:-5], json.load(open(os.path.join(VECTORS, name)))
+    """Every vector the core accepts the config of, as the conformance tool
+    (the one reader of the format) normalises it, with its expected results."""
+    lines = subprocess.run(
+        ["cargo", "run", "--release", "-q", "-p", "adtally-conformance", "--", "--normalised"],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=1800,
+    ).stdout.splitlines()
+    for line in lines:
+        vector = json.loads(line)
+        with open(os.path.join(VECTORS, vector["name"] + ".json")) as f:
+            vector["expected"] = json.load(f)["expected"]
+        if "config_error" not in vector["expected"]:
+            yield vector["name"], vector
 
 
 def test_every_record_matches_the_native_core_and_counts_reconcile(ch):
     checked_windows = 0
     for i, (name, vector) in enumerate(load_vectors()):
         db = f"v{i}"
-        installer.install(ch, WASM, db=db, config=vector.get("config", {}))
+        installer.install(ch, WASM, db=db, config=json.loads(vector["config"]))
         recs = vector_records(vector)
         ingest(ch, [r for r, replay in recs if not replay], db)
         annotations = vector["expected"]["records"]
@@ -110,7 +128,7 @@ def test_every_record_matches_the_native_core_and_counts_reconcile(ch):
             first_seen.add((p, a["key"]))
             for f in a["filters"]:
                 target = late if (p, o) in late_pos else counted
-                target[(a["window_start"], ad_of(r[2], a), f)].add(a["key"])
+                target[(a["window_start"], a["ad_id"], f)].add(a["key"])
         for k, c in batch.items():
             if k in counted and k not in core:
                 continue  # the core has not closed this window yet
@@ -118,14 +136,6 @@ def test_every_record_matches_the_native_core_and_counts_reconcile(ch):
             assert c == expected, (name, k, c, core.get(k, 0), late[k], counted[k])
             checked_windows += 1
     assert checked_windows > 30
-
-
-def ad_of(payload, annotation):
-    """The ad id of an annotated click record, as the raw table stores it."""
-    text = payload.decode()
-    if text.lstrip().startswith("{"):
-        return json.loads(text)["ad_id"]
-    return text.split("]", 1)[-1].split(",")[0].strip()
 
 
 def test_upgrade_while_views_are_live(ch):
@@ -167,3 +177,15 @@ def test_a_module_that_does_not_match_its_hash_is_refused(ch):
     # The running module keeps going.
     ingest(ch, [(0, 0, b"ad1, 1000, u1, 1.1.1.1, USA", None)])
     assert ch("SELECT count() FROM adtally.raw_events") == b"1\n"
+
+
+def test_install_reads_the_config_through_the_module_and_refuses_what_the_core_refuses(ch):
+    with pytest.raises(ValueError, match=r"window_ms` = 0: must be between 1 and 86400000"):
+        installer.install(ch, WASM, db="refused", config={"window_ms": 0})
+    installer.install(ch, WASM, db="defaults", config={"filters": [{"id": 1, "country": ["USA"]}]})
+    full = installer.core_config(ch, {})
+    assert full["window_ms"] == 60000 and full["top_n"] == 100
+    ingest(ch, [(0, 0, b"ad1, 61000, u1, 1.1.1.1, USA", None)], db="defaults")
+    row = ch("SELECT toUnixTimestamp64Milli(window_start), filter_ids FROM defaults.raw_events "
+             "FORMAT JSONCompactEachRow").decode()
+    assert json.loads(row) == [60000, [0, 1]]

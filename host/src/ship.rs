@@ -4,11 +4,12 @@
 //!
 //! - Only complete lines (ending in `\n`) are shipped; a partial last line
 //!   waits for the rest.
-//! - Clicks are keyed by `ad_id`, so every click of an ad (and every
-//!   duplicate of a click) lands in one partition, the layout the core's
-//!   per-partition dedup relies on. Heartbeat lines go to every partition.
-//!   A line without a readable `ad_id` is shipped unkeyed: the core
-//!   side-lines it as invalid with its reason.
+//! - Lines are routed by the core ([`adtally_core::routing`]): clicks are
+//!   keyed by `ad_id`, so every click of an ad (and every duplicate of a
+//!   click) lands in one partition, the layout the core's per-partition
+//!   dedup relies on; heartbeat lines go to every partition; a line that is
+//!   not a valid record is shipped unkeyed, and the core side-lines it as
+//!   invalid with its reason.
 //! - Where each file stands (its device, inode and byte offset) is written
 //!   to the state file only after the broker acknowledged every line before
 //!   that offset. After a crash, the lines after the last saved offset are
@@ -26,6 +27,7 @@
 //!   on; any other failure stops `ship` with the position kept before the
 //!   first unacknowledged line.
 
+use adtally_core::Routing;
 use anyhow::{Context, Result, bail};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -171,25 +173,6 @@ fn dead_letter(path: &Path, file: &Path, line: &Line, reason: &str) -> Result<()
     writeln!(f, "{entry}")?;
     f.sync_all()
         .with_context(|| format!("writing the dead-letter file {}", path.display()))
-}
-
-/// The `ad_id` of a record, to key it by.
-fn ad_key(line: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(line).ok()?.trim();
-    let ad = if text.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(text).ok()?;
-        v.get("ad_id")?.as_str()?.to_string()
-    } else {
-        let text = text.strip_prefix("[AdClickEvent]").unwrap_or(text);
-        text.split(',').next()?.trim().to_string()
-    };
-    (!ad.is_empty()).then(|| ad.into_bytes())
-}
-
-fn is_heartbeat(line: &[u8]) -> bool {
-    let t = line.trim_ascii();
-    t.starts_with(b"[Heartbeat]")
-        || (t.starts_with(b"{") && t.windows(14).any(|w| w == b"\"heartbeat_ms\""))
 }
 
 struct Followed {
@@ -458,7 +441,8 @@ fn send_line(
     i: usize,
     bytes: &[u8],
 ) -> Result<(), rdkafka::error::KafkaError> {
-    if is_heartbeat(bytes) {
+    let routing = adtally_core::routing(bytes);
+    if routing == Routing::EveryPartition {
         (0..partitions).try_for_each(|p| {
             send(
                 producer,
@@ -470,9 +454,8 @@ fn send_line(
     } else {
         let mut rec =
             BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(topic, Box::new(i)).payload(bytes);
-        let key = ad_key(bytes);
-        if let Some(key) = &key {
-            rec = rec.key(key.as_slice());
+        if let Routing::ByAd(ad) = &routing {
+            rec = rec.key(ad.as_str().as_bytes());
         }
         send(producer, rec)
     }
@@ -509,31 +492,5 @@ fn send(
             }
             Err((e, _)) => return Err(e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_ad_ids() {
-        let key = |s: &[u8]| ad_key(s).map(|k| String::from_utf8(k).unwrap());
-        assert_eq!(
-            key(b"ad001, 2021-01-01 00:00:01, u, 1.1.1.1, USA").as_deref(),
-            Some("ad001")
-        );
-        assert_eq!(
-            key(b"[AdClickEvent] ad7 , 1, u, 1.1.1.1, USA").as_deref(),
-            Some("ad7")
-        );
-        assert_eq!(
-            key(br#"  {"ad_id": "ad9", "user_id": "u"}"#).as_deref(),
-            Some("ad9")
-        );
-        assert_eq!(ad_key(b", 1, u"), None);
-        assert!(is_heartbeat(b"[Heartbeat] 1000"));
-        assert!(is_heartbeat(br#"{"heartbeat_ms": 5}"#));
-        assert!(!is_heartbeat(b"ad1, 1, u, 1.1.1.1, USA"));
     }
 }

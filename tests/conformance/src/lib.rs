@@ -15,8 +15,9 @@
 //!     { "tick": 61000 },
 //!     { "snapshot_restore": true }
 //!   ],
-//!   "merges": [ { "lists": [[["a", 9]]], "n": 3, "expect": [["a", 9]] } ],
-//!   "expected": { "records": [...], "outputs": {...}, "merges": [...] }
+//!   "merges": [ { "lists": [[["a", 9]]], "n": 3 } ],
+//!   "calls": [ { "window_start": [61000, 60000] }, { "filter_ids": ["USA", "1.2.3.4", "u1"] } ],
+//!   "expected": { "records": [...], "outputs": {...}, "merges": [...], "calls": [...] }
 //! }
 //! ```
 //!
@@ -25,12 +26,22 @@
 //! one after the previous record of the partition), `t` the record time.
 //! `expected.outputs` is every output of the run, concatenated in order;
 //! `expected.records` is, for each record, what the stateless functions say
-//! of it (kind, reason, key, window, filters), which is what the ClickHouse
-//! UDFs compute.
+//! of it (the core's `RecordSummary`, classified: kind, reason, key, time,
+//! the click's fields, window, filters), which is what the ClickHouse UDFs
+//! compute. `calls` are direct calls of the stateless functions, with
+//! arguments no record gives them; each result is a value or `"error"`. A
+//! vector whose `config` the core refuses has `expected.config_error`
+//! instead of records and outputs: every build must refuse it with an
+//! error containing that message.
+//!
+//! This crate is the only reader of the format: the ClickHouse and
+//! JavaScript harnesses get each vector as [`Vector::normalised`] (one JSON
+//! line each, `conformance --normalised`), with every offset and payload
+//! spelled out.
 
 use adtally_core::topn::{self, RankedAd};
 use adtally_core::{
-    AdId, Config, Engine, EventKey, Offset, Outputs, Partition, Record, parse_record,
+    AdId, Classifier, Config, Engine, EventTime, Offset, Outputs, Partition, WindowSize,
 };
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -76,6 +87,16 @@ pub struct MergeCase {
     pub n: u32,
 }
 
+/// A direct call of a stateless function.
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Call {
+    /// `window_start(time_ms, window_ms)`.
+    WindowStart(i64, i64),
+    /// `filter_ids(country, ip, user_id)` under the vector's filters.
+    FilterIds(String, String, String),
+}
+
 /// A loaded vector.
 #[derive(Clone, Debug)]
 pub struct Vector {
@@ -85,12 +106,16 @@ pub struct Vector {
     pub path: PathBuf,
     /// The raw JSON (kept so that blessing rewrites only `expected`).
     pub raw: Value,
-    /// Configuration.
-    pub config: Config,
+    /// The configuration as the vector gives it (fields may be missing).
+    pub config_json: String,
+    /// The configuration, or the core's reason for refusing it.
+    pub config: Result<Config, String>,
     /// Steps.
     pub steps: Vec<Step>,
     /// Merge cases.
     pub merges: Vec<MergeCase>,
+    /// Direct calls.
+    pub calls: Vec<Call>,
 }
 
 /// What a build produced for a vector, as canonical JSON.
@@ -102,6 +127,10 @@ pub struct Actual {
     pub outputs: Option<Value>,
     /// Merge results, if the build merges.
     pub merges: Option<Value>,
+    /// Results of the direct calls, if the build has the functions.
+    pub calls: Option<Value>,
+    /// The error refusing the configuration, if the build refused it.
+    pub config_error: Option<String>,
 }
 
 /// The directory of the vectors.
@@ -139,7 +168,7 @@ pub fn load(path: &Path) -> Result<Vector> {
         .unwrap_or("?")
         .to_string();
     let config_json = raw.get("config").cloned().unwrap_or(json!({})).to_string();
-    let config = Config::from_json(&config_json).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let config = Config::from_json(&config_json).map_err(|e| e.to_string());
     let mut next: BTreeMap<u32, i64> = BTreeMap::new();
     let mut steps = Vec::new();
     for (i, s) in raw["steps"]
@@ -187,13 +216,22 @@ pub fn load(path: &Path) -> Result<Vector> {
         Some(m) => serde_json::from_value(m.clone()).with_context(|| format!("{name}: merges"))?,
         None => Vec::new(),
     };
+    let calls = match raw.get("calls") {
+        Some(c) => serde_json::from_value(c.clone()).with_context(|| format!("{name}: calls"))?,
+        None => Vec::new(),
+    };
+    if config.is_err() && !steps.is_empty() {
+        bail!("{name}: a vector whose config is refused has no steps to run");
+    }
     Ok(Vector {
         name,
         path: path.to_path_buf(),
         raw,
+        config_json,
         config,
         steps,
         merges,
+        calls,
     })
 }
 
@@ -211,51 +249,102 @@ impl Vector {
         })
     }
 
+    /// The vector as the external harnesses get it: the configuration as
+    /// given, and every step with its records' partition, offset, payload
+    /// (hex) and record time spelled out.
+    pub fn normalised(&self) -> Value {
+        let steps: Vec<Value> = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Batch { now, records } => json!({
+                    "now": now,
+                    "records": records.iter().map(|r| json!({
+                        "p": r.partition,
+                        "o": r.offset,
+                        "x": hex(&r.payload),
+                        "t": r.record_time,
+                    })).collect::<Vec<_>>(),
+                }),
+                Step::Tick(now) => json!({"tick": now}),
+                Step::SnapshotRestore => json!({"snapshot_restore": true}),
+            })
+            .collect();
+        json!({
+            "name": self.name,
+            "config": self.config_json,
+            "steps": steps,
+            "merges": self.merges.iter().map(|m| json!({"lists": m.lists, "n": m.n})).collect::<Vec<_>>(),
+            "calls": self.calls,
+        })
+    }
+
     /// Writes `actual` as the expected results.
     pub fn bless(&self, actual: &Actual) -> Result<()> {
         let mut raw = self.raw.clone();
-        raw["expected"] = json!({
+        let mut expected = json!({
             "records": actual.records,
             "outputs": actual.outputs,
             "merges": actual.merges,
         });
+        if let Some(calls) = &actual.calls {
+            expected["calls"] = calls.clone();
+        }
+        if let Some(e) = &actual.config_error {
+            expected["config_error"] = json!(e);
+        }
+        raw["expected"] = expected;
         let text = serde_json::to_string_pretty(&raw)? + "\n";
         std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
     }
 }
 
-/// What the stateless functions say of one record: the row the ClickHouse
-/// path computes for it.
-pub fn annotate_record(config: &Config, rec: &Rec) -> Value {
-    let filters = config.check().expect("checked at load");
-    let size = adtally_core::WindowSize::new(config.window_ms).expect("checked at load");
-    let base = json!({"p": rec.partition, "o": rec.offset});
-    let mut v = base;
-    match parse_record(&rec.payload, rec.record_time, config.max_future_skew_ms) {
-        Err(reason) => {
-            v["kind"] = json!("invalid");
-            v["reason"] = json!(reason.code().to_string());
-        }
-        Ok(Record::Heartbeat(t)) => {
-            v["kind"] = json!("heartbeat");
-            v["time"] = json!(t.0);
-        }
-        Ok(Record::Click(c)) => {
-            let mut ids = Vec::new();
-            filters.matching(&c, &mut ids);
-            v["kind"] = json!("click");
-            v["key"] = json!(EventKey::of(&c).to_string());
-            v["time"] = json!(c.timestamp.0);
-            v["window_start"] = json!(size.window_of(c.timestamp).0);
-            v["filters"] = json!(ids.iter().map(|f| f.0).collect::<Vec<_>>());
-        }
-    }
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the stateless functions say of one record: the core's classified
+/// summary, with its partition and offset.
+pub fn annotate_record(classifier: &Classifier, rec: &Rec) -> Value {
+    let mut v = serde_json::to_value(classifier.summarize(&rec.payload, rec.record_time))
+        .expect("a summary serializes");
+    v["p"] = json!(rec.partition);
+    v["o"] = json!(rec.offset);
     v
 }
 
-/// Annotations of every record.
-pub fn annotate(v: &Vector) -> Value {
-    Value::Array(v.records().map(|r| annotate_record(&v.config, r)).collect())
+/// Annotations of every record, if the configuration is accepted.
+pub fn annotate(v: &Vector) -> Option<Value> {
+    let classifier = Classifier::new(v.config.as_ref().ok()?).expect("checked at load");
+    Some(Value::Array(
+        v.records()
+            .map(|r| annotate_record(&classifier, r))
+            .collect(),
+    ))
+}
+
+/// The direct calls, by the native core.
+pub fn run_calls(v: &Vector) -> Value {
+    let classifier = v
+        .config
+        .as_ref()
+        .ok()
+        .map(|c| Classifier::new(c).expect("checked"));
+    Value::Array(
+        v.calls
+            .iter()
+            .map(|c| match c {
+                Call::WindowStart(t, w) => match WindowSize::checked(*w) {
+                    Ok(size) => json!(size.window_of(EventTime(*t)).0),
+                    Err(_) => json!("error"),
+                },
+                Call::FilterIds(country, ip, user) => match &classifier {
+                    Some(c) => json!(c.filter_ids(country, ip, user)),
+                    None => json!("error"),
+                },
+            })
+            .collect(),
+    )
 }
 
 /// Runs the merge cases with the native core.
@@ -364,11 +453,20 @@ impl EngineLike for Native {
 
 /// Runs a vector on the native core: every part.
 pub fn run_native(v: &Vector) -> Result<Actual> {
-    let mut engine = Native(Engine::new(v.config.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let outputs = match &v.config {
+        Ok(config) => {
+            let mut engine =
+                Native(Engine::new(config.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
+            Some(run_steps(v, &mut engine)?)
+        }
+        Err(_) => None,
+    };
     Ok(Actual {
-        records: Some(annotate(v)),
-        outputs: Some(run_steps(v, &mut engine)?),
+        records: annotate(v),
+        outputs,
         merges: Some(run_merges(v)),
+        calls: (!v.calls.is_empty()).then(|| run_calls(v)),
+        config_error: v.config.as_ref().err().cloned(),
     })
 }
 
@@ -378,12 +476,24 @@ pub fn compare(v: &Vector, actual: &Actual) -> Result<(), String> {
     let Some(expected) = v.expected() else {
         return Err("no expected results: run with --bless".into());
     };
+    let mut compared = 0;
+    match (
+        expected.get("config_error").and_then(Value::as_str),
+        &actual.config_error,
+    ) {
+        (None, None) => {}
+        (Some(want), Some(got)) if got.contains(want) => compared += 1,
+        (Some(want), got) => {
+            return Err(format!("config_error: expected {want:?}, got {got:?}"));
+        }
+        (None, Some(got)) => return Err(format!("the config was refused: {got}")),
+    }
     let parts = [
         ("records", &actual.records),
         ("outputs", &actual.outputs),
         ("merges", &actual.merges),
+        ("calls", &actual.calls),
     ];
-    let mut compared = 0;
     for (name, got) in parts {
         let Some(got) = got else { continue };
         compared += 1;

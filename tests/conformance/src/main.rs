@@ -5,15 +5,21 @@
 //! conformance                       # native only
 //! conformance --builds native,component,clickhouse,js
 //! conformance --bless               # rewrite expected results from the native core
+//! conformance --normalised          # print each vector as the harnesses get it
 //! ```
+//!
+//! The ClickHouse and JavaScript harnesses read the vectors from their
+//! standard input, one [`Vector::normalised`] JSON line each, and print one
+//! result line per vector.
 
 use adtally_conformance::{Actual, Vector, compare, load_all, run_native, vectors_dir};
 use anyhow::{Result, bail};
 use clap::Parser;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 #[derive(Parser)]
 #[command(about = "Run adtally's conformance vectors against its builds")]
@@ -24,6 +30,9 @@ struct Args {
     /// Rewrite each vector's expected results from the native core.
     #[arg(long)]
     bless: bool,
+    /// Print every vector, normalised, one JSON line each, and exit.
+    #[arg(long)]
+    normalised: bool,
     /// The vectors directory.
     #[arg(long)]
     vectors: Option<PathBuf>,
@@ -54,6 +63,12 @@ fn main() -> Result<()> {
         println!("blessed {} vectors from the native core", vectors.len());
         return Ok(());
     }
+    if args.normalised {
+        for v in &vectors {
+            println!("{}", v.normalised());
+        }
+        return Ok(());
+    }
     let mut table: Vec<(String, Results)> = Vec::new();
     for build in &args.builds {
         let results = match build.as_str() {
@@ -65,14 +80,12 @@ fn main() -> Result<()> {
             "clickhouse" => external(
                 Command::new(&args.python)
                     .arg("clickhouse/conformance.py")
-                    .arg(&dir)
                     .arg(&args.clickhouse_module),
                 &vectors,
             ),
             "js" => external(
                 Command::new("node")
                     .arg("udf/js/conformance.mjs")
-                    .arg(&dir)
                     .arg(&args.js_pkg),
                 &vectors,
             ),
@@ -83,8 +96,10 @@ fn main() -> Result<()> {
     print_table(&vectors, &table)
 }
 
-/// Runs an external runner that prints one JSON object per vector:
-/// `{"name": ..., "records"?: ..., "outputs"?: ..., "merges"?: ..., "error"?: ...}`.
+/// Runs an external runner, the normalised vectors on its standard input,
+/// that prints one JSON object per vector: `{"name": ..., "records"?: ...,
+/// "outputs"?: ..., "merges"?: ..., "calls"?: ..., "config_error"?: ...,
+/// "error"?: ...}`.
 fn external(cmd: &mut Command, vectors: &[Vector]) -> Results {
     let failed = |msg: String| {
         vectors
@@ -92,9 +107,25 @@ fn external(cmd: &mut Command, vectors: &[Vector]) -> Results {
             .map(|v| (v.name.clone(), Err(msg.clone())))
             .collect()
     };
-    let out = match cmd.output() {
+    let input: String = vectors
+        .iter()
+        .map(|v| v.normalised().to_string() + "\n")
+        .collect();
+    let run = || -> std::io::Result<std::process::Output> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output()?;
+        writer.join().expect("the writer does not panic")?;
+        Ok(out)
+    };
+    let out = match run() {
         Ok(o) => o,
-        Err(e) => return failed(format!("could not start {cmd:?}: {e}")),
+        Err(e) => return failed(format!("could not run {cmd:?}: {e}")),
     };
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -118,6 +149,11 @@ fn external(cmd: &mut Command, vectors: &[Vector]) -> Results {
                 records: v.get("records").cloned(),
                 outputs: v.get("outputs").cloned(),
                 merges: v.get("merges").cloned(),
+                calls: v.get("calls").cloned(),
+                config_error: v
+                    .get("config_error")
+                    .and_then(Value::as_str)
+                    .map(String::from),
             }),
         };
         results.insert(name, r);
@@ -219,12 +255,31 @@ mod component {
     }
 
     fn run_one(module: &Module, v: &Vector) -> Result<Actual> {
-        let agg = module.create(&serde_json::to_string(&v.config)?)?;
+        let merges = merges(module, v)?;
+        let agg = match module.create(&v.config_json) {
+            Ok(agg) => agg,
+            Err(e) => {
+                return Ok(Actual {
+                    merges: Some(merges),
+                    config_error: Some(format!("{e:#}")),
+                    ..Actual::default()
+                });
+            }
+        };
         let mut c = Component {
             module,
             agg: Some(agg),
         };
-        let outputs = run_steps(v, &mut c)?;
+        Ok(Actual {
+            records: None,
+            outputs: Some(run_steps(v, &mut c)?),
+            merges: Some(merges),
+            calls: None,
+            config_error: None,
+        })
+    }
+
+    fn merges(module: &Module, v: &Vector) -> Result<Value> {
         let mut merges = Vec::new();
         for m in &v.merges {
             let lists: Vec<Vec<RankedAd>> = m
@@ -241,11 +296,7 @@ mod component {
                 .collect();
             merges.push(merge_result_json(module.merge_top_n(&lists, m.n)?));
         }
-        Ok(Actual {
-            records: None,
-            outputs: Some(outputs),
-            merges: Some(Value::Array(merges)),
-        })
+        Ok(Value::Array(merges))
     }
 
     pub fn run(path: &Path, vectors: &[Vector]) -> Results {

@@ -11,10 +11,15 @@ fn vectors() -> Vec<Vector> {
     load_all(&vectors_dir()).expect("vectors load")
 }
 
+/// The vectors whose configuration the core accepts, which run steps.
+fn running() -> impl Iterator<Item = Vector> {
+    vectors().into_iter().filter(|v| v.config.is_ok())
+}
+
 fn outputs_with(v: &Vector, steps: Vec<Step>) -> serde_json::Value {
     let mut v = v.clone();
     v.steps = steps;
-    let mut engine = Native(Engine::new(v.config.clone()).unwrap());
+    let mut engine = Native(Engine::new(v.config.clone().unwrap()).unwrap());
     run_steps(&v, &mut engine).unwrap()
 }
 
@@ -30,7 +35,7 @@ fn every_vector_passes_natively() {
 
 #[test]
 fn snapshot_restore_is_invisible() {
-    for v in vectors() {
+    for v in running() {
         let plain: Vec<Step> = v
             .steps
             .iter()
@@ -54,7 +59,7 @@ fn snapshot_restore_is_invisible() {
 
 #[test]
 fn batch_boundaries_are_invisible() {
-    for v in vectors() {
+    for v in running() {
         let split: Vec<Step> = v
             .steps
             .iter()
@@ -87,8 +92,11 @@ fn every_invalid_reason_is_covered() {
         .iter()
         .flat_map(|v| {
             let expected = v.expected().unwrap();
-            let records = expected["records"].as_array().unwrap().clone();
-            let invalid = expected["outputs"]["invalid"].as_array().unwrap().clone();
+            let records = expected["records"].as_array().cloned().unwrap_or_default();
+            let invalid = expected["outputs"]["invalid"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             records.into_iter().chain(invalid)
         })
         .filter_map(|r| r["reason"].as_str().map(String::from))

@@ -10,20 +10,19 @@
 //! |---|---|---|
 //! | `adtally_parse` | BUFFERED_V1 | `(payload String) -> Tuple(kind, reason, key, ad_id String, time_ms Int64, user_id, ip, country, event_id String)` |
 //! | `adtally_parse_at` | BUFFERED_V1 | `(payload String, record_time_ms Int64, max_future_skew_ms Int64) -> same` |
-//! | `adtally_window_start` | ROW_DIRECT | `(time_ms Int64, window_ms Int64) -> Int64` |
+//! | `adtally_window_start` | BUFFERED_V1 | `(time_ms Int64, window_ms Int64) -> Int64` |
 //! | `adtally_filter_ids` | BUFFERED_V1 | `(filters_json String, country String, ip String, user_id String) -> Array(UInt32)` |
 //! | `adtally_merge_top_n` | BUFFERED_V1 | `(lists Array(Array(Tuple(String, UInt64))), n UInt32) -> Array(Tuple(String, UInt64))` |
+//! | `adtally_config` | BUFFERED_V1 | `(config_json String) -> String`: the whole configuration, defaults filled in |
 //! | `adtally_semantics_version` | ROW_DIRECT | `(x UInt32) -> UInt32`, ignores `x` |
 //!
-//! `kind` is `click`, `heartbeat` or `invalid`; `reason` is the invalid
-//! reason's code (empty otherwise); `key` is the event key in 32 hex digits.
-//! Fields that do not apply are empty strings and 0.
+//! The tuple is the core's [`RecordSummary`] as SQL columns
+//! ([`RecordSummary::columns`]): fields that do not apply are empty strings
+//! and 0. A bad argument (a window size out of range, a configuration the
+//! core refuses) fails the query with the core's message.
 
-use adtally_core::topn;
-use adtally_core::{
-    AdId, Click, Config, Country, EventKey, EventTime, FilterSet, Record, UserId, WindowSize,
-    parse_record,
-};
+use adtally_core::summary::SummaryColumns;
+use adtally_core::{Config, FilterSet, RecordSummary, WindowSize, topn};
 use clickhouse_wasm_udf::clickhouse_udf;
 use std::cell::RefCell;
 
@@ -42,32 +41,29 @@ pub type Parsed = (
 
 /// What `adtally_parse` returns for a payload.
 pub fn parse(payload: &[u8], record_time_ms: Option<i64>, max_future_skew_ms: i64) -> Parsed {
-    let e = String::new;
-    match parse_record(payload, record_time_ms, max_future_skew_ms) {
-        Err(r) => (
-            "invalid".into(),
-            r.code().to_string(),
-            e(),
-            e(),
-            0,
-            e(),
-            e(),
-            e(),
-            e(),
-        ),
-        Ok(Record::Heartbeat(t)) => ("heartbeat".into(), e(), e(), e(), t.0, e(), e(), e(), e()),
-        Ok(Record::Click(c)) => (
-            "click".into(),
-            e(),
-            EventKey::of(&c).to_string(),
-            c.ad_id.to_string(),
-            c.timestamp.0,
-            c.user_id.to_string(),
-            c.ip.to_string(),
-            c.country.to_string(),
-            c.event_id.map(|i| i.to_string()).unwrap_or_default(),
-        ),
-    }
+    let summary = RecordSummary::of(payload, record_time_ms, max_future_skew_ms);
+    let SummaryColumns {
+        kind,
+        reason,
+        key,
+        ad_id,
+        time_ms,
+        user_id,
+        ip,
+        country,
+        event_id,
+    } = summary.columns();
+    (
+        kind.into(),
+        reason,
+        key,
+        ad_id.into(),
+        time_ms,
+        user_id.into(),
+        ip,
+        country.into(),
+        event_id.into(),
+    )
 }
 
 #[clickhouse_udf]
@@ -84,14 +80,21 @@ fn adtally_parse_at(
     parse(&payload.0, Some(record_time_ms), max_future_skew_ms)
 }
 
-/// Window start of `time_ms` for windows of `window_ms` (floored; a
-/// `window_ms` below 1 is treated as 1).
-#[unsafe(no_mangle)]
-pub extern "C" fn adtally_window_start(time_ms: i64, window_ms: i64) -> i64 {
-    WindowSize::new(window_ms)
-        .unwrap_or(WindowSize::new(1).expect("1 is a size"))
-        .window_of(EventTime(time_ms))
-        .0
+/// Window start of `time_ms` for windows of `window_ms`
+/// ([`WindowSize::checked`]: a size out of range is an error).
+#[clickhouse_udf]
+fn adtally_window_start(time_ms: i64, window_ms: i64) -> Result<i64, String> {
+    let size = WindowSize::checked(window_ms).map_err(|e| e.to_string())?;
+    Ok(size.window_of(adtally_core::EventTime(time_ms)).0)
+}
+
+/// The configuration `config_json` means, every default filled in, as
+/// JSON; an error names the field the core refuses.
+#[clickhouse_udf]
+fn adtally_config(config_json: String) -> Result<String, String> {
+    Config::from_json(&config_json)
+        .map(|c| c.to_json())
+        .map_err(|e| e.to_string())
 }
 
 /// The semantics version of the core in this module.
@@ -111,9 +114,9 @@ thread_local! {
 }
 
 /// The filter ids (0 first) a click with these dimensions matches under
-/// `filters_json` (a JSON list of filter specs, or a whole config object).
-/// Dimensions that are not valid (as on an invalid record's row, which SQL
-/// may evaluate anyway) match nothing: `[]`. A bad `filters_json` is an error.
+/// `filters_json` (a JSON list of filter specs, or a whole config object):
+/// [`FilterSet::matching_dimensions`], so dimensions no valid click has
+/// match nothing. A bad `filters_json` is an error.
 pub fn filter_ids(
     filters_json: &str,
     country: &str,
@@ -123,34 +126,20 @@ pub fn filter_ids(
     FILTERS.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.as_ref().is_none_or(|(json, _)| json != filters_json) {
-            let config_json = if filters_json.trim_start().starts_with('[') {
-                format!("{{\"filters\":{filters_json}}}")
+            let config = if filters_json.trim_start().starts_with('[') {
+                Config::from_json(&format!("{{\"filters\":{filters_json}}}"))
             } else {
-                filters_json.to_string()
+                Config::from_json(filters_json)
             };
-            let config = Config::from_json(&config_json).map_err(|e| e.to_string())?;
-            let set = config.check().map_err(|e| e.to_string())?;
+            let set = config.and_then(|c| c.check()).map_err(|e| e.to_string())?;
             *cache = Some((filters_json.to_string(), set));
         }
         let set = &cache.as_ref().expect("filled above").1;
-        let (Ok(user_id), Ok(ip), Ok(country)) = (
-            UserId::new(user_id),
-            ip.parse::<adtally_core::IpAddr>(),
-            Country::new(country),
-        ) else {
-            return Ok(Vec::new());
-        };
-        let click = Click {
-            ad_id: AdId::new("x").expect("valid"),
-            timestamp: EventTime(0),
-            user_id,
-            ip: ip.to_canonical(),
-            country,
-            event_id: None,
-        };
-        let mut ids = Vec::new();
-        set.matching(&click, &mut ids);
-        Ok(ids.into_iter().map(|f| f.0).collect())
+        Ok(set
+            .matching_dimensions(country, ip, user_id)
+            .into_iter()
+            .map(|f| f.0)
+            .collect())
     })
 }
 

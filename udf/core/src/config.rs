@@ -3,6 +3,7 @@
 use crate::dedup::MAX_HORIZON_MS;
 use crate::filter::{FilterSet, FilterSpec};
 use crate::watermark::Quorum;
+use crate::window::WindowSize;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -166,7 +167,7 @@ impl Config {
                 ))
             }
         };
-        range("window_ms", self.window_ms, 1, 24 * HOUR)?;
+        WindowSize::checked(self.window_ms)?;
         range("out_of_orderness_ms", self.out_of_orderness_ms, 0, HOUR)?;
         range("allowed_lateness_ms", self.allowed_lateness_ms, 0, HOUR)?;
         range(

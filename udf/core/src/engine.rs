@@ -498,7 +498,7 @@ impl Engine {
     }
 
     pub(crate) fn from_parts(config: Config, filters: FilterSet) -> Engine {
-        let size = WindowSize::new(config.window_ms).unwrap_or(WindowSize::MINUTE);
+        let size = WindowSize::checked(config.window_ms).expect("checked by Config::check");
         Engine {
             config,
             filters,

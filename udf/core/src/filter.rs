@@ -1,6 +1,6 @@
 //! Filters: the star-schema dimensions a click is counted under.
 
-use crate::{Click, ClickRef, ConfigError, Country, IpAddr, UserId};
+use crate::{Click, ClickRef, ConfigError, Country, EventTime, IpAddr, UserId};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -172,6 +172,33 @@ impl FilterSet {
                 .filter(|f| f.matches(click))
                 .map(|f| f.id),
         );
+    }
+
+    /// The ids of the filters a click with these dimensions matches, filter
+    /// 0 first: what [`FilterSet::matching`] says of such a click.
+    /// Dimensions no valid click has (a country that is not an ISO 3166-1
+    /// alpha-3 code, text that is not an IP address, a user id the parser
+    /// refuses) match no filter at all, not even filter 0, just as the
+    /// record they came from counts in none: `[]`, never an error, because
+    /// SQL evaluates the function on the rows of invalid records too.
+    ///
+    /// ```
+    /// use adtally_core::{Config, FilterId};
+    /// let set = Config::from_json(r#"{"filters":[{"id":1,"country":["USA"]}]}"#).unwrap().check().unwrap();
+    /// assert_eq!(set.matching_dimensions("USA", "1.2.3.4", "u1"), [FilterId(0), FilterId(1)]);
+    /// assert_eq!(set.matching_dimensions("FRA", "::ffff:1.2.3.4", "u1"), [FilterId(0)]);
+    /// assert_eq!(set.matching_dimensions("XX", "1.2.3.4", "u1"), []);
+    /// assert_eq!(set.matching_dimensions("USA", "", ""), []);
+    /// ```
+    pub fn matching_dimensions(&self, country: &str, ip: &str, user_id: &str) -> Vec<FilterId> {
+        let mut out = Vec::new();
+        let (Ok(country), Ok(ip)) = (Country::new(country), ip.parse::<IpAddr>()) else {
+            return out;
+        };
+        if let Ok(click) = ClickRef::new("x", EventTime(0), user_id, ip, country, None) {
+            self.matching_ref(&click, &mut out);
+        }
+        out
     }
 
     /// Whether any filter besides filter 0 is configured.

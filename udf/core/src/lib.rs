@@ -227,6 +227,7 @@ mod parse;
 mod prefetch;
 mod selftest;
 pub mod snapshot;
+pub mod summary;
 pub mod topn;
 mod validate;
 mod watermark;
@@ -241,13 +242,14 @@ pub use event::{
 };
 pub use filter::{FilterId, FilterSet, FilterSpec};
 pub use key::EventKey;
-pub use parse::{Record, parse_record};
+pub use parse::{Record, Routing, parse_record, routing};
 pub use selftest::self_test;
 pub use snapshot::SnapshotError;
+pub use summary::{Classifier, RecordKind, RecordSummary};
 pub use topn::RankedAd;
 pub use validate::{Field, InvalidReason};
 pub use watermark::{Quorum, Watermark};
-pub use window::{WindowSize, WindowStart};
+pub use window::{MAX_WINDOW_MS, WindowSize, WindowStart};
 
 /// Version of the semantics described in this crate's documentation. It
 /// changes whenever the same input could produce a different output; modules

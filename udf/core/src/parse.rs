@@ -46,6 +46,36 @@ pub fn parse_record(
     )
 }
 
+/// Where a producer sends a record so that the core's per-partition rules
+/// hold: every click of an ad, and so every repeat of a click, in one
+/// partition; heartbeats in every partition (each partition's watermark
+/// needs them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// A click: key it by its ad.
+    ByAd(crate::AdId),
+    /// A heartbeat: send it to every partition.
+    EveryPartition,
+    /// An invalid record: any partition side-lines it with its reason.
+    AnyPartition,
+}
+
+/// The [`Routing`] of a payload, by [`parse_record`] without a record time.
+///
+/// ```
+/// use adtally_core::{routing, Routing};
+/// assert!(matches!(routing(b"ad7, 1000, u, 1.1.1.1, USA"), Routing::ByAd(a) if a.as_str() == "ad7"));
+/// assert_eq!(routing(b"[Heartbeat] 1000"), Routing::EveryPartition);
+/// assert_eq!(routing(b", 1, u"), Routing::AnyPartition);
+/// ```
+pub fn routing(payload: &[u8]) -> Routing {
+    match parse_record(payload, None, 0) {
+        Ok(Record::Click(c)) => Routing::ByAd(c.ad_id),
+        Ok(Record::Heartbeat(_)) => Routing::EveryPartition,
+        Err(_) => Routing::AnyPartition,
+    }
+}
+
 /// A parsed record: log lines borrow from the payload, JSON (which may
 /// escape its strings) is owned.
 pub(crate) enum Parsed<'a> {

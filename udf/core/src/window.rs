@@ -1,7 +1,10 @@
 //! Event-time tumbling windows.
 
-use crate::EventTime;
+use crate::{ConfigError, EventTime};
 use serde::{Deserialize, Serialize};
+
+/// The longest window: one day.
+pub const MAX_WINDOW_MS: i64 = 24 * 3_600_000;
 
 /// The length of a tumbling window in milliseconds (at least 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -11,9 +14,27 @@ impl WindowSize {
     /// One minute, the default.
     pub const MINUTE: WindowSize = WindowSize(60_000);
 
-    /// A window size of `ms` milliseconds; `None` unless `ms >= 1`.
-    pub fn new(ms: i64) -> Option<WindowSize> {
-        (ms >= 1).then_some(WindowSize(ms))
+    /// A window size of `ms` milliseconds, as configured: between 1 and
+    /// [`MAX_WINDOW_MS`], or the error that names `window_ms`. This is the
+    /// one rule for a window size from outside (a config, a SQL argument, a
+    /// JavaScript call): nothing outside that range is rounded into it.
+    ///
+    /// ```
+    /// use adtally_core::WindowSize;
+    /// assert_eq!(WindowSize::checked(60_000).unwrap(), WindowSize::MINUTE);
+    /// let e = WindowSize::checked(0).unwrap_err();
+    /// assert_eq!(e.to_string(), "invalid config `window_ms` = 0: must be between 1 and 86400000");
+    /// ```
+    pub fn checked(ms: i64) -> Result<WindowSize, ConfigError> {
+        if (1..=MAX_WINDOW_MS).contains(&ms) {
+            Ok(WindowSize(ms))
+        } else {
+            Err(ConfigError::new(
+                "window_ms",
+                ms,
+                alloc::format!("must be between 1 and {MAX_WINDOW_MS}"),
+            ))
+        }
     }
 
     /// The size in milliseconds.

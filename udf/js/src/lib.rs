@@ -13,10 +13,7 @@
 //! ```
 
 use adtally_core::topn;
-use adtally_core::{
-    AdId, Config, Country, EventKey, EventTime, Offset, Outputs, Partition, Record, UserId,
-    WindowSize, parse_record,
-};
+use adtally_core::{Config, EventTime, Offset, Outputs, Partition, RecordSummary, WindowSize};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
@@ -89,39 +86,31 @@ impl Engine {
     }
 }
 
-/// What one record is: `{"kind": "click"|"heartbeat"|"invalid", ...}` with
-/// `reason`, or `key`, `time`, `ad_id`, `user_id`, `ip`, `country`.
+/// What one record is: the core's `RecordSummary` as JSON,
+/// `{"kind": "click"|"heartbeat"|"invalid", ...}` with `reason`, or `time`,
+/// or `key`, `time`, `ad_id`, `user_id`, `ip`, `country` and `event_id`
+/// (when the click has one).
 #[wasm_bindgen]
 pub fn parse(payload: &[u8], record_time_ms: Option<f64>, max_future_skew_ms: f64) -> String {
-    let v = match parse_record(
+    let summary = RecordSummary::of(
         payload,
         record_time_ms.map(|t| t as i64),
         max_future_skew_ms as i64,
-    ) {
-        Err(r) => json!({"kind": "invalid", "reason": r.code().to_string()}),
-        Ok(Record::Heartbeat(t)) => json!({"kind": "heartbeat", "time": t.0}),
-        Ok(Record::Click(c)) => json!({
-            "kind": "click",
-            "key": EventKey::of(&c).to_string(),
-            "time": c.timestamp.0,
-            "ad_id": c.ad_id.as_str(),
-            "user_id": c.user_id.as_str(),
-            "ip": c.ip.to_string(),
-            "country": c.country.as_str(),
-        }),
-    };
-    v.to_string()
+    );
+    serde_json::to_string(&summary).unwrap_or_default()
 }
 
-/// The start of the window holding `timeMs`.
+/// The start of the window holding `timeMs`; throws when `windowMs` is not
+/// a window size the core accepts (1 ms to a day).
 #[wasm_bindgen(js_name = windowStart)]
 pub fn window_start(time_ms: f64, window_ms: f64) -> Result<f64, JsError> {
-    let size = WindowSize::new(window_ms as i64)
-        .ok_or_else(|| err(format!("window_ms {window_ms}: must be at least 1")))?;
+    let size = WindowSize::checked(window_ms as i64).map_err(err)?;
     Ok(size.window_of(EventTime(time_ms as i64)).0 as f64)
 }
 
-/// The filter ids (0 first) a click with these dimensions matches.
+/// The filter ids (0 first) a click with these dimensions matches under
+/// `configJson`; dimensions no valid click has match nothing (`[]`), as in
+/// the core. Throws when the configuration is refused.
 #[wasm_bindgen(js_name = filterIds)]
 pub fn filter_ids(
     config_json: &str,
@@ -132,20 +121,18 @@ pub fn filter_ids(
     let set = Config::from_json(config_json)
         .and_then(|c| c.check())
         .map_err(err)?;
-    let click = adtally_core::Click {
-        ad_id: AdId::new("x").map_err(err)?,
-        timestamp: EventTime(0),
-        user_id: UserId::new(user_id).map_err(|e| err(format!("user_id {user_id:?}: {e}")))?,
-        ip: ip
-            .parse::<adtally_core::IpAddr>()
-            .map_err(|_| err(format!("ip {ip:?}: not an IP address")))?
-            .to_canonical(),
-        country: Country::new(country).map_err(|e| err(format!("country {country:?}: {e}")))?,
-        event_id: None,
-    };
-    let mut ids = Vec::new();
-    set.matching(&click, &mut ids);
-    Ok(ids.into_iter().map(|f| f.0).collect())
+    Ok(set
+        .matching_dimensions(country, ip, user_id)
+        .into_iter()
+        .map(|f| f.0)
+        .collect())
+}
+
+/// `configJson` as the core reads it, every default filled in, as JSON;
+/// throws naming the field the core refuses.
+#[wasm_bindgen]
+pub fn config(config_json: &str) -> Result<String, JsError> {
+    Ok(Config::from_json(config_json).map_err(err)?.to_json())
 }
 
 /// Merges top-N lists (`[[["ad", clicks], ...], ...]` as JSON) over disjoint
