@@ -13,13 +13,14 @@ setup:
 
 # The three WebAssembly builds of the core, under target/wasm/.
 wasm:
+	@echo "make wasm: the core's WebAssembly builds into $(WASM_DIR) (the first time about 5 minutes on 2 cores)"
 	@mkdir -p $(WASM_DIR)
 	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm --features trap-test-marker
 	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/adtally_component_trap_marker.wasm
 	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm
-	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm --features upgrade-test-marker
+	cargo build -p adtally-clickhouse --target wasm32-unknown-unknown --profile wasm --features upgrade-test-marker
 	cp $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/adtally_clickhouse_marker.wasm
-	cargo build -p adtally-clickhouse-udf --target wasm32-unknown-unknown --profile wasm
+	cargo build -p adtally-clickhouse --target wasm32-unknown-unknown --profile wasm
 	cargo build -p adtally-js --target wasm32-unknown-unknown --profile wasm
 	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/
 	cp $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/
@@ -30,7 +31,7 @@ conformance: wasm
 	cargo run --release -q -p adtally-conformance -- --builds native,component,clickhouse,js
 
 test: setup wasm
-	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse-udf --exclude adtally-js
+	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse --exclude adtally-js
 	$(ADTALLY_PYTHON) -m pytest -q clickhouse/tests
 	$(MAKE) --no-print-directory conformance
 	$(MAKE) --no-print-directory examples
@@ -44,18 +45,20 @@ examples: setup wasm
 
 # Figures and how to read them: docs/benchmarks.md.
 bench: setup wasm
-	cargo bench -p adtally-bench --bench core
+	cargo bench -p adtally-benches --bench core
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --exclude adtally-component --exclude adtally-clickhouse-udf --exclude adtally-js --all-targets -- -D warnings
+	cargo clippy --workspace --exclude adtally-component --exclude adtally-clickhouse --exclude adtally-js --all-targets -- -D warnings
 	cargo clippy -p adtally-component --target wasm32-wasip2 -- -D warnings
-	cargo clippy -p adtally-clickhouse-udf -p adtally-js --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy -p adtally-clickhouse -p adtally-js --target wasm32-unknown-unknown -- -D warnings
 
 # A generated stream through Kafka (Tansu), the core component and an embedded
 # ClickHouse, checked against the generator's own totals; then the top ads.
 demo: setup wasm
-	cargo run --release -q -p adtally-host -- demo
+	@echo "make demo: building the demo (release; the first build takes about 10 minutes on 2 cores, later ones seconds)"
+	cargo build --release -p adtally-demo
+	$(CARGO_TARGET)/release/adtally-demo
 
 clean:
 	cargo clean

@@ -1,10 +1,10 @@
 //! Core throughput: the native engine vs the same engine as a component in
 //! wasmtime, on one stream, in one run; plus dedup memory per key.
 //!
-//! `cargo bench -p adtally-bench --bench core` (needs `make wasm` first).
+//! `cargo bench -p adtally-benches --bench core` (needs `make wasm` first).
 //! Prints events/s for each, their time ratio, and bytes per remembered key.
 
-use adtally_bench::{Shape, batches, stream};
+use adtally_benches::{Shape, batches, stream};
 use adtally_core::Click;
 use adtally_core::columns::ClickColumns;
 use adtally_core::{Config, Engine, Offset, Outputs, Partition, RawRecord};

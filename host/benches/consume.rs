@@ -5,8 +5,9 @@
 //! Both rates are measured from the first record to the last, so the
 //! consumer-group join (3-30 s on Tansu) does not count.
 
-use adtally_chserver::EmbeddedClickHouse;
-use adtally_host::{broker::LocalBroker, generator, pipeline, source};
+use adtally_broker::LocalBroker;
+use adtally_clickhouse_embedded::EmbeddedClickHouse;
+use adtally_host::{generator, pipeline, source};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::path::Path;
@@ -53,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     // ClickHouse runs through both measurements, so that the raw consumer
     // shares the machine with it as the host does.
     let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse"))?;
-    adtally_host::sink::install_schema(&ch.url())?;
+    adtally_clickhouse_embedded::install_schema(&ch.url())?;
 
     // Raw: an rdkafka consumer that only counts, twice (the broker's first
     // read of a topic can be slower); the host is compared with the faster.

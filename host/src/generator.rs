@@ -51,6 +51,99 @@ pub struct GenConfig {
     pub ysb: bool,
 }
 
+/// The generator's command-line flags (`adtally gen`, the demo).
+#[derive(clap::Args, Clone, Debug)]
+pub struct StreamArgs {
+    /// Records to generate.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: usize,
+    /// Distinct ads.
+    #[arg(long, default_value_t = 20_000)]
+    pub ads: u64,
+    /// Partitions (records are keyed by ad).
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Clicks per second of event time.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// Fraction of records that repeat an earlier click exactly.
+    #[arg(long, default_value_t = 0.01)]
+    pub duplicates: f64,
+    /// Fraction of clicks placed 30 minutes behind (late), once the stream
+    /// is 40 minutes long.
+    #[arg(long, default_value_t = 0.005)]
+    pub late: f64,
+    /// Fraction of invalid records (an unknown country).
+    #[arg(long, default_value_t = 0.005)]
+    pub invalid: f64,
+    /// Largest backwards jitter of a click's time, in ms (disorder); at most
+    /// the core's default out-of-orderness (15,000) for the totals to hold.
+    #[arg(long, default_value_t = 5_000)]
+    pub disorder_ms: i64,
+    /// Yahoo Streaming Benchmark events (its JSON schema; its `view` events
+    /// are the clicks) instead of log lines.
+    #[arg(long)]
+    pub ysb: bool,
+    /// Fraction of clicks whose clock is 30 minutes ahead (counted in their
+    /// own minute; they must not make later clicks late).
+    #[arg(long, default_value_t = 0.0)]
+    pub ahead: f64,
+    /// Every this many records, a heartbeat in 2199 on every partition
+    /// (side-lined as ahead of its partition); 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub far_heartbeat_every: usize,
+}
+
+impl StreamArgs {
+    /// The generator's configuration, or what is wrong with the flags.
+    pub fn config(&self) -> anyhow::Result<GenConfig> {
+        use anyhow::bail;
+        // The expected totals assume the core's default configuration:
+        // disorder within its out-of-orderness is never late.
+        let out_of_orderness_ms = adtally_core::Config::default().out_of_orderness_ms;
+        if self.partitions == 0 || self.ads == 0 || self.rate == 0 {
+            bail!("--partitions, --ads and --rate must be at least 1");
+        }
+        for (name, f) in [
+            ("--duplicates", self.duplicates),
+            ("--late", self.late),
+            ("--invalid", self.invalid),
+            ("--ahead", self.ahead),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                bail!("{name} {f}: a fraction between 0 and 1");
+            }
+        }
+        if self.duplicates + self.late + self.invalid > 1.0 {
+            bail!("--duplicates + --late + --invalid must not exceed 1");
+        }
+        if !(0..=out_of_orderness_ms).contains(&self.disorder_ms) {
+            bail!(
+                "--disorder-ms {}: between 0 and the core's out-of-orderness ({out_of_orderness_ms}), or the expected totals would not hold",
+                self.disorder_ms
+            );
+        }
+        Ok(GenConfig {
+            records: self.records,
+            ads: self.ads,
+            partitions: self.partitions,
+            seed: self.seed,
+            rate_per_s: self.rate,
+            duplicates: self.duplicates,
+            late: self.late,
+            invalid: self.invalid,
+            disorder_ms: self.disorder_ms,
+            ysb: self.ysb,
+            ahead: self.ahead,
+            far_heartbeat_every: self.far_heartbeat_every,
+            ..GenConfig::default()
+        })
+    }
+}
+
 impl Default for GenConfig {
     fn default() -> GenConfig {
         GenConfig {

@@ -1,10 +1,12 @@
 //! The adtally service's parts: sources of clicks (`generator`, `ship`, `source`),
-//! the ClickHouse `sink`, and a local `broker` for the demo and tests.
+//! the ClickHouse `sink`, and the `pipeline` that joins them.
 //!
 //! This crate owns the I/O around the core: it never decides what a count
 //! is (the core does, inside the component that `adtally-runtime` runs).
+//! The local broker and the embedded ClickHouse that the demo, the tests
+//! and the benchmarks run on are crates of their own (`adtally-broker`,
+//! `adtally-clickhouse-embedded`), never part of the service.
 
-pub mod broker;
 pub mod connect;
 pub mod generator;
 pub mod pipeline;

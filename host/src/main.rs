@@ -8,20 +8,16 @@
 //! adtally gen  --records 100000 > stream.tsv   # a generated stream: partition<TAB>record
 //! adtally ship --brokers B clicks.log           # follow log files into the topic
 //! adtally run  --brokers B --clickhouse URL     # topic -> core component -> ClickHouse
-//! adtally demo                                  # generator -> core component -> embedded ClickHouse
 //! ```
 
 use adtally_host::connect::{ClickHouseAuth, KafkaProperties, redact_url};
 use adtally_host::snapshot_policy::SnapshotPolicy;
-use adtally_host::{broker, generator, pipeline, sink, source};
+use adtally_host::{generator, pipeline, source};
 
-use adtally_chserver::EmbeddedClickHouse;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "adtally", version, about = "Exact ad-click aggregation")]
@@ -35,7 +31,7 @@ enum Command {
     /// Generate a click stream: print it (partition<TAB>record per line), or produce it to Kafka.
     Gen {
         #[command(flatten)]
-        stream: StreamArgs,
+        stream: generator::StreamArgs,
         /// Produce to this Kafka cluster instead of printing.
         #[arg(long)]
         brokers: Option<String>,
@@ -161,104 +157,6 @@ enum Command {
         #[arg(long, env = "ADTALLY_CLICKHOUSE_PASSWORD", hide_env_values = true)]
         clickhouse_password: Option<String>,
     },
-    /// Run a generated stream through the core component into an embedded ClickHouse and print the top ads.
-    Demo {
-        #[command(flatten)]
-        stream: StreamArgs,
-        /// The core component.
-        #[arg(long, default_value = "target/wasm/adtally_component.wasm")]
-        module: PathBuf,
-        /// Where the demo keeps its broker log and ClickHouse data (emptied first).
-        #[arg(long, default_value = ".adtally/demo")]
-        data: PathBuf,
-    },
-}
-
-#[derive(clap::Args)]
-struct StreamArgs {
-    /// Records to generate.
-    #[arg(long, default_value_t = 200_000)]
-    records: usize,
-    /// Distinct ads.
-    #[arg(long, default_value_t = 20_000)]
-    ads: u64,
-    /// Partitions (records are keyed by ad).
-    #[arg(long, default_value_t = 4)]
-    partitions: u32,
-    /// Random seed.
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
-    /// Clicks per second of event time.
-    #[arg(long, default_value_t = 50)]
-    rate: u32,
-    /// Fraction of records that repeat an earlier click exactly.
-    #[arg(long, default_value_t = 0.01)]
-    duplicates: f64,
-    /// Fraction of clicks placed 30 minutes behind (late), once the stream
-    /// is 40 minutes long.
-    #[arg(long, default_value_t = 0.005)]
-    late: f64,
-    /// Fraction of invalid records (an unknown country).
-    #[arg(long, default_value_t = 0.005)]
-    invalid: f64,
-    /// Largest backwards jitter of a click's time, in ms (disorder); at most
-    /// the core's out-of-orderness (15,000) for the totals to hold.
-    #[arg(long, default_value_t = 5_000)]
-    disorder_ms: i64,
-    /// Yahoo Streaming Benchmark events (its JSON schema; its `view` events
-    /// are the clicks) instead of log lines.
-    #[arg(long)]
-    ysb: bool,
-    /// Fraction of clicks whose clock is 30 minutes ahead (counted in their
-    /// own minute; they must not make later clicks late).
-    #[arg(long, default_value_t = 0.0)]
-    ahead: f64,
-    /// Every this many records, a heartbeat in 2199 on every partition
-    /// (side-lined as ahead of its partition); 0: none.
-    #[arg(long, default_value_t = 0)]
-    far_heartbeat_every: usize,
-}
-
-impl StreamArgs {
-    fn config(&self) -> Result<generator::GenConfig> {
-        if self.partitions == 0 || self.ads == 0 || self.rate == 0 {
-            bail!("--partitions, --ads and --rate must be at least 1");
-        }
-        for (name, f) in [
-            ("--duplicates", self.duplicates),
-            ("--late", self.late),
-            ("--invalid", self.invalid),
-            ("--ahead", self.ahead),
-        ] {
-            if !(0.0..=1.0).contains(&f) {
-                bail!("{name} {f}: a fraction between 0 and 1");
-            }
-        }
-        if self.duplicates + self.late + self.invalid > 1.0 {
-            bail!("--duplicates + --late + --invalid must not exceed 1");
-        }
-        if !(0..=15_000).contains(&self.disorder_ms) {
-            bail!(
-                "--disorder-ms {}: between 0 and the core's out-of-orderness (15000), or the expected totals would not hold",
-                self.disorder_ms
-            );
-        }
-        Ok(generator::GenConfig {
-            records: self.records,
-            ads: self.ads,
-            partitions: self.partitions,
-            seed: self.seed,
-            rate_per_s: self.rate,
-            duplicates: self.duplicates,
-            late: self.late,
-            invalid: self.invalid,
-            disorder_ms: self.disorder_ms,
-            ysb: self.ysb,
-            ahead: self.ahead,
-            far_heartbeat_every: self.far_heartbeat_every,
-            ..generator::GenConfig::default()
-        })
-    }
 }
 
 fn main() -> Result<()> {
@@ -396,138 +294,7 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Demo {
-            stream,
-            module,
-            data,
-        } => demo(stream.config()?, &module, &data),
     }
-}
-
-#[tokio::main(flavor = "multi_thread")]
-async fn demo(config: generator::GenConfig, module_path: &Path, data: &Path) -> Result<()> {
-    let _ = std::fs::remove_dir_all(data);
-    std::fs::create_dir_all(data)?;
-    println!(
-        "adtally demo: generator -> Kafka (Tansu) -> adtally run (core component in wasmtime) -> ClickHouse (embedded)"
-    );
-    let data = data.canonicalize()?;
-    let kafka = broker::LocalBroker::start("memory://tansu/", &data)?;
-    println!("  Kafka (Tansu) at {}", kafka.addr());
-    let ch = EmbeddedClickHouse::start(&data.join("clickhouse"))?;
-    println!("  ClickHouse (embedded) at {}", ch.url());
-    sink::install_schema(&ch.url())?;
-
-    let g = generator::generate(config);
-    source::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
-    let produce = {
-        let (addr, records) = (kafka.addr().to_string(), g.records.clone());
-        tokio::task::spawn_blocking(move || source::produce(&addr, "clicks", &records))
-    };
-    produce.await??;
-    println!(
-        "  produced {} records ({} duplicates, {} late, {} invalid) to topic `clicks`",
-        g.records.len(),
-        g.duplicates,
-        g.late,
-        g.invalid
-    );
-
-    let opts = source::ConsumeOptions {
-        brokers: kafka.addr().to_string(),
-        topic: "clicks".into(),
-        group: "adtally-demo".into(),
-        batch: 50_000,
-        exit_when_idle: Some(std::time::Duration::from_secs(5)),
-        snapshots: SnapshotPolicy::DEFAULT,
-        assignment: source::Assignment::Group,
-        unrestorable: None,
-        kafka: KafkaProperties::default(),
-    };
-    let url = ch.url();
-    let target = pipeline::Target {
-        url: &url,
-        db: "adtally",
-        module: module_path,
-        config_json: "{}",
-        // The embedded server is on this machine.
-        compress: false,
-        auth: Default::default(),
-        limits: Default::default(),
-    };
-    let start = Instant::now();
-    let report = pipeline::run(&opts, &target).await?;
-    let (m, stats) = (&report.module, &report.stats);
-    println!(
-        "  module {} {} (semantics {}), sha256 {}",
-        m.name, m.version, m.semantics_version, report.sha256
-    );
-    println!(
-        "  consumed {} records in {:.1} s (5 s of it waiting for more): {} rollup rows, {} duplicates dropped, {} late, {} invalid",
-        stats.records,
-        start.elapsed().as_secs_f64(),
-        stats.rollups,
-        stats.duplicates,
-        stats.late,
-        stats.invalid
-    );
-    let client = clickhouse::Client::default()
-        .with_url(&url)
-        .with_database("adtally");
-
-    // Exact? Every (minute, ad) in ClickHouse against the generator's own totals.
-    let rows = client
-        .query("SELECT toUnixTimestamp64Milli(window_start), ad_id, clicks FROM clicks_per_minute WHERE filter_id = 0")
-        .fetch_all::<(i64, String, u64)>()
-        .await?;
-    let got: BTreeMap<(i64, String), u64> = rows.into_iter().map(|(w, a, c)| ((w, a), c)).collect();
-    if got == g.expected {
-        println!(
-            "  exact: all {} (minute, ad) counts in ClickHouse equal the generator's totals",
-            got.len()
-        );
-    } else {
-        let wrong = g
-            .expected
-            .iter()
-            .filter(|(k, v)| got.get(*k) != Some(v))
-            .count();
-        bail!(
-            "{wrong} of {} (minute, ad) counts differ from the generator's totals",
-            g.expected.len()
-        );
-    }
-
-    let top = client
-        .query(
-            "SELECT toString(update_time_minute) AS minute, most_clicked_ads AS ads FROM top_ads \
-             WHERE window_minutes = 5 AND filter_id = 0 ORDER BY update_time_minute DESC LIMIT 1",
-        )
-        .fetch_one::<TopAds>()
-        .await
-        .context("reading the top-N table")?;
-    println!(
-        "\nTop 10 ads of the 5 minutes ending with minute {} (UTC):",
-        top.minute
-    );
-    for (i, (ad, clicks)) in top.ads.iter().take(10).enumerate() {
-        println!("  {:>2}. {ad}  {clicks} clicks", i + 1);
-    }
-    println!(
-        "\nThe data stays in {dir}. To query it, serve it and ask over HTTP:\n  \
-         {py} clickhouse/server.py --data {dir} --port 8123 &\n  \
-         curl http://127.0.0.1:8123/ --data-binary \"SELECT ad_id, sum(clicks) FROM adtally.clicks_per_minute \
-         WHERE filter_id = 0 GROUP BY ad_id ORDER BY 2 DESC LIMIT 10\"",
-        dir = data.join("clickhouse").display(),
-        py = adtally_chserver::python().display()
-    );
-    Ok(())
-}
-
-#[derive(clickhouse::Row, serde::Deserialize)]
-struct TopAds {
-    minute: String,
-    ads: Vec<(String, u64)>,
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -342,18 +342,3 @@ impl Sink {
         self.insert::<InvalidRow>("invalid_events", &invalid).await
     }
 }
-
-/// Creates adtally's tables, pipeline and UDFs in the ClickHouse at `url`
-/// with `clickhouse/install.py` (idempotent).
-pub fn install_schema(url: &str) -> Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = std::process::Command::new(adtally_chserver::python())
-        .arg(root.join("clickhouse/install.py"))
-        .args(["install", "--url", url, "--wasm"])
-        .arg(root.join("target/wasm/adtally_clickhouse.wasm"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("running clickhouse/install.py")?;
-    anyhow::ensure!(status.success(), "clickhouse/install.py failed");
-    Ok(())
-}

@@ -4,8 +4,8 @@
 //! ClickHouse, and every (minute, ad) count equals the generator's totals.
 //! Needs `make setup` (Tansu, chDB) and `make wasm`.
 
-use adtally_chserver::EmbeddedClickHouse;
-use adtally_host::broker::LocalBroker as Broker;
+use adtally_broker::LocalBroker as Broker;
+use adtally_clickhouse_embedded::EmbeddedClickHouse;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,7 +75,7 @@ fn start(name: &str, storage: impl Fn(&Path) -> String) -> (PathBuf, Broker, Emb
     std::fs::create_dir_all(&tmp).unwrap();
     let broker = Broker::start(&storage(&tmp), &tmp).unwrap();
     let ch = EmbeddedClickHouse::start(&tmp.join("clickhouse")).unwrap();
-    adtally_host::sink::install_schema(&ch.url()).unwrap();
+    adtally_clickhouse_embedded::install_schema(&ch.url()).unwrap();
     (tmp, broker, ch)
 }
 

@@ -1,9 +1,9 @@
 //! Insert throughput through the embedded ClickHouse: RowBinary batches
 //! from the `clickhouse` crate, LZ4 (the crate's default) and uncompressed.
 //!
-//! `cargo bench -p adtally-chserver --bench insert`
+//! `cargo bench -p adtally-clickhouse-embedded --bench insert`
 
-use adtally_chserver::EmbeddedClickHouse;
+use adtally_clickhouse_embedded::EmbeddedClickHouse;
 use clickhouse::{Client, Compression, Row};
 use serde::Serialize;
 use std::time::Instant;

@@ -2,12 +2,16 @@
 //! the ClickHouse HTTP interface (`clickhouse/server.py`), started on a free
 //! loopback port.
 //!
-//! This crate owns starting it, waiting (bounded) until it answers, and
-//! stopping it; it never speaks SQL itself. Production points adtally at a
-//! ClickHouse server URL instead, and nothing else changes.
+//! This crate owns starting it, waiting (bounded) until it answers,
+//! installing adtally into it (`clickhouse/install.py`, [`install_schema`])
+//! and stopping it; it never speaks SQL itself. It is support for the demo,
+//! the tests and the benchmarks, never part of the service: production
+//! points adtally at a ClickHouse server URL instead, and nothing else
+//! changes.
 //!
 //! ```no_run
-//! let ch = adtally_chserver::EmbeddedClickHouse::start("/tmp/adtally-ch".as_ref())?;
+//! let ch = adtally_clickhouse_embedded::EmbeddedClickHouse::start("/tmp/adtally-ch".as_ref())?;
+//! adtally_clickhouse_embedded::install_schema(&ch.url())?;
 //! println!("ClickHouse at {}", ch.url());
 //! # anyhow::Ok(())
 //! ```
@@ -42,8 +46,35 @@ pub fn python() -> PathBuf {
     home.join("venv/bin/python")
 }
 
+/// The `clickhouse/` folder of this checkout.
+fn clickhouse_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 fn server_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../server.py")
+    clickhouse_dir().join("server.py")
+}
+
+/// Creates adtally's tables, pipeline and UDFs (the module `make wasm`
+/// built) in the ClickHouse at `url`, with `clickhouse/install.py`
+/// (idempotent).
+pub fn install_schema(url: &str) -> Result<()> {
+    let dir = clickhouse_dir();
+    let out = Command::new(python())
+        .arg(dir.join("install.py"))
+        .args(["install", "--url", url, "--wasm"])
+        .arg(dir.join("../target/wasm/adtally_clickhouse.wasm"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running clickhouse/install.py")?;
+    if !out.status.success() {
+        bail!(
+            "clickhouse/install.py failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl EmbeddedClickHouse {

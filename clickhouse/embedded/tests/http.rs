@@ -1,7 +1,7 @@
 //! The `clickhouse` crate, with its default features (LZ4 compression
 //! included), against the embedded ClickHouse.
 
-use adtally_chserver::EmbeddedClickHouse;
+use adtally_clickhouse_embedded::EmbeddedClickHouse;
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
 

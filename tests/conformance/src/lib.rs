@@ -87,6 +87,23 @@ pub struct MergeCase {
     pub n: u32,
 }
 
+impl MergeCase {
+    /// The lists as the core's type.
+    pub fn ranked_lists(&self) -> Vec<Vec<RankedAd>> {
+        self.lists
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|(a, c)| RankedAd {
+                        ad_id: AdId::new(a).expect("vector ad id"),
+                        clicks: *c,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
 /// A direct call of a stateless function.
 #[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -353,19 +370,9 @@ pub fn run_merges(v: &Vector) -> Value {
         v.merges
             .iter()
             .map(|m| {
-                let lists: Vec<Vec<RankedAd>> = m
-                    .lists
-                    .iter()
-                    .map(|l| {
-                        l.iter()
-                            .map(|(a, c)| RankedAd {
-                                ad_id: AdId::new(a).expect("vector ad id"),
-                                clicks: *c,
-                            })
-                            .collect()
-                    })
-                    .collect();
-                merge_result_json(topn::merge(&lists, m.n as usize).map_err(|e| e.to_string()))
+                merge_result_json(
+                    topn::merge(&m.ranked_lists(), m.n as usize).map_err(|e| e.to_string()),
+                )
             })
             .collect(),
     )

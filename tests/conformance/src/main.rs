@@ -212,8 +212,6 @@ mod component {
     //! The component build, run in-process through wasmtime (adtally-runtime).
     use super::Results;
     use adtally_conformance::{Actual, EngineLike, Rec, Vector, merge_result_json, run_steps};
-    use adtally_core::AdId;
-    use adtally_core::topn::RankedAd;
     use adtally_core::{Offset, Partition, RawRecord};
     use adtally_runtime::{Aggregator, Limits, Module, Runtime};
     use anyhow::Result;
@@ -282,19 +280,9 @@ mod component {
     fn merges(module: &Module, v: &Vector) -> Result<Value> {
         let mut merges = Vec::new();
         for m in &v.merges {
-            let lists: Vec<Vec<RankedAd>> = m
-                .lists
-                .iter()
-                .map(|l| {
-                    l.iter()
-                        .map(|(a, n)| RankedAd {
-                            ad_id: AdId::new(a).expect("vector ad"),
-                            clicks: *n,
-                        })
-                        .collect()
-                })
-                .collect();
-            merges.push(merge_result_json(module.merge_top_n(&lists, m.n)?));
+            merges.push(merge_result_json(
+                module.merge_top_n(&m.ranked_lists(), m.n)?,
+            ));
         }
         Ok(Value::Array(merges))
     }

@@ -126,20 +126,12 @@ pub fn filter_ids(
     FILTERS.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.as_ref().is_none_or(|(json, _)| json != filters_json) {
-            let config = if filters_json.trim_start().starts_with('[') {
-                Config::from_json(&format!("{{\"filters\":{filters_json}}}"))
-            } else {
-                Config::from_json(filters_json)
-            };
-            let set = config.and_then(|c| c.check()).map_err(|e| e.to_string())?;
+            let set = FilterSet::from_json(filters_json).map_err(|e| e.to_string())?;
             *cache = Some((filters_json.to_string(), set));
         }
         let set = &cache.as_ref().expect("filled above").1;
-        Ok(set
-            .matching_dimensions(country, ip, user_id)
-            .into_iter()
-            .map(|f| f.0)
-            .collect())
+        let ids = set.matching_dimensions(country, ip, user_id);
+        Ok(ids.into_iter().map(|f| f.0).collect())
     })
 }
 

@@ -174,6 +174,24 @@ impl FilterSet {
         );
     }
 
+    /// The filters of `json`: a JSON list of filter specs, or a whole
+    /// configuration object (whose other fields are checked too).
+    ///
+    /// ```
+    /// use adtally_core::FilterSet;
+    /// assert_eq!(FilterSet::from_json(r#"[{"id":1,"country":["USA"]}]"#).unwrap().ids().count(), 1);
+    /// assert_eq!(FilterSet::from_json(r#"{"window_ms":1000}"#).unwrap().ids().count(), 0);
+    /// assert!(FilterSet::from_json(r#"[{"id":0}]"#).is_err());
+    /// ```
+    pub fn from_json(json: &str) -> Result<FilterSet, ConfigError> {
+        let config = if json.trim_start().starts_with('[') {
+            crate::Config::from_json(&format!("{{\"filters\":{json}}}"))
+        } else {
+            crate::Config::from_json(json)
+        };
+        config?.check()
+    }
+
     /// The ids of the filters a click with these dimensions matches, filter
     /// 0 first: what [`FilterSet::matching`] says of such a click.
     /// Dimensions no valid click has (a country that is not an ISO 3166-1

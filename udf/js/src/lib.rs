@@ -13,7 +13,9 @@
 //! ```
 
 use adtally_core::topn;
-use adtally_core::{Config, EventTime, Offset, Outputs, Partition, RecordSummary, WindowSize};
+use adtally_core::{
+    Config, EventTime, FilterSet, Offset, Outputs, Partition, RecordSummary, WindowSize,
+};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
 
@@ -109,7 +111,7 @@ pub fn window_start(time_ms: f64, window_ms: f64) -> Result<f64, JsError> {
 }
 
 /// The filter ids (0 first) a click with these dimensions matches under
-/// `configJson`; dimensions no valid click has match nothing (`[]`), as in
+/// `configJson` (a configuration, or a list of filter specs); dimensions no valid click has match nothing (`[]`), as in
 /// the core. Throws when the configuration is refused.
 #[wasm_bindgen(js_name = filterIds)]
 pub fn filter_ids(
@@ -118,14 +120,9 @@ pub fn filter_ids(
     ip: &str,
     user_id: &str,
 ) -> Result<Vec<u32>, JsError> {
-    let set = Config::from_json(config_json)
-        .and_then(|c| c.check())
-        .map_err(err)?;
-    Ok(set
-        .matching_dimensions(country, ip, user_id)
-        .into_iter()
-        .map(|f| f.0)
-        .collect())
+    let set = FilterSet::from_json(config_json).map_err(err)?;
+    let ids = set.matching_dimensions(country, ip, user_id);
+    Ok(ids.into_iter().map(|f| f.0).collect())
 }
 
 /// `configJson` as the core reads it, every default filled in, as JSON;

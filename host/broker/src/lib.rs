@@ -1,5 +1,15 @@
-//! A local Kafka broker (Tansu) on a free loopback port, for the demo and
-//! tests; stopped when dropped. Production points at its own cluster.
+//! A local Kafka broker (Tansu) on a free loopback port, for the demo, the
+//! tests and the benchmarks; stopped when dropped.
+//!
+//! This crate owns starting Tansu, waiting (bounded) until it listens, and
+//! killing it. It is never part of the service: production points adtally
+//! at its own Kafka cluster.
+//!
+//! ```no_run
+//! let broker = adtally_broker::LocalBroker::start("memory://tansu/", "/tmp".as_ref())?;
+//! println!("Kafka at {}", broker.addr());
+//! # anyhow::Ok(())
+//! ```
 
 use anyhow::{Context, Result, bail};
 use std::net::{TcpListener, TcpStream};
