@@ -55,6 +55,67 @@ enum Payload<'a> {
 /// A record parsed ahead, and its keys when it is a click.
 type Ahead<'a> = (Result<Parsed<'a>, InvalidReason>, Option<Keys>);
 
+/// A batch for the engine's one loop (`Engine::push_batch`): where each of
+/// its records is from, and what it parses to.
+trait Batch<'a> {
+    /// How many records.
+    fn len(&self) -> usize;
+    /// Record `i`'s partition and offset.
+    fn position(&self, i: usize) -> (Partition, Offset);
+    /// Record `i`, parsed (`skew` is `max_future_skew_ms`).
+    fn parse(&self, i: usize, skew: i64) -> Result<Parsed<'a>, InvalidReason>;
+    /// Record `i`'s bytes, for side outputs: none for a click handed over
+    /// parsed.
+    fn payload(&self, i: usize) -> Option<&'a [u8]>;
+}
+
+/// Records as a consumer hands them over.
+struct Records<'r, 'a>(&'r [RawRecord<'a>]);
+
+impl<'a> Batch<'a> for Records<'_, 'a> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn position(&self, i: usize) -> (Partition, Offset) {
+        (self.0[i].partition, self.0[i].offset)
+    }
+    #[inline(always)]
+    fn parse(&self, i: usize, skew: i64) -> Result<Parsed<'a>, InvalidReason> {
+        let r = &self.0[i];
+        parse_borrowed(r.payload, r.record_time_ms, skew)
+    }
+    #[inline(always)]
+    fn payload(&self, i: usize) -> Option<&'a [u8]> {
+        Some(self.0[i].payload)
+    }
+}
+
+/// Validated clicks of one partition at consecutive offsets.
+struct Clicks<'r, 'a> {
+    partition: Partition,
+    first_offset: Offset,
+    clicks: &'r [ClickRef<'a>],
+}
+
+impl<'a> Batch<'a> for Clicks<'_, 'a> {
+    fn len(&self) -> usize {
+        self.clicks.len()
+    }
+    #[inline(always)]
+    fn position(&self, i: usize) -> (Partition, Offset) {
+        (self.partition, Offset(self.first_offset.0 + i as i64))
+    }
+    #[inline(always)]
+    fn parse(&self, i: usize, _skew: i64) -> Result<Parsed<'a>, InvalidReason> {
+        Ok(Parsed::Click(self.clicks[i]))
+    }
+    #[inline(always)]
+    fn payload(&self, _i: usize) -> Option<&'a [u8]> {
+        None
+    }
+}
+
 /// A record as a consumer hands it over: where it came from and its bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct RawRecord<'a> {
@@ -586,13 +647,29 @@ impl Engine {
     /// dedup table's memory for their clicks is fetched while earlier
     /// clicks are counted.
     pub fn push_records(&mut self, records: &[RawRecord<'_>], now_ms: i64, out: &mut Outputs) {
+        self.push_batch(&Records(records), now_ms, out)
+    }
+
+    /// The one loop of every batch path: parses and keys [`AHEAD`] records,
+    /// asks for the memory their counting will read, then counts them,
+    /// looking their partition's state up again only when the partition
+    /// changes or the engine advanced (which needs all of it).
+    // Never inlined: in the WebAssembly component, inlined into the export
+    // together with the checks of the batch's columns, it made one function
+    // with more live values than registers, and the heap base was reloaded
+    // from the stack before most memory accesses.
+    #[inline(never)]
+    fn push_batch<'a>(&mut self, batch: &impl Batch<'a>, now_ms: i64, out: &mut Outputs) {
         let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
         let skew = self.config.max_future_skew_ms;
-        let mut ahead: [Option<Ahead<'_>>; AHEAD] = Default::default();
+        let mut ahead: [Option<Ahead<'a>>; AHEAD] = Default::default();
         let mut buf = KeyBuf::new();
-        for chunk in records.chunks(AHEAD) {
-            for (r, slot) in chunk.iter().zip(&mut ahead) {
-                let parsed = parse_borrowed(r.payload, r.record_time_ms, skew);
+        let n = batch.len();
+        let mut start = 0;
+        while start < n {
+            let end = n.min(start + AHEAD);
+            for (i, slot) in (start..end).zip(&mut ahead) {
+                let parsed = batch.parse(i, skew);
                 let keys = match &parsed {
                     Ok(Parsed::Click(c)) => Some(Keys::of(c, &mut buf)),
                     Ok(Parsed::Owned(c)) => Some(Keys::of(&c.as_click_ref(), &mut buf)),
@@ -600,51 +677,59 @@ impl Engine {
                 };
                 *slot = Some((parsed, keys));
             }
-            for (r, slot) in chunk.iter().zip(&ahead) {
-                if let Some((_, Some(keys))) = slot {
-                    let dedup = self.partitions.get(&r.partition).map(|st| &st.dedup);
-                    self.prefetch(dedup, core::slice::from_ref(keys));
-                }
-            }
-            for (r, slot) in chunk.iter().zip(&mut ahead) {
-                let (parsed, keys) = slot.take().expect("parsed above");
-                // Every click has its keys.
-                let keys = keys.unwrap_or_default();
-                let (p, offset) = (r.partition, r.offset);
+            self.prefetch(batch, start, &ahead[..end - start]);
+            let mut i = start;
+            while i < end {
+                let p = batch.position(i).0;
                 let (st, mut cx) = self.split(p);
-                if !st.admit(offset, now_ms, out) {
-                    continue;
-                }
-                let payload = Some(r.payload);
-                let due = match parsed {
-                    Ok(Parsed::Click(c)) => st.count(&mut cx, p, offset, &c, payload, keys, out),
-                    Ok(Parsed::Owned(c)) => {
-                        let c = c.as_click_ref();
-                        st.count(&mut cx, p, offset, &c, payload, keys, out)
+                let mut due = None;
+                while i < end && due.is_none() {
+                    let (q, offset) = batch.position(i);
+                    if q != p {
+                        break;
                     }
-                    Ok(Parsed::Heartbeat(t)) if st.far_ahead(t, cx.max_ahead) => st.side_line(
-                        p,
-                        offset,
-                        t,
-                        InvalidReason::AheadOfPartition,
-                        Payload::Bytes(r.payload),
-                        out,
-                    ),
-                    Ok(Parsed::Heartbeat(t)) => st.observe(t),
-                    Err(reason) => {
-                        out.invalid.push(InvalidEvent {
-                            partition: p,
+                    let (parsed, keys) = ahead[i - start].take().expect("parsed above");
+                    let payload = batch.payload(i);
+                    i += 1;
+                    if !st.admit(offset, now_ms, out) {
+                        continue;
+                    }
+                    // Every click has its keys.
+                    let keys = keys.unwrap_or_default();
+                    let bytes = || payload.unwrap_or_default();
+                    due = match parsed {
+                        Ok(Parsed::Click(c)) => {
+                            st.count(&mut cx, p, offset, &c, payload, keys, out)
+                        }
+                        Ok(Parsed::Owned(c)) => {
+                            let c = c.as_click_ref();
+                            st.count(&mut cx, p, offset, &c, payload, keys, out)
+                        }
+                        Ok(Parsed::Heartbeat(t)) if st.far_ahead(t, cx.max_ahead) => st.side_line(
+                            p,
                             offset,
-                            reason,
-                            payload: r.payload.to_vec(),
-                        });
-                        None
-                    }
-                };
+                            t,
+                            InvalidReason::AheadOfPartition,
+                            Payload::Bytes(bytes()),
+                            out,
+                        ),
+                        Ok(Parsed::Heartbeat(t)) => st.observe(t),
+                        Err(reason) => {
+                            out.invalid.push(InvalidEvent {
+                                partition: p,
+                                offset,
+                                reason,
+                                payload: bytes().to_vec(),
+                            });
+                            None
+                        }
+                    };
+                }
                 if let Some(before) = due {
                     self.advance(p, before, out);
                 }
             }
+            start = end;
         }
         if now_changed {
             self.emit_due_top_n(out);
@@ -680,11 +765,6 @@ impl Engine {
     /// offsets `first_offset`, `first_offset + 1`, ...: the same outputs,
     /// faster, because the dedup table's memory for a few clicks ahead is
     /// fetched while earlier clicks are counted.
-    // Never inlined: in the WebAssembly component, inlined into the export
-    // together with the checks of the batch's columns, it made one function
-    // with more live values than registers, and the heap base was reloaded
-    // from the stack before most memory accesses.
-    #[inline(never)]
     pub fn push_click_refs(
         &mut self,
         p: Partition,
@@ -693,36 +773,12 @@ impl Engine {
         now_ms: i64,
         out: &mut Outputs,
     ) {
-        let now_changed = self.now_ms.replace(now_ms) != Some(now_ms);
-        let mut keys = [Keys::default(); AHEAD];
-        let mut buf = KeyBuf::new();
-        for (c, chunk) in clicks.chunks(AHEAD).enumerate() {
-            for (k, click) in keys.iter_mut().zip(chunk) {
-                *k = Keys::of(click, &mut buf);
-            }
-            let dedup = self.partitions.get(&p).map(|st| &st.dedup);
-            self.prefetch(dedup, &keys[..chunk.len()]);
-            // The partition is looked up once, and again only after the
-            // engine advanced (which needs all of it).
-            let mut i = 0;
-            while i < chunk.len() {
-                let (st, mut cx) = self.split(p);
-                let mut due = None;
-                while i < chunk.len() && due.is_none() {
-                    let offset = Offset(first_offset.0 + (c * AHEAD + i) as i64);
-                    if st.admit(offset, now_ms, out) {
-                        due = st.count(&mut cx, p, offset, &chunk[i], None, keys[i], out);
-                    }
-                    i += 1;
-                }
-                if let Some(before) = due {
-                    self.advance(p, before, out);
-                }
-            }
-        }
-        if now_changed {
-            self.emit_due_top_n(out);
-        }
+        let batch = Clicks {
+            partition: p,
+            first_offset,
+            clicks,
+        };
+        self.push_batch(&batch, now_ms, out)
     }
 
     /// Tells the engine the processing time, without records: partitions
@@ -734,22 +790,35 @@ impl Engine {
         }
     }
 
-    /// Asks for the memory the lookups of clicks with `keys`, computed
-    /// ahead, will read. `dedup` is the clicks' partition's table: only a
-    /// partition with state has one; creating state here would make a
-    /// partition known (and hold back top-N) before its first record is
-    /// processed.
+    /// Asks for the memory the lookups of a chunk's clicks, keyed ahead
+    /// (`ahead[j]` is record `start + j` of `batch`), will read. Only a
+    /// partition with state has a dedup table: creating state here would
+    /// make a partition known (and hold back top-N) before its first record
+    /// is processed.
     ///
     /// The hints come in one tight loop after the keys are computed: where
     /// a hint is a plain load (WebAssembly has no prefetch), loads this
     /// close together wait for memory at the same time, whereas a load
     /// after each key's hashing waits alone.
-    fn prefetch(&self, dedup: Option<&DedupSet>, keys: &[Keys]) {
-        for k in keys {
+    fn prefetch<'a>(&self, batch: &impl Batch<'a>, start: usize, ahead: &[Option<Ahead<'a>>]) {
+        let mut last: Option<(Partition, Option<&DedupSet>)> = None;
+        for (i, slot) in (start..).zip(ahead) {
+            let Some((_, Some(keys))) = slot else {
+                continue;
+            };
+            let p = batch.position(i).0;
+            let dedup = match last {
+                Some((q, d)) if q == p => d,
+                _ => {
+                    let d = self.partitions.get(&p).map(|st| &st.dedup);
+                    last = Some((p, d));
+                    d
+                }
+            };
             if let Some(d) = dedup {
-                d.prefetch(k.event);
+                d.prefetch(keys.event);
             }
-            self.interner.prefetch(k.ad);
+            self.interner.prefetch(keys.ad);
         }
     }
 
@@ -812,15 +881,8 @@ impl Engine {
             // A revision is due when this window's top-N rows went out
             // without this partition (it was idle).
             if matches!(self.topn.done_through, Some(d) if start.end(size) <= d) {
-                revise_top_n(
-                    &self.config,
-                    &self.filters,
-                    size,
-                    &self.interner,
-                    &mut self.topn,
-                    start,
-                    out,
-                );
+                let ranking = (&self.config, &self.filters, size, &self.interner);
+                self.topn.revise(ranking, start, out);
             }
         }
         st.dedup.on_watermark(wm);
@@ -899,24 +961,8 @@ impl Engine {
             }
         }
         for (m, m_windows) in due {
-            let ranked = t.rank(
-                &self.config,
-                &self.filters,
-                size,
-                &self.interner,
-                m,
-                m_windows,
-            );
-            for (filter, ads) in ranked {
-                out.top_n.push(TopNRow {
-                    minute: m,
-                    windows: m_windows,
-                    filter_id: filter,
-                    version: 1,
-                    ads: ads.clone(),
-                });
-                t.emitted.insert((m, m_windows, filter), (1, ads));
-            }
+            let ranking = (&self.config, &self.filters, size, &self.interner);
+            t.publish(ranking, m, m_windows, out);
         }
         t.done_through = Some(g);
         // Forget what can no longer be revised.
@@ -997,7 +1043,52 @@ fn emit_window(
     }
 }
 
+/// What ranking reads besides the top-N state.
+type Ranking<'e> = (&'e Config, &'e FilterSet, WindowSize, &'e Interner);
+
 impl TopNState {
+    /// The one path that emits top-N rows, first or revised: ranks minute
+    /// `m` over `m_windows` windows and emits each filter's row that is new
+    /// (version 1) or differs from the one emitted (its version + 1).
+    fn publish(&mut self, ranking: Ranking<'_>, m: WindowStart, m_windows: u32, out: &mut Outputs) {
+        let (config, filters, size, interner) = ranking;
+        for (filter, ads) in self.rank(config, filters, size, interner, m, m_windows) {
+            let key = (m, m_windows, filter);
+            let version = match self.emitted.get(&key) {
+                Some((_, old)) if *old == ads => continue,
+                Some((v, _)) => v + 1,
+                None => 1,
+            };
+            out.top_n.push(TopNRow {
+                minute: m,
+                windows: m_windows,
+                filter_id: filter,
+                version,
+                ads: ads.clone(),
+            });
+            self.emitted.insert(key, (version, ads));
+        }
+    }
+
+    /// Re-ranks the emitted minutes that window `start`, finalized late,
+    /// contributes to, and emits the rows that changed.
+    fn revise(&mut self, ranking: Ranking<'_>, start: WindowStart, out: &mut Outputs) {
+        let Some(done) = self.done_through else {
+            return;
+        };
+        let (config, _, size, _) = ranking;
+        let revisable_after = done.saturating_sub(config.topn_revision_windows as i64 * size.ms());
+        for &m_windows in &config.top_n_windows {
+            for i in 0..m_windows as i64 {
+                let m = WindowStart(start.0.saturating_add(i * size.ms()));
+                if m.end(size) > done || m.end(size) <= revisable_after {
+                    continue;
+                }
+                self.publish(ranking, m, m_windows, out);
+            }
+        }
+    }
+
     /// Top-N of minute `m` over `m_windows` windows, per filter with clicks
     /// in them (never an empty list), from the final minutes (settled
     /// first).
@@ -1033,45 +1124,6 @@ impl TopNState {
                 (!ads.is_empty()).then(|| (f, topn::top_n_keyed(&mut ads, n, |ad| interner.id(ad))))
             })
             .collect()
-    }
-}
-
-/// Re-ranks the emitted minutes that window `start` contributes to, and
-/// emits the rows that changed with a higher version.
-fn revise_top_n(
-    config: &Config,
-    filters: &FilterSet,
-    size: WindowSize,
-    interner: &Interner,
-    t: &mut TopNState,
-    start: WindowStart,
-    out: &mut Outputs,
-) {
-    let Some(done) = t.done_through else { return };
-    let revisable_after = done.saturating_sub(config.topn_revision_windows as i64 * size.ms());
-    for &m_windows in &config.top_n_windows {
-        for i in 0..m_windows as i64 {
-            let m = WindowStart(start.0.saturating_add(i * size.ms()));
-            if m.end(size) > done || m.end(size) <= revisable_after {
-                continue;
-            }
-            for (filter, ads) in t.rank(config, filters, size, interner, m, m_windows) {
-                let key = (m, m_windows, filter);
-                let version = match t.emitted.get(&key) {
-                    Some((_, old)) if *old == ads => continue,
-                    Some((v, _)) => v + 1,
-                    None => 1,
-                };
-                out.top_n.push(TopNRow {
-                    minute: m,
-                    windows: m_windows,
-                    filter_id: filter,
-                    version,
-                    ads: ads.clone(),
-                });
-                t.emitted.insert(key, (version, ads));
-            }
-        }
     }
 }
 
