@@ -7,7 +7,7 @@
 
 use adtally_broker::LocalBroker;
 use adtally_clickhouse_embedded::EmbeddedClickHouse;
-use adtally_host::{generator, pipeline, source};
+use adtally_host::{generator, pipeline, producer, source};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::path::Path;
@@ -43,9 +43,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let g = generator::generate(config);
     let n = g.records.len() as u64;
-    source::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
+    producer::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
     let (addr, records) = (kafka.addr().to_string(), g.records.clone());
-    tokio::task::spawn_blocking(move || source::produce(&addr, "clicks", &records)).await??;
+    tokio::task::spawn_blocking(move || producer::produce(&addr, "clicks", &records)).await??;
     println!(
         "topic `clicks`: {n} records in {} partitions",
         config.partitions

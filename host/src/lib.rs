@@ -1,4 +1,5 @@
 //! The adtally service's parts: sources of clicks (`generator`, `ship`, `source`),
+//! the Kafka `producer` they share,
 //! the ClickHouse `sink`, and the `pipeline` that joins them.
 //!
 //! This crate owns the I/O around the core: it never decides what a count
@@ -10,6 +11,7 @@
 pub mod connect;
 pub mod generator;
 pub mod pipeline;
+pub mod producer;
 pub mod ship;
 pub mod sink;
 pub mod snapshot_policy;

@@ -12,7 +12,7 @@
 
 use adtally_host::connect::{ClickHouseAuth, KafkaProperties, redact_url};
 use adtally_host::snapshot_policy::SnapshotPolicy;
-use adtally_host::{generator, pipeline, source};
+use adtally_host::{generator, pipeline, producer, source};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -175,12 +175,12 @@ fn main() -> Result<()> {
             }
             match brokers {
                 Some(brokers) => {
-                    tokio::runtime::Runtime::new()?.block_on(source::ensure_topic(
+                    tokio::runtime::Runtime::new()?.block_on(producer::ensure_topic(
                         &brokers,
                         &topic,
                         config.partitions,
                     ))?;
-                    source::produce(&brokers, &topic, &g.records)?;
+                    producer::produce(&brokers, &topic, &g.records)?;
                 }
                 None => {
                     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -29,8 +29,7 @@
 
 use adtally_core::Routing;
 use anyhow::{Context, Result, bail};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use crate::producer::Producer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -118,27 +117,6 @@ struct Line {
     start: u64,
     end: u64,
     oversize: Option<u64>,
-}
-
-/// Delivery reports: the lines (by index in the batch) the broker did not
-/// acknowledge, with why.
-#[derive(Default)]
-struct Deliveries {
-    failed: std::sync::Mutex<Vec<(usize, rdkafka::error::KafkaError)>>,
-}
-
-impl rdkafka::ClientContext for Deliveries {}
-
-impl rdkafka::producer::ProducerContext for Deliveries {
-    type DeliveryOpaque = Box<usize>;
-
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, line: Self::DeliveryOpaque) {
-        if let Err((e, _)) = result
-            && let Ok(mut failed) = self.failed.lock()
-        {
-            failed.push((*line, e.clone()));
-        }
-    }
 }
 
 /// Whether the broker (or librdkafka) refuses this record for what it is,
@@ -267,31 +245,8 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
     if opts.files.is_empty() {
         bail!("adtally ship: give at least one file to follow");
     }
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &opts.brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20");
-    let producer: BaseProducer<Deliveries> = opts
-        .kafka
-        .apply(&mut config)
-        .create_with_context(Deliveries::default())
-        .context("creating the Kafka producer")?;
-    let metadata = producer
-        .client()
-        .fetch_metadata(Some(&opts.topic), Duration::from_secs(30))
-        .with_context(|| format!("reading the metadata of topic {}", opts.topic))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == opts.topic)
-        .map_or(0, |t| t.partitions().len() as i32);
-    if partitions == 0 {
-        bail!(
-            "topic {} does not exist (create it first, e.g. with adtally gen --brokers)",
-            opts.topic
-        );
-    }
+    let producer = Producer::new(&opts.brokers, &opts.kafka)?;
+    let partitions = producer.partitions(&opts.topic)?;
     let mut state = ShipState::load(&opts.state)?;
     let mut stats = ShipStats::default();
     let mut followed: Vec<Followed> = opts
@@ -353,7 +308,7 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
             // only acknowledged lines let the position move.
             let mut not_acked: Option<(usize, rdkafka::error::KafkaError)> = None;
             let mut refused = BTreeMap::new();
-            for (i, e) in deliveries(&producer)? {
+            for (i, e) in producer.deliveries()? {
                 if refused_for_good(&e) {
                     refused.insert(i, e);
                 } else if not_acked.as_ref().is_none_or(|(first, _)| i < *first) {
@@ -373,7 +328,7 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
                     .unwrap_or(&lines[i].bytes);
                 let alone = send_line(&producer, &opts.topic, partitions, i, bytes)
                     .map_err(|e| (i, e))
-                    .and_then(|()| match deliveries(&producer) {
+                    .and_then(|()| match producer.deliveries() {
                         Ok(failed) => failed.into_iter().next().map_or(Ok(()), Err),
                         Err(_) => Ok(()),
                     });
@@ -432,65 +387,21 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
     }
 }
 
-/// Queues line `i` of a batch: a click keyed by its ad, a heartbeat to
-/// every partition.
+/// Queues line `i` of a batch as the core routes it ([`adtally_core::routing`]):
+/// a click keyed by its ad, a heartbeat to every partition, anything else
+/// anywhere.
 fn send_line(
-    producer: &BaseProducer<Deliveries>,
+    producer: &Producer,
     topic: &str,
     partitions: i32,
     i: usize,
     bytes: &[u8],
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let routing = adtally_core::routing(bytes);
-    if routing == Routing::EveryPartition {
-        (0..partitions).try_for_each(|p| {
-            send(
-                producer,
-                BaseRecord::with_opaque_to(topic, Box::new(i))
-                    .payload(bytes)
-                    .partition(p),
-            )
-        })
-    } else {
-        let mut rec =
-            BaseRecord::<[u8], [u8], Box<usize>>::with_opaque_to(topic, Box::new(i)).payload(bytes);
-        if let Routing::ByAd(ad) = &routing {
-            rec = rec.key(ad.as_str().as_bytes());
+    match adtally_core::routing(bytes) {
+        Routing::EveryPartition => {
+            (0..partitions).try_for_each(|p| producer.send(topic, Some(p), None, bytes, i))
         }
-        send(producer, rec)
-    }
-}
-
-/// Waits until every queued record's delivery report is in; returns the
-/// lines (by index) whose records failed, with why.
-fn deliveries(
-    producer: &BaseProducer<Deliveries>,
-) -> Result<Vec<(usize, rdkafka::error::KafkaError)>> {
-    producer
-        .flush(Duration::from_secs(60))
-        .context("waiting for the broker to acknowledge the lines")?;
-    let mut failed = producer.context().failed.lock().expect("not poisoned");
-    Ok(std::mem::take(&mut *failed))
-}
-
-/// Queues `rec`, waiting while the queue is full.
-fn send(
-    producer: &BaseProducer<Deliveries>,
-    mut rec: BaseRecord<'_, [u8], [u8], Box<usize>>,
-) -> Result<(), rdkafka::error::KafkaError> {
-    loop {
-        match producer.send(rec) {
-            Ok(()) => {
-                producer.poll(Duration::ZERO);
-                return Ok(());
-            }
-            Err((e, back))
-                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-            {
-                producer.poll(Duration::from_millis(50));
-                rec = back;
-            }
-            Err((e, _)) => return Err(e),
-        }
+        Routing::ByAd(ad) => producer.send(topic, None, Some(ad.as_str().as_bytes()), bytes, i),
+        Routing::AnyPartition => producer.send(topic, None, None, bytes, i),
     }
 }

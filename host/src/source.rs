@@ -1,4 +1,4 @@
-//! Kafka: producing generated streams, and consuming a topic into the core.
+//! Kafka: consuming a topic into the core.
 //!
 //! Each assigned partition has its own core (a component instance): the
 //! core's outputs are then a pure function of that partition's records, so
@@ -20,76 +20,18 @@
 //! quarantined in `invalid_events` (reason `module_trap: ...`) and skipped.
 
 use crate::connect::KafkaProperties;
-use crate::generator::GenRecord;
 use crate::sink::Sink;
 use crate::snapshot_policy::SnapshotPolicy;
 use adtally_core::RawRecord;
 use adtally_runtime::{Aggregator, Failure, Module, RecordBatch};
 use anyhow::{Context, Result, bail};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Creates `topic` with `partitions` partitions unless it exists.
-pub async fn ensure_topic(brokers: &str, topic: &str, partitions: u32) -> Result<()> {
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics(
-            [&new],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        )
-        .await?;
-    for r in results {
-        match r {
-            Ok(_) => {}
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, e)) => bail!("creating topic {t}: {e}"),
-        }
-    }
-    Ok(())
-}
-
-/// Produces `records` to `topic`, each to its own partition, idempotently.
-pub fn produce(brokers: &str, topic: &str, records: &[GenRecord]) -> Result<()> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .create()
-        .context("creating the Kafka producer")?;
-    for r in records {
-        let mut rec = BaseRecord::<(), str>::to(topic)
-            .payload(r.payload.as_str())
-            .partition(r.partition as i32);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((e, back))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(50));
-                    rec = back;
-                }
-                Err((e, _)) => bail!("producing to {topic}: {e}"),
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer
-        .flush(Duration::from_secs(60))
-        .context("flushing the producer")?;
-    Ok(())
-}
 
 /// How `consume` runs.
 pub struct ConsumeOptions {

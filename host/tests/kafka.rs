@@ -87,7 +87,7 @@ fn setup_with(name: &str, records: usize, storage: impl Fn(&Path) -> String) -> 
 fn create_topic(broker: &Broker) {
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(adtally_host::source::ensure_topic(
+        .block_on(adtally_host::producer::ensure_topic(
             broker.addr(),
             "clicks",
             4,
@@ -281,7 +281,7 @@ fn produce_live(
             // A broker that is down for a moment (the restart test) is
             // waited for: the producer retries until it is back.
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while let Err(e) = adtally_host::source::produce(&brokers, "clicks", part) {
+            while let Err(e) = adtally_host::producer::produce(&brokers, "clicks", part) {
                 assert!(std::time::Instant::now() < deadline, "producing: {e:#}");
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -400,7 +400,7 @@ fn two_hosts_one_killed_then_exact() {
     let (s, records) = setup_live("kafka-scale", 100_000, memory);
     let total = records.len() as u64;
     let (before, after) = records.split_at(records.len() / 2);
-    adtally_host::source::produce(s.broker.addr(), "clicks", before).unwrap();
+    adtally_host::producer::produce(s.broker.addr(), "clicks", before).unwrap();
     let (log_a, log_b) = (s.tmp.join("host-a.log"), s.tmp.join("host-b.log"));
     let spawn_logged = |args: &[String], log: &Path| {
         Command::new(env!("CARGO_BIN_EXE_adtally"))
@@ -674,7 +674,7 @@ fn a_trapping_record_is_quarantined_then_exact() {
         },
     );
     g.write_expected(&s.expected_path).unwrap();
-    adtally_host::source::produce(s.broker.addr(), "clicks", &g.records).unwrap();
+    adtally_host::producer::produce(s.broker.addr(), "clicks", &g.records).unwrap();
     let mut args = run_args(&s);
     args.extend(
         [
@@ -853,7 +853,7 @@ fn a_topic_whose_first_offsets_were_deleted_is_consumed_from_its_start() {
     });
     let expected_path = tmp.join("expected.tsv");
     g.write_expected(&expected_path).unwrap();
-    adtally_host::source::produce(broker.addr(), "clicks", &g.records).unwrap();
+    adtally_host::producer::produce(broker.addr(), "clicks", &g.records).unwrap();
     // Tansu applies retention every second here; once the old records
     // are gone, each partition's log starts at offset 500.
     let consumer: BaseConsumer = ClientConfig::new()
@@ -910,7 +910,7 @@ fn an_unrestorable_snapshot_is_refused_or_replayed_as_told() {
     });
     g.write_expected(&s.expected_path).unwrap();
     let half = g.records.len() / 2;
-    adtally_host::source::produce(s.broker.addr(), "clicks", &g.records[..half]).unwrap();
+    adtally_host::producer::produce(s.broker.addr(), "clicks", &g.records[..half]).unwrap();
     let url = s.ch.url();
     let mut args = run_args(&s);
     args.extend(["--partitions".into(), "all".into()]);
@@ -923,7 +923,7 @@ fn an_unrestorable_snapshot_is_refused_or_replayed_as_told() {
          SELECT topic, source_partition, next_offset + 1, semantics_version, module_sha256, 'not a snapshot' \
          FROM adtally.snapshots WHERE source_partition = 0 ORDER BY next_offset DESC LIMIT 1",
     );
-    adtally_host::source::produce(s.broker.addr(), "clicks", &g.records[half..]).unwrap();
+    adtally_host::producer::produce(s.broker.addr(), "clicks", &g.records[half..]).unwrap();
     let (ok, refused) = run_within(&args, 300);
     assert!(
         !ok,

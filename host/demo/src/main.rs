@@ -13,7 +13,7 @@ use adtally_clickhouse_embedded::{EmbeddedClickHouse, install_schema, python};
 use adtally_host::connect::KafkaProperties;
 use adtally_host::generator::{self, StreamArgs};
 use adtally_host::snapshot_policy::SnapshotPolicy;
-use adtally_host::{pipeline, source};
+use adtally_host::{pipeline, producer, source};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use std::collections::BTreeMap;
@@ -83,10 +83,10 @@ async fn main() -> Result<()> {
         "about 1 s per 100,000",
     );
     let g = generator::generate(config);
-    source::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
+    producer::ensure_topic(kafka.addr(), "clicks", config.partitions).await?;
     let produce = {
         let (addr, records) = (kafka.addr().to_string(), g.records.clone());
-        tokio::task::spawn_blocking(move || source::produce(&addr, "clicks", &records))
+        tokio::task::spawn_blocking(move || producer::produce(&addr, "clicks", &records))
     };
     produce.await??;
     done(
