@@ -52,7 +52,7 @@ fn push_all(
     let mut offsets = [0i64; 64];
     let (mut rollups, mut dups) = (0usize, 0u64);
     for (p, clicks) in packed {
-        let out = agg.push_click_batch(*p, offsets[*p as usize], clicks, 0)?;
+        let out = agg.push_click_batch(Partition(*p), Offset(offsets[*p as usize]), clicks, 0)?;
         offsets[*p as usize] += clicks.len() as i64;
         rollups += out.rollups.len();
         dups += out.duplicates;

@@ -15,6 +15,7 @@
 //! crash at the worst moment costs: restoring the last snapshot, then
 //! replaying the most records any snapshot was behind, both measured.
 
+use adtally_core::{Offset, Partition};
 use adtally_host::snapshot_policy::SnapshotPolicy;
 use adtally_runtime::{Limits, Module, RecordBatch, Runtime};
 use std::path::Path;
@@ -37,7 +38,7 @@ fn batch(from: u64, to: u64, rate: u64) -> anyhow::Result<RecordBatch> {
     let mut b = RecordBatch::with_capacity((to - from) as usize, 48 * (to - from) as usize);
     for i in from..to {
         let (payload, t) = record(i, rate);
-        b.push(0, i as i64, &payload, Some(t))?;
+        b.push(Partition(0), Offset(i as i64), &payload, Some(t))?;
     }
     Ok(b)
 }

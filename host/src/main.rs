@@ -159,7 +159,23 @@ enum Command {
     },
 }
 
+/// Diagnostics go to standard error through `tracing`, at the level
+/// `ADTALLY_LOG` gives (an `EnvFilter`: `warn`, `adtally_host=debug`, ...;
+/// `info` when unset).
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ADTALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
 fn main() -> Result<()> {
+    init_logging();
     match Cli::parse().command {
         Command::Gen {
             stream,
@@ -190,8 +206,8 @@ fn main() -> Result<()> {
                 }
             }
             let clicks: u64 = g.expected.values().sum();
-            eprintln!(
-                "{} records: {clicks} distinct counted clicks ({} of them 30 minutes ahead), {} duplicates, {} late, {} invalid, {} YSB events other than views, {} heartbeats in 2199",
+            tracing::info!(
+                "adtally gen: {} records: {clicks} distinct counted clicks ({} of them 30 minutes ahead), {} duplicates, {} late, {} invalid, {} YSB events other than views, {} heartbeats in 2199",
                 g.records.len(),
                 g.ahead,
                 g.duplicates,
@@ -288,9 +304,11 @@ fn main() -> Result<()> {
                 dead_letter,
                 max_line_bytes,
             })?;
-            eprintln!(
+            tracing::info!(
                 "adtally ship: {} lines shipped, {} files followed from their start after rotation or truncation, {} lines dead-lettered",
-                stats.lines, stats.restarts, stats.dead_lettered
+                stats.lines,
+                stats.restarts,
+                stats.dead_lettered
             );
             Ok(())
         }
@@ -299,7 +317,7 @@ fn main() -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn run(opts: &source::ConsumeOptions, target: &pipeline::Target<'_>) -> Result<()> {
-    eprintln!(
+    tracing::info!(
         "adtally run: {} -> {}/{}",
         opts.topic,
         redact_url(target.url),
@@ -307,13 +325,22 @@ async fn run(opts: &source::ConsumeOptions, target: &pipeline::Target<'_>) -> Re
     );
     let report = pipeline::run(opts, target).await?;
     let stats = &report.stats;
-    eprintln!(
+    tracing::info!(
         "adtally run: {} records, {} rollup rows, {} duplicates, {} late, {} invalid (module {})",
-        stats.records, stats.rollups, stats.duplicates, stats.late, stats.invalid, report.sha256
+        stats.records,
+        stats.rollups,
+        stats.duplicates,
+        stats.late,
+        stats.invalid,
+        report.sha256
     );
-    eprintln!(
+    tracing::info!(
         "adtally run: {} snapshots restored, {} records already covered by them, {} core failures recovered, {} records quarantined, {} records deleted from the log before they were read",
-        stats.restored, stats.replayed, stats.traps, stats.quarantined, stats.deleted_unread
+        stats.restored,
+        stats.replayed,
+        stats.traps,
+        stats.quarantined,
+        stats.deleted_unread
     );
     Ok(())
 }

@@ -80,7 +80,9 @@ impl Producer {
             .find(|t| t.name() == topic)
             .map_or(0, |t| t.partitions().len() as i32);
         if partitions == 0 {
-            bail!("topic {topic} does not exist (create it first, e.g. with adtally gen --brokers)");
+            bail!(
+                "topic {topic} does not exist (create it first, e.g. with adtally gen --brokers)"
+            );
         }
         Ok(partitions)
     }
@@ -157,7 +159,13 @@ pub fn produce(brokers: &str, topic: &str, records: &[GenRecord]) -> Result<()> 
     let producer = Producer::new(brokers, &KafkaProperties::default())?;
     for (i, r) in records.iter().enumerate() {
         producer
-            .send(topic, Some(r.partition as i32), None, r.payload.as_bytes(), i)
+            .send(
+                topic,
+                Some(r.partition as i32),
+                None,
+                r.payload.as_bytes(),
+                i,
+            )
             .with_context(|| format!("producing to {topic}"))?;
     }
     if let Some((i, e)) = producer.deliveries()?.into_iter().min_by_key(|(i, _)| *i) {

@@ -27,9 +27,9 @@
 //!   on; any other failure stops `ship` with the position kept before the
 //!   first unacknowledged line.
 
+use crate::producer::Producer;
 use adtally_core::Routing;
 use anyhow::{Context, Result, bail};
-use crate::producer::Producer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -97,6 +97,9 @@ impl ShipState {
         std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
     }
 }
+
+/// How long `ship` sleeps when no file has a new line.
+const POLL_FILES: Duration = Duration::from_millis(100);
 
 /// Totals of a ship run.
 #[derive(Debug, Default)]
@@ -383,7 +386,7 @@ pub fn ship(opts: &ShipOptions) -> Result<ShipStats> {
         {
             return Ok(stats);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(POLL_FILES);
     }
 }
 

@@ -5,7 +5,7 @@
 //! position, so writing the same outputs twice (a retry, a replay after a
 //! crash) never changes a count.
 
-use adtally_core::Outputs;
+use adtally_core::{Offset, Outputs, Partition};
 use anyhow::{Context, Result};
 use clickhouse::{Client, Row, RowWrite};
 use serde::Serialize;
@@ -78,7 +78,7 @@ struct StoredSnapshot {
 /// A partition's state as stored, and the offset it covers.
 pub struct Snapshot {
     /// The first record not in the state.
-    pub next_offset: i64,
+    pub next_offset: Offset,
     /// The core's snapshot bytes.
     pub state: Vec<u8>,
 }
@@ -97,15 +97,23 @@ fn hex32(key: adtally_core::EventKey) -> [u8; 32] {
     out
 }
 
+/// TCP keepalive on the ClickHouse connections: a dead server is noticed
+/// without a write.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an unused connection stays open: the server closes idle
+/// connections itself after a few seconds, and a write on one it closed
+/// fails.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A ClickHouse client whose connections send small writes at once
 /// (`TCP_NODELAY`): an insert ends with a small chunk, and Nagle's algorithm
 /// would hold it until the server's delayed ACK (40 ms on Linux), per insert.
 pub fn client(url: &str) -> Client {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    connector.set_keepalive(Some(KEEPALIVE));
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .pool_idle_timeout(POOL_IDLE)
         .build(connector);
     Client::with_http_client(http).with_url(url)
 }
@@ -147,8 +155,8 @@ impl Sink {
     /// Call only once every row of those records was acknowledged.
     pub async fn write_snapshot(
         &self,
-        p: u32,
-        next_offset: i64,
+        p: Partition,
+        next_offset: Offset,
         semantics_version: u32,
         state: &[u8],
     ) -> Result<()> {
@@ -156,19 +164,23 @@ impl Sink {
             "snapshots",
             &[SnapshotRow {
                 topic: &self.topic,
-                source_partition: p,
-                next_offset,
+                source_partition: p.0,
+                next_offset: next_offset.0,
                 semantics_version,
                 module_sha256: &self.module_sha256,
                 state,
             }],
         )
         .await
-        .with_context(|| format!("writing the snapshot of partition {p}"))
+        .with_context(|| format!("writing the snapshot of partition {}", p.0))
     }
 
     /// The latest stored state of partition `p` under `semantics_version`.
-    pub async fn load_snapshot(&self, p: u32, semantics_version: u32) -> Result<Option<Snapshot>> {
+    pub async fn load_snapshot(
+        &self,
+        p: Partition,
+        semantics_version: u32,
+    ) -> Result<Option<Snapshot>> {
         let row = self
             .client
             .query(
@@ -177,13 +189,13 @@ impl Sink {
                  ORDER BY next_offset DESC LIMIT 1",
             )
             .bind(&self.topic)
-            .bind(p)
+            .bind(p.0)
             .bind(semantics_version)
             .fetch_optional::<StoredSnapshot>()
             .await
-            .with_context(|| format!("reading the snapshot of partition {p}"))?;
+            .with_context(|| format!("reading the snapshot of partition {}", p.0))?;
         Ok(row.map(|r| Snapshot {
-            next_offset: r.next_offset,
+            next_offset: Offset(r.next_offset),
             state: r.state,
         }))
     }
@@ -192,7 +204,7 @@ impl Sink {
     /// `semantics_version`: the operator chose to start the partition
     /// afresh (`--unrestorable-snapshot`), and a refused snapshot at a
     /// higher offset must not shadow the new ones.
-    pub async fn discard_snapshots(&self, p: u32, semantics_version: u32) -> Result<()> {
+    pub async fn discard_snapshots(&self, p: Partition, semantics_version: u32) -> Result<()> {
         self.client
             .query(
                 "ALTER TABLE snapshots DELETE \
@@ -200,33 +212,35 @@ impl Sink {
                  SETTINGS mutations_sync = 2",
             )
             .bind(&self.topic)
-            .bind(p)
+            .bind(p.0)
             .bind(semantics_version)
             .execute()
             .await
-            .with_context(|| format!("discarding the snapshots of partition {p}"))
+            .with_context(|| format!("discarding the snapshots of partition {}", p.0))
     }
 
     /// Offsets of partition `p` quarantined earlier (by any consumer).
-    pub async fn quarantined(&self, p: u32) -> Result<Vec<i64>> {
-        self.client
+    pub async fn quarantined(&self, p: Partition) -> Result<Vec<Offset>> {
+        let offsets = self
+            .client
             .query(
                 "SELECT source_offset FROM invalid_events \
                  WHERE topic = ? AND source_partition = ? AND startsWith(reason, 'module_trap')",
             )
             .bind(&self.topic)
-            .bind(p)
+            .bind(p.0)
             .fetch_all::<i64>()
             .await
-            .with_context(|| format!("reading the quarantined records of partition {p}"))
+            .with_context(|| format!("reading the quarantined records of partition {}", p.0))?;
+        Ok(offsets.into_iter().map(Offset).collect())
     }
 
     /// Side-lines a record the module could not process (it trapped on it
     /// on its own), with the error, in `invalid_events`.
     pub async fn write_quarantined(
         &self,
-        p: u32,
-        offset: i64,
+        p: Partition,
+        offset: Offset,
         payload: &[u8],
         error: &str,
     ) -> Result<()> {
@@ -234,8 +248,8 @@ impl Sink {
             "invalid_events",
             &[InvalidRow {
                 topic: &self.topic,
-                source_partition: p,
-                source_offset: offset,
+                source_partition: p.0,
+                source_offset: offset.0,
                 reason: format!("module_trap: {error}"),
                 payload,
             }],
@@ -264,13 +278,16 @@ impl Sink {
     }
 
     /// Records where the consumer stands, after the rows it covers were written.
-    pub async fn write_offsets(&self, next: &std::collections::BTreeMap<u32, i64>) -> Result<()> {
+    pub async fn write_offsets(
+        &self,
+        next: &std::collections::BTreeMap<Partition, Offset>,
+    ) -> Result<()> {
         let rows: Vec<OffsetRow> = next
             .iter()
-            .map(|(&partition, &next_offset)| OffsetRow {
+            .map(|(partition, next_offset)| OffsetRow {
                 topic: &self.topic,
-                partition,
-                next_offset,
+                partition: partition.0,
+                next_offset: next_offset.0,
             })
             .collect();
         self.insert::<OffsetRow>("consumer_offsets", &rows).await
@@ -278,7 +295,7 @@ impl Sink {
 
     /// Writes the outputs of each partition's core, one insert per table;
     /// returns when ClickHouse acknowledged all of it.
-    pub async fn write(&self, outs: &[(u32, Outputs)]) -> Result<()> {
+    pub async fn write(&self, outs: &[(Partition, Outputs)]) -> Result<()> {
         let sha = self.module_sha256.as_str();
         let rollups: Vec<RollupRow> = outs
             .iter()
@@ -303,7 +320,7 @@ impl Sink {
                     update_time_minute: t.minute.0,
                     filter_id: t.filter_id.0,
                     topic: &self.topic,
-                    source_partition: *p,
+                    source_partition: p.0,
                     version: t.version,
                     most_clicked_ads: t.ads.iter().map(|a| (a.ad_id.as_str(), a.clicks)).collect(),
                     module_sha256: sha,

@@ -939,8 +939,9 @@ fn an_unrestorable_snapshot_is_refused_or_replayed_as_told() {
     let (ok, run) = run_within(&args, 300);
     assert!(ok, "{run}");
     assert!(
-        run.contains("partition 0: the snapshot at offset")
-            && run.contains("starting with no state at offset 0"),
+        run.contains("the snapshot at offset")
+            && run.contains("starting with no state at offset 0")
+            && run.contains("partition=0"),
         "{run}"
     );
     // The refused snapshot no longer shadows the fresh ones: a run without

@@ -53,6 +53,13 @@ fn done(started: Instant, what: impl std::fmt::Display) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // The pipeline's warnings (a core restored, records skipped) show; its
+    // progress is what the steps below print.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let config = args.stream.config()?;
     let data = &args.data;
     let _ = std::fs::remove_dir_all(data);

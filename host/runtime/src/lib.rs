@@ -33,9 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker, ResourceAny};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, Store, StoreLimits, StoreLimitsBuilder,
-};
+use wasmtime::{InstanceAllocationStrategy, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
@@ -68,7 +66,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// A wasmtime engine configured for adtally modules, with its epoch ticker.
 pub struct Runtime {
-    engine: Engine,
+    engine: wasmtime::Engine,
     limits: Limits,
     stop: Arc<AtomicBool>,
 }
@@ -82,7 +80,7 @@ impl Drop for Runtime {
 impl Runtime {
     /// A runtime with the given limits.
     pub fn new(limits: Limits) -> Result<Runtime> {
-        let mut config = Config::new();
+        let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // adtally's component is built with it (see `.cargo/config.toml`).
@@ -97,7 +95,7 @@ impl Runtime {
         if std::env::var_os("ADTALLY_WASM_PERFMAP").is_some() {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let engine = Engine::new(&config).ctx("configuring wasmtime")?;
+        let engine = wasmtime::Engine::new(&config).ctx("configuring wasmtime")?;
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
         std::thread::Builder::new()
@@ -303,7 +301,7 @@ pub struct ModuleInfo {
 
 /// A compiled, self-tested component.
 pub struct Module {
-    runtime_engine: Engine,
+    runtime_engine: wasmtime::Engine,
     limits: Limits,
     pre: AggregatorModulePre<State>,
     sha256: String,
@@ -441,6 +439,20 @@ impl Aggregator<'_> {
         self.store.set_epoch_deadline(self.module.deadline_ticks());
     }
 
+    /// The one way into the aggregator resource: arms the call deadline,
+    /// then calls `f` with the resource's functions, the store and the
+    /// handle; a trap comes back as an error that says `trapped` (the
+    /// message, e.g. "module trapped in tick").
+    fn call<T>(
+        &mut self,
+        trapped: &'static str,
+        f: impl FnOnce(wit::GuestAggregator<'_>, &mut Store<State>, ResourceAny) -> wasmtime::Result<T>,
+    ) -> Result<T> {
+        self.arm();
+        let api = self.bindings.adtally_core_aggregate().aggregator();
+        f(api, &mut self.store, self.handle).ctx(trapped)
+    }
+
     /// Drops this aggregator's state and starts an empty one with
     /// `config_json` in the same instance. The instance keeps the memory it
     /// has grown, so the new aggregator runs on warm pages, as a long-lived
@@ -461,18 +473,17 @@ impl Aggregator<'_> {
             records.iter().map(|r| r.payload.len()).sum(),
         );
         for r in records {
-            batch.push(r.partition.0, r.offset.0, r.payload, r.record_time_ms)?;
+            batch.push(r.partition, r.offset, r.payload, r.record_time_ms)?;
         }
         self.push_batch(&batch, now_ms)
     }
 
     /// Pushes records packed beforehand (no copy on the host side).
     pub fn push_batch(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<Outputs> {
-        self.arm();
-        let api = self.bindings.adtally_core_aggregate().aggregator();
-        let out = api
-            .call_push(&mut self.store, self.handle, &batch.0, now_ms)
-            .ctx("module trapped in push")?
+        let out = self
+            .call("module trapped in push", |api, store, h| {
+                api.call_push(store, h, &batch.0, now_ms)
+            })?
             .map_err(|e| anyhow!("module refused the batch: {e}"))?;
         from_wit(out)
     }
@@ -480,8 +491,8 @@ impl Aggregator<'_> {
     /// Pushes parsed clicks of one partition at consecutive offsets.
     pub fn push_clicks(
         &mut self,
-        partition: u32,
-        first_offset: i64,
+        partition: Partition,
+        first_offset: Offset,
         clicks: &[Click],
         now_ms: i64,
     ) -> Result<Outputs> {
@@ -492,96 +503,67 @@ impl Aggregator<'_> {
     /// [`Aggregator::push_clicks`] for clicks packed beforehand.
     pub fn push_click_batch(
         &mut self,
-        partition: u32,
-        first_offset: i64,
+        partition: Partition,
+        first_offset: Offset,
         clicks: &ClickBatch,
         now_ms: i64,
     ) -> Result<Outputs> {
-        self.arm();
-        let api = self.bindings.adtally_core_aggregate().aggregator();
-        let out = api
-            .call_push_clicks(
-                &mut self.store,
-                self.handle,
-                partition,
-                first_offset,
-                &clicks.0,
-                now_ms,
-            )
-            .ctx("module trapped in push-clicks")?
+        let out = self
+            .call("module trapped in push-clicks", |api, store, h| {
+                api.call_push_clicks(store, h, partition.0, first_offset.0, &clicks.0, now_ms)
+            })?
             .map_err(|e| anyhow!("module refused the clicks: {e}"))?;
         from_wit(out)
     }
 
     /// Processing time passes.
     pub fn tick(&mut self, now_ms: i64) -> Result<Outputs> {
-        self.arm();
-        let out = self
-            .bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_tick(&mut self.store, self.handle, now_ms)
-            .ctx("module trapped in tick")?;
+        let out = self.call("module trapped in tick", |api, store, h| {
+            api.call_tick(store, h, now_ms)
+        })?;
         from_wit(out)
     }
 
     /// The whole state.
     pub fn snapshot(&mut self) -> Result<Vec<u8>> {
-        self.arm();
-        self.bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_snapshot(&mut self.store, self.handle)
-            .ctx("module trapped in snapshot")
+        self.call("module trapped in snapshot", |api, store, h| {
+            api.call_snapshot(store, h)
+        })
     }
 
     /// The configuration in force (as JSON, every field).
     pub fn config(&mut self) -> Result<String> {
-        self.arm();
-        self.bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_config(&mut self.store, self.handle)
-            .ctx("module trapped in config")
+        self.call("module trapped in config", |api, store, h| {
+            api.call_config(store, h)
+        })
     }
 
     /// Position and watermark of every partition with state.
     pub fn positions(&mut self) -> Result<Vec<Position>> {
-        self.arm();
-        let v = self
-            .bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_positions(&mut self.store, self.handle)
-            .ctx("module trapped in positions")?;
+        let v = self.call("module trapped in positions", |api, store, h| {
+            api.call_positions(store, h)
+        })?;
         Ok(v.into_iter()
             .map(|p| Position {
-                partition: p.partition,
-                next_offset: p.next_offset,
+                partition: Partition(p.partition),
+                next_offset: p.next_offset.map(Offset),
                 watermark: p.watermark,
             })
             .collect())
     }
 
     /// Forgets a revoked partition.
-    pub fn drop_partition(&mut self, partition: u32) -> Result<()> {
-        self.arm();
-        self.bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_drop_partition(&mut self.store, self.handle, partition)
-            .ctx("module trapped in drop-partition")
+    pub fn drop_partition(&mut self, partition: Partition) -> Result<()> {
+        self.call("module trapped in drop-partition", |api, store, h| {
+            api.call_drop_partition(store, h, partition.0)
+        })
     }
 
     /// What the aggregator's state takes, and the memory its instance has.
     pub fn state_usage(&mut self) -> Result<StateUsage> {
-        self.arm();
-        let u = self
-            .bindings
-            .adtally_core_aggregate()
-            .aggregator()
-            .call_state_usage(&mut self.store, self.handle)
-            .ctx("module trapped in state-usage")?;
+        let u = self.call("module trapped in state-usage", |api, store, h| {
+            api.call_state_usage(store, h)
+        })?;
         Ok(StateUsage {
             keys: u.keys,
             key_bytes: u.key_bytes,
@@ -616,9 +598,9 @@ pub struct StateUsage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
     /// The partition.
-    pub partition: u32,
+    pub partition: Partition,
     /// The offset after the last record processed.
-    pub next_offset: Option<i64>,
+    pub next_offset: Option<Offset>,
     /// `W_p`, once the partition has event time.
     pub watermark: Option<i64>,
 }
@@ -663,16 +645,16 @@ impl RecordBatch {
     /// Appends a record (its payload is copied into the batch).
     pub fn push(
         &mut self,
-        partition: u32,
-        offset: i64,
+        partition: Partition,
+        offset: Offset,
         payload: &[u8],
         record_time_ms: Option<i64>,
     ) -> Result<()> {
         let b = &mut self.0;
         b.payloads.extend_from_slice(payload);
         b.payload_ends.push(end_offset(b.payloads.len())?);
-        b.partitions.push(partition);
-        b.offsets.push(offset);
+        b.partitions.push(partition.0);
+        b.offsets.push(offset.0);
         b.record_times_ms.push(record_time_ms);
         Ok(())
     }

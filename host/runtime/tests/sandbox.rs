@@ -140,7 +140,7 @@ fn a_bad_click_refuses_its_whole_batch_by_name() {
     )
     .unwrap();
     let err = agg
-        .push_clicks(0, 0, &[good.clone(), bad], 0)
+        .push_clicks(Partition(0), Offset(0), &[good.clone(), bad], 0)
         .expect_err("refused");
     let msg = format!("{err:#}");
     assert!(
@@ -148,7 +148,9 @@ fn a_bad_click_refuses_its_whole_batch_by_name() {
         "{msg}"
     );
     // Nothing of the batch was processed: offset 0 is still new.
-    let out = agg.push_clicks(0, 0, &[good], 0).unwrap();
+    let out = agg
+        .push_clicks(Partition(0), Offset(0), &[good], 0)
+        .unwrap();
     assert_eq!(out.replayed, 0);
-    assert_eq!(agg.positions().unwrap()[0].next_offset, Some(1));
+    assert_eq!(agg.positions().unwrap()[0].next_offset, Some(Offset(1)));
 }

@@ -390,8 +390,8 @@ pub fn merge_result_json(r: Result<Vec<RankedAd>, String>) -> Value {
     }
 }
 
-/// Runs a vector's steps on anything that behaves like an engine.
-pub trait EngineLike {
+/// What runs a vector's steps: the native engine, a component's aggregator.
+pub trait StepRunner {
     /// Pushes a batch.
     fn push(&mut self, now: i64, records: &[Rec]) -> Result<Value>;
     /// Processing time passes.
@@ -401,7 +401,7 @@ pub trait EngineLike {
 }
 
 /// Runs the steps and concatenates the outputs (canonical JSON).
-pub fn run_steps(v: &Vector, engine: &mut dyn EngineLike) -> Result<Value> {
+pub fn run_steps(v: &Vector, engine: &mut dyn StepRunner) -> Result<Value> {
     let mut all = json!({"rollups": [], "late": [], "invalid": [], "top_n": [], "duplicates": 0, "replayed": 0});
     for step in &v.steps {
         let out = match step {
@@ -431,7 +431,7 @@ fn append_outputs(all: &mut Value, out: Value) {
 /// The native engine.
 pub struct Native(pub Engine);
 
-impl EngineLike for Native {
+impl StepRunner for Native {
     fn push(&mut self, now: i64, records: &[Rec]) -> Result<Value> {
         let mut out = Outputs::default();
         for r in records {

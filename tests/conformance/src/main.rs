@@ -211,7 +211,7 @@ fn print_table(vectors: &[Vector], table: &[(String, Results)]) -> Result<()> {
 mod component {
     //! The component build, run in-process through wasmtime (adtally-runtime).
     use super::Results;
-    use adtally_conformance::{Actual, EngineLike, Rec, Vector, merge_result_json, run_steps};
+    use adtally_conformance::{Actual, Rec, StepRunner, Vector, merge_result_json, run_steps};
     use adtally_core::{Offset, Partition, RawRecord};
     use adtally_runtime::{Aggregator, Limits, Module, Runtime};
     use anyhow::Result;
@@ -223,7 +223,7 @@ mod component {
         agg: Option<Aggregator<'m>>,
     }
 
-    impl EngineLike for Component<'_> {
+    impl StepRunner for Component<'_> {
         fn push(&mut self, now: i64, records: &[Rec]) -> Result<Value> {
             let recs: Vec<RawRecord> = records
                 .iter()

@@ -1,0 +1,94 @@
+//! Rebalances: rdkafka's callback hands assignment changes to the loop,
+//! which hands revoked partitions' state over (a snapshot) and opens and
+//! positions assigned ones.
+
+use super::cores::Cores;
+use super::writer::Writer;
+use super::{ConsumeStats, seek};
+use adtally_core::Partition;
+use anyhow::Result;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientContext, TopicPartitionList};
+use std::sync::mpsc;
+
+/// A change of assignment, from rdkafka's rebalance callback to the loop.
+pub(super) enum Change {
+    Assigned(Vec<Partition>),
+    Revoked(Vec<Partition>),
+}
+
+pub(super) struct RebalanceContext {
+    pub(super) topic: String,
+    pub(super) changes: std::sync::Mutex<mpsc::Sender<Change>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let parts = |tpl: &TopicPartitionList| -> Vec<Partition> {
+            tpl.elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(|e| Partition(e.partition() as u32))
+                .collect()
+        };
+        let change = match rebalance {
+            Rebalance::Assign(tpl) => Change::Assigned(parts(tpl)),
+            Rebalance::Revoke(tpl) => Change::Revoked(parts(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance");
+                return;
+            }
+        };
+        if let Ok(tx) = self.changes.lock() {
+            let _ = tx.send(change);
+        }
+    }
+}
+
+/// Applies rebalance changes; returns whether there were any.
+pub(super) async fn apply_changes<C: ConsumerContext>(
+    changes: &mpsc::Receiver<Change>,
+    consumer: &StreamConsumer<C>,
+    topic: &str,
+    cores: &mut Cores<'_, '_>,
+    writer: &mut Writer,
+    stats: &mut ConsumeStats,
+) -> Result<bool> {
+    let mut any = false;
+    while let Ok(change) = changes.try_recv() {
+        if !any {
+            // A hand-over snapshot must cover only acknowledged rows.
+            writer.settle(stats).await?;
+        }
+        any = true;
+        match change {
+            Change::Revoked(parts) => {
+                tracing::info!(?parts, "partitions revoked");
+                // Hand the state over: the next owner restores it.
+                for p in parts {
+                    if let Some(mut core) = cores.held.remove(&p)
+                        && core.next_offset > core.snapshot_offset
+                    {
+                        cores.snapshot(p, &mut core).await?;
+                    }
+                }
+            }
+            Change::Assigned(parts) => {
+                tracing::info!(?parts, "partitions assigned");
+                for p in parts {
+                    let core = match cores.held.remove(&p) {
+                        Some(core) => core,
+                        None => cores.open(p, consumer, stats).await?,
+                    };
+                    let mut core = core;
+                    core.rewind = Some(0);
+                    seek(consumer, topic, p, core.next_offset);
+                    cores.held.insert(p, core);
+                }
+            }
+        }
+    }
+    Ok(any)
+}
