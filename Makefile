@@ -31,6 +31,7 @@ conformance: wasm
 	cargo run --release -q -p adtally-conformance -- --builds native,component,clickhouse,js
 
 test: setup wasm
+	@echo "make test: the Rust tests (the first build takes about 15 minutes on 2 cores; the Kafka fault tests then about 5), the ClickHouse tests, conformance on all four builds, the examples"
 	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse --exclude adtally-js
 	$(ADTALLY_PYTHON) -m pytest -q clickhouse/tests
 	$(MAKE) --no-print-directory conformance

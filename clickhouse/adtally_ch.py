@@ -47,6 +47,16 @@ def install_module(query, wasm_bytes):
     return name, sha
 
 
+def function_statement(function, module, sha, name=None):
+    """sql/functions.sql's declaration of `function` over `module`, named
+    `name` (default: `function`)."""
+    head = f"CREATE OR REPLACE FUNCTION {function} "
+    for stmt in statements(os.path.join(HERE, "sql", "functions.sql"), module=module, sha256=sha):
+        if stmt.startswith(head):
+            return f"CREATE OR REPLACE FUNCTION {name or function} " + stmt[len(head):]
+    raise KeyError(function)
+
+
 def create_functions(query, module, sha):
     """Declares (or re-points) every adtally function over `module`."""
     for stmt in statements(os.path.join(HERE, "sql", "functions.sql"), module=module, sha256=sha):

@@ -53,14 +53,18 @@ def run(s, vector):
             for i, r in enumerate(rows)
         )
         s.query(f"INSERT INTO conf_records VALUES {values}")
+    # The pipeline's function, adtally_classify, gives each record's row;
+    # adtally_parse(_at) must agree with its first nine fields.
     res = s.query(
         f"""
         SELECT p, o, r.kind AS kind, r.reason AS reason, r.key AS key, r.time_ms AS time,
                r.ad_id AS ad_id, r.user_id AS user_id, r.ip AS ip, r.country AS country, r.event_id AS event_id,
-               adtally_window_start(r.time_ms, {config['window_ms']}::Int64) AS window_start,
-               adtally_filter_ids({filters}, r.country, r.ip, r.user_id) AS filters
-        FROM (SELECT i, p, o, if(isNull(rt), adtally_parse(payload),
-                                 adtally_parse_at(payload, assumeNotNull(rt), {config['max_future_skew_ms']}::Int64)) AS r
+               r.window_start_ms AS window_start, r.filter_ids AS filters,
+               tuple(r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9)
+                 = if(isNull(rt), adtally_parse(payload),
+                      adtally_parse_at(payload, assumeNotNull(rt), {config['max_future_skew_ms']}::Int64)) AS parse_agrees
+        FROM (SELECT i, p, o, rt, payload,
+                     adtally_classify(payload, ifNull(rt, 0), isNotNull(rt), {given}) AS r
               FROM conf_records)
         ORDER BY i""",
         "JSONEachRow",
@@ -68,6 +72,8 @@ def run(s, vector):
     records = []
     for line in res.bytes().decode().splitlines():
         row = json.loads(line)
+        if not row["parse_agrees"]:
+            raise RuntimeError(f"adtally_parse and adtally_classify disagree at offset {row['o']}")
         rec = {"p": row["p"], "o": int(row["o"]), "kind": row["kind"]}
         for f in FIELDS[row["kind"]]:
             v = row[f]

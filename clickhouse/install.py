@@ -22,6 +22,7 @@ the change in module_history.
 import argparse
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -158,20 +159,47 @@ def migrate(query, db):
         query(f"DROP TABLE {db}.snapshots_before_migration")
 
 
-def core_config(query, config):
-    """`config` (a dict that may omit fields) as the installed module reads
-    it: every default filled in, or the core's error naming the field."""
+def refresh_view(query, stmt):
+    """A materialized view an earlier install created keeps its query (its
+    statement says IF NOT EXISTS): it is given this install's, in place, so
+    that no block inserted meanwhile goes unseen (a dropped and recreated
+    view would miss the blocks in between)."""
+    m = re.match(r"CREATE MATERIALIZED VIEW IF NOT EXISTS (\S+) TO \S+ AS\s+(.*)", stmt, re.S)
+    if m:
+        query(f"ALTER TABLE {m.group(1)} MODIFY QUERY {m.group(2)}")
+
+
+def core_config(query, module, sha, config):
+    """`config` (a dict that may omit fields) as `module` reads it: every
+    default filled in, or a ValueError with the core's message naming the
+    field. Asked through a function of its own over `module`, so that a
+    module the adtally functions do not point at yet can be asked first."""
+    probe = f"{module}_config"
+    query(adtally_ch.function_statement("adtally_config", module, sha, name=probe))
     arg = adtally_ch.sql_string(json.dumps(config or {}))
     try:
-        text = query(f"SELECT adtally_config({arg})", "TabSeparatedRaw")
+        text = query(f"SELECT {probe}({arg})", "TabSeparatedRaw")
     except Exception as e:  # chDB's and the HTTP client's errors alike
         raise ValueError(f"the core refuses the configuration: {e}") from None
+    finally:
+        query(f"DROP FUNCTION IF EXISTS {probe}")
     return json.loads(text.decode())
 
 
 def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existing_rows=None):
-    module, sha = adtally_ch.install(query, wasm)
-    config = core_config(query, config)
+    """Installs the module, its functions, the schema and the pipeline. A
+    configuration the module refuses stops it before any function points at
+    the module (ValueError)."""
+    old = current_module(query)
+    with open(wasm, "rb") as f:
+        module, sha = adtally_ch.install_module(query, f.read())
+    try:
+        full = core_config(query, module, sha, config)
+    except ValueError:
+        if module != old:
+            query(f"DELETE FROM system.webassembly_modules WHERE name = '{module}'")
+        raise
+    adtally_ch.create_functions(query, module, sha)
     query(f"CREATE DATABASE IF NOT EXISTS {db}")
     migrate_topic(query, db, topic_of_existing_rows)
     for stmt in adtally_ch.statements(SCHEMA, db=db):
@@ -182,13 +210,16 @@ def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existin
         query(f"ALTER TABLE {db}.raw_events MODIFY SETTING storage_policy = 'adtally_tiered'")
         query(f"ALTER TABLE {db}.raw_events MODIFY TTL toDateTime(ingested_at) + INTERVAL 30 DAY TO VOLUME 'cold', "
               f"toDateTime(ingested_at) + INTERVAL 400 DAY DELETE")
-    filters_json = json.dumps(config["filters"], separators=(",", ":"))
+    # The views pass the configuration as given (the module fills in the
+    # defaults, as it just did): it goes with every row into the UDF, and
+    # the whole configuration is six times the bytes of a typical one.
+    given_json = json.dumps(config or {}, separators=(",", ":"))
     for stmt in adtally_ch.statements(os.path.join(HERE, "sql", "pipeline.sql"), db=db,
-                                      window_ms=config["window_ms"], max_future_skew_ms=config["max_future_skew_ms"],
-                                      top_n=int(config["top_n"]),
-                                      filters_json=adtally_ch.sql_string(filters_json)):
+                                      top_n=int(full["top_n"]),
+                                      config_json=adtally_ch.sql_string(given_json)):
         query(stmt)
-    for f in config["filters"]:
+        refresh_view(query, stmt)
+    for f in full["filters"]:
         query(f"INSERT INTO {db}.filters (filter_id, name, spec) VALUES ({int(f['id'])}, "
               f"{adtally_ch.sql_string(f.get('name', ''))}, {adtally_ch.sql_string(json.dumps(f))})")
     if kafka:
@@ -242,7 +273,7 @@ def main():
             kafka = {"brokers": args.kafka_brokers, "topic": args.kafka_topic, "group": args.kafka_group}
         try:
             module, sha = install(query, args.wasm, args.db, config, kafka, args.topic_of_existing_rows)
-        except MigrationError as e:
+        except (MigrationError, ValueError) as e:
             sys.exit(f"install: {e}")
     else:
         module, sha = upgrade(query, args.wasm, args.db)

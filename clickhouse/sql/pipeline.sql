@@ -1,7 +1,7 @@
 -- The ClickHouse-native path, on the same WASM core: records -> parse (once)
 -- -> raw, invalid and per-minute tables. It has no watermark: it is the
 -- batch truth the host's rollups reconcile against.
--- {db}, {window_ms}, {max_future_skew_ms} and {filters_json} come from the core's config.
+-- {db}, {config_json} (the whole configuration, as the module reads it) and {top_n} come from the core's config.
 
 -- Records from any source land here (the Kafka table's view, or plain INSERTs).
 CREATE TABLE IF NOT EXISTS {db}.ingest
@@ -23,17 +23,16 @@ CREATE TABLE IF NOT EXISTS {db}.parsed
 )
 ENGINE = Null;
 
+-- One UDF call per row: the core's whole verdict (parse, validation, key,
+-- window, filters) under the configuration {config_json}.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.parse_mv TO {db}.parsed AS
 SELECT topic, source_partition, source_offset, payload,
        r.kind AS kind, r.reason AS reason, r.key AS event_key, r.ad_id AS ad_id, r.time_ms AS time_ms,
        r.user_id AS user_id, r.ip AS ip, r.country AS country, r.event_id AS event_id,
-       adtally_window_start(r.time_ms, {window_ms}::Int64) AS window_start_ms,
-       if(r.kind = 'click', adtally_filter_ids({filters_json}, r.country, r.ip, r.user_id), []) AS filter_ids,
-       adtally_semantics_version(0::UInt32) AS semantics_version
+       r.window_start_ms AS window_start_ms, r.filter_ids AS filter_ids, r.semantics_version AS semantics_version
 FROM
 (
-    SELECT *, if(isNull(record_time_ms), adtally_parse(payload),
-                 adtally_parse_at(payload, assumeNotNull(record_time_ms), {max_future_skew_ms}::Int64)) AS r
+    SELECT *, adtally_classify(payload, ifNull(record_time_ms, 0), isNotNull(record_time_ms), {config_json}) AS r
     FROM {db}.ingest
 );
 

@@ -11,10 +11,14 @@
 //! purchase drawn uniformly, `event_time`, `ip_address`, no country and no
 //! event id) and only the views count, as in the benchmark's own query.
 
+use adtally_core::{EventTime, WindowSize};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use std::collections::BTreeMap;
+
+/// The expected totals are per minute: the core's default window.
+const MINUTE: WindowSize = WindowSize::MINUTE;
 
 /// What to generate.
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +84,7 @@ pub struct StreamArgs {
     #[arg(long, default_value_t = 0.005)]
     pub invalid: f64,
     /// Largest backwards jitter of a click's time, in ms (disorder); at most
-    /// the core's default out-of-orderness (15,000) for the totals to hold.
+    /// the core's default out-of-orderness for the totals to hold.
     #[arg(long, default_value_t = 5_000)]
     pub disorder_ms: i64,
     /// Yahoo Streaming Benchmark events (its JSON schema; its `view` events
@@ -301,7 +305,7 @@ pub fn generate(c: GenConfig) -> Generated {
             g.late += 1;
         } else {
             *g.expected
-                .entry((t.div_euclid(60_000) * 60_000, ad_name(ad)))
+                .entry((MINUTE.window_of(EventTime(t)).0, ad_name(ad)))
                 .or_default() += 1;
             counted.push((partition, line.clone(), t));
             g.max_time_ms = g.max_time_ms.max(t);

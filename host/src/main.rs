@@ -206,7 +206,7 @@ fn main() -> Result<()> {
                 }
             }
             let clicks: u64 = g.expected.values().sum();
-            tracing::info!(
+            eprintln!(
                 "adtally gen: {} records: {clicks} distinct counted clicks ({} of them 30 minutes ahead), {} duplicates, {} late, {} invalid, {} YSB events other than views, {} heartbeats in 2199",
                 g.records.len(),
                 g.ahead,
@@ -304,11 +304,9 @@ fn main() -> Result<()> {
                 dead_letter,
                 max_line_bytes,
             })?;
-            tracing::info!(
+            eprintln!(
                 "adtally ship: {} lines shipped, {} files followed from their start after rotation or truncation, {} lines dead-lettered",
-                stats.lines,
-                stats.restarts,
-                stats.dead_lettered
+                stats.lines, stats.restarts, stats.dead_lettered
             );
             Ok(())
         }
@@ -325,22 +323,14 @@ async fn run(opts: &source::ConsumeOptions, target: &pipeline::Target<'_>) -> Re
     );
     let report = pipeline::run(opts, target).await?;
     let stats = &report.stats;
-    tracing::info!(
+    // The run's result: printed whatever the log filter says.
+    eprintln!(
         "adtally run: {} records, {} rollup rows, {} duplicates, {} late, {} invalid (module {})",
-        stats.records,
-        stats.rollups,
-        stats.duplicates,
-        stats.late,
-        stats.invalid,
-        report.sha256
+        stats.records, stats.rollups, stats.duplicates, stats.late, stats.invalid, report.sha256
     );
-    tracing::info!(
+    eprintln!(
         "adtally run: {} snapshots restored, {} records already covered by them, {} core failures recovered, {} records quarantined, {} records deleted from the log before they were read",
-        stats.restored,
-        stats.replayed,
-        stats.traps,
-        stats.quarantined,
-        stats.deleted_unread
+        stats.restored, stats.replayed, stats.traps, stats.quarantined, stats.deleted_unread
     );
     Ok(())
 }

@@ -54,10 +54,13 @@ fn done(started: Instant, what: impl std::fmt::Display) {
 async fn main() -> Result<()> {
     let args = Args::parse();
     // The pipeline's warnings (a core restored, records skipped) show; its
-    // progress is what the steps below print.
+    // progress is what the steps below print. `ADTALLY_LOG` as for `adtally`.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ADTALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let config = args.stream.config()?;

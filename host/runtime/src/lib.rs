@@ -439,7 +439,8 @@ impl Aggregator<'_> {
         self.store.set_epoch_deadline(self.module.deadline_ticks());
     }
 
-    /// The one way into the aggregator resource: arms the call deadline,
+    /// The way into the aggregator resource's functions (dropping the
+    /// resource itself is [`Aggregator::start_over`]'s): arms the call deadline,
     /// then calls `f` with the resource's functions, the store and the
     /// handle; a trap comes back as an error that says `trapped` (the
     /// message, e.g. "module trapped in tick").

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 /// The longest a batch gathers records: what bounds the latency a record
 /// waits in a quiet topic before it is counted, and how often an idle
 /// loop ticks the cores (their processing time moves on).
-pub(super) const BATCH_WINDOW: Duration = Duration::from_millis(200);
+const BATCH_WINDOW: Duration = Duration::from_millis(200);
 
 /// Once a batch has records, the longest pause in arrivals it waits out:
 /// what is already queued goes at once, and waiting on would only add
 /// latency (a busy topic fills the batch well within it).
-pub(super) const ARRIVAL_PAUSE: Duration = Duration::from_millis(10);
+const ARRIVAL_PAUSE: Duration = Duration::from_millis(10);
 
 /// One batch of records, packed per partition (each record copied once).
 pub(super) struct Batch {

@@ -65,7 +65,7 @@ pub(super) async fn apply_changes<C: ConsumerContext>(
         any = true;
         match change {
             Change::Revoked(parts) => {
-                tracing::info!(?parts, "partitions revoked");
+                tracing::info!("partitions revoked: {:?}", numbers(&parts));
                 // Hand the state over: the next owner restores it.
                 for p in parts {
                     if let Some(mut core) = cores.held.remove(&p)
@@ -76,7 +76,7 @@ pub(super) async fn apply_changes<C: ConsumerContext>(
                 }
             }
             Change::Assigned(parts) => {
-                tracing::info!(?parts, "partitions assigned");
+                tracing::info!("partitions assigned: {:?}", numbers(&parts));
                 for p in parts {
                     let core = match cores.held.remove(&p) {
                         Some(core) => core,
@@ -91,4 +91,9 @@ pub(super) async fn apply_changes<C: ConsumerContext>(
         }
     }
     Ok(any)
+}
+
+/// Partitions as the numbers an operator knows them by.
+fn numbers(parts: &[Partition]) -> Vec<u32> {
+    parts.iter().map(|p| p.0).collect()
 }

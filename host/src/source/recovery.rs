@@ -81,7 +81,7 @@ pub(super) async fn recover<C: ConsumerContext>(
 }
 
 /// `p`'s core, taken out of the held ones after a failed call (counted).
-pub(super) fn take_failed<'m>(
+fn take_failed<'m>(
     cores: &mut Cores<'m, '_>,
     p: Partition,
     stats: &mut ConsumeStats,

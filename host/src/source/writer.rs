@@ -22,10 +22,10 @@ pub(super) struct Writer {
 /// writes were acknowledged).
 pub(super) type BatchWritten = (Option<Instant>, Instant);
 
-pub(super) const WRITES_IN_FLIGHT: usize = 2;
+const WRITES_IN_FLIGHT: usize = 2;
 
 /// Batch latencies kept in [`ConsumeStats`] at most.
-pub(super) const LATENCY_SAMPLES: usize = 100_000;
+const LATENCY_SAMPLES: usize = 100_000;
 
 impl Writer {
     /// Waits for the batch in flight; its failure fails the run (a restart

@@ -266,9 +266,11 @@ impl Vector {
         })
     }
 
-    /// The vector as the external harnesses get it: the configuration as
-    /// given, and every step with its records' partition, offset, payload
-    /// (hex) and record time spelled out.
+    /// The vector as the external harnesses and tests get it: the
+    /// configuration as given, every step with its records' partition,
+    /// offset, payload (hex) and record time spelled out, and the expected
+    /// results (which the build harnesses ignore; tests of the ClickHouse
+    /// pipeline compare with them).
     pub fn normalised(&self) -> Value {
         let steps: Vec<Value> = self
             .steps
@@ -293,6 +295,7 @@ impl Vector {
             "steps": steps,
             "merges": self.merges.iter().map(|m| json!({"lists": m.lists, "n": m.n})).collect::<Vec<_>>(),
             "calls": self.calls,
+            "expected": self.expected(),
         })
     }
 
@@ -328,6 +331,38 @@ pub fn annotate_record(classifier: &Classifier, rec: &Rec) -> Value {
     v["p"] = json!(rec.partition);
     v["o"] = json!(rec.offset);
     v
+}
+
+/// One record as the normalised vectors spell it.
+#[derive(Deserialize)]
+struct NormalisedRecord {
+    p: u32,
+    o: i64,
+    x: String,
+    t: Option<i64>,
+}
+
+/// The native core's annotation of each record of `input` (normalised, a
+/// JSON object a line) under `config_json`, a JSON line each to `output`.
+pub fn summarize(
+    config_json: &str,
+    input: impl std::io::BufRead,
+    mut output: impl std::io::Write,
+) -> Result<()> {
+    let config = Config::from_json(config_json).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let classifier = Classifier::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (i, line) in input.lines().enumerate() {
+        let r: NormalisedRecord = serde_json::from_str(&line?)
+            .with_context(|| format!("record {i}: not a normalised record"))?;
+        let rec = Rec {
+            partition: r.p,
+            offset: r.o,
+            payload: decode_hex(&r.x).with_context(|| format!("record {i}: bad hex"))?,
+            record_time: r.t,
+        };
+        writeln!(output, "{}", annotate_record(&classifier, &rec))?;
+    }
+    Ok(())
 }
 
 /// Annotations of every record, if the configuration is accepted.

@@ -6,7 +6,13 @@
 //! conformance --builds native,component,clickhouse,js
 //! conformance --bless               # rewrite expected results from the native core
 //! conformance --normalised          # print each vector as the harnesses get it
+//! conformance --summarize '{"filters": []}' < records.jsonl   # the native core's verdict on each record
 //! ```
+//!
+//! `--summarize` reads records as the normalised vectors spell them (one
+//! `{"p", "o", "x", "t"}` object a line) and prints, a line each, what the
+//! native core says of them (the vectors' per-record annotations), for
+//! tests that compare a pipeline with the core on records of their own.
 //!
 //! The ClickHouse and JavaScript harnesses read the vectors from their
 //! standard input, one [`Vector::normalised`] JSON line each, and print one
@@ -33,6 +39,10 @@ struct Args {
     /// Print every vector, normalised, one JSON line each, and exit.
     #[arg(long)]
     normalised: bool,
+    /// Print the native core's verdict on each record of standard input,
+    /// under this configuration (JSON), and exit.
+    #[arg(long, value_name = "CONFIG_JSON")]
+    summarize: Option<String>,
     /// The vectors directory.
     #[arg(long)]
     vectors: Option<PathBuf>,
@@ -54,6 +64,13 @@ type Results = BTreeMap<String, Result<Actual, String>>;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(config) = &args.summarize {
+        return adtally_conformance::summarize(
+            config,
+            std::io::stdin().lock(),
+            std::io::stdout().lock(),
+        );
+    }
     let dir = args.vectors.clone().unwrap_or_else(vectors_dir);
     let vectors = load_all(&dir)?;
     if args.bless {

@@ -8,6 +8,7 @@
 //!
 //! | function | ABI | signature |
 //! |---|---|---|
+//! | `adtally_classify` | BUFFERED_V1 | `(payload String, record_time_ms Int64, has_record_time UInt8, config_json String) -> Tuple(kind, reason, key, ad_id String, time_ms Int64, user_id, ip, country, event_id String, window_start_ms Int64, filter_ids Array(UInt32), semantics_version UInt32)` |
 //! | `adtally_parse` | BUFFERED_V1 | `(payload String) -> Tuple(kind, reason, key, ad_id String, time_ms Int64, user_id, ip, country, event_id String)` |
 //! | `adtally_parse_at` | BUFFERED_V1 | `(payload String, record_time_ms Int64, max_future_skew_ms Int64) -> same` |
 //! | `adtally_window_start` | BUFFERED_V1 | `(time_ms Int64, window_ms Int64) -> Int64` |
@@ -16,14 +17,20 @@
 //! | `adtally_config` | BUFFERED_V1 | `(config_json String) -> String`: the whole configuration, defaults filled in |
 //! | `adtally_semantics_version` | ROW_DIRECT | `(x UInt32) -> UInt32`, ignores `x` |
 //!
-//! The tuple is the core's [`RecordSummary`] as SQL columns
+//! The tuples are the core's [`RecordSummary`] as SQL columns
 //! ([`RecordSummary::columns`]): fields that do not apply are empty strings
-//! and 0. A bad argument (a window size out of range, a configuration the
+//! and 0 (`filter_ids` empty). `adtally_classify` is what the pipeline's view
+//! calls: the whole verdict on a row (the [`Classifier`] of `config_json`,
+//! the configuration as `adtally_config` returns it) in one call, since
+//! every call costs a serialization of its rows both ways, and
+//! `if(isNull(t), adtally_parse(..), adtally_parse_at(..))` evaluated both
+//! for every row. A bad argument (a window size out of range, a configuration the
 //! core refuses) fails the query with the core's message.
 
 use adtally_core::summary::SummaryColumns;
-use adtally_core::{Config, FilterSet, RecordSummary, WindowSize, topn};
+use adtally_core::{Classifier, Config, FilterSet, RecordSummary, WindowSize, topn};
 use clickhouse_wasm_udf::clickhouse_udf;
+use clickhouse_wasm_udf::serde::ser::{Serialize, SerializeTuple, Serializer};
 use std::cell::RefCell;
 
 /// One parsed record, as the tuple the SQL sees.
@@ -80,6 +87,66 @@ fn adtally_parse_at(
     parse(&payload.0, Some(record_time_ms), max_future_skew_ms)
 }
 
+thread_local! {
+    /// The last configuration seen and its rules: SQL passes the same
+    /// constant for every row, so it is parsed once.
+    static CLASSIFIER: RefCell<Option<(String, Classifier)>> = const { RefCell::new(None) };
+}
+
+/// One row's classified summary, serialized as `adtally_classify`'s tuple
+/// without copying its text fields into owned strings.
+pub struct Classified(RecordSummary);
+
+impl Serialize for Classified {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = self.0.columns();
+        let mut t = s.serialize_tuple(12)?;
+        t.serialize_element(c.kind)?;
+        t.serialize_element(&c.reason)?;
+        t.serialize_element(&c.key)?;
+        t.serialize_element(c.ad_id)?;
+        t.serialize_element(&c.time_ms)?;
+        t.serialize_element(c.user_id)?;
+        t.serialize_element(&c.ip)?;
+        t.serialize_element(c.country)?;
+        t.serialize_element(c.event_id)?;
+        t.serialize_element(&self.0.window_start.map_or(0, |w| w.0))?;
+        t.serialize_element(self.0.filters.as_deref().unwrap_or_default())?;
+        t.serialize_element(&semantics_version())?;
+        t.end()
+    }
+}
+
+/// What `adtally_classify` returns for a payload under `config_json`.
+pub fn classify(
+    payload: &[u8],
+    record_time_ms: Option<i64>,
+    config_json: &str,
+) -> Result<Classified, String> {
+    CLASSIFIER.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.as_ref().is_none_or(|(json, _)| json != config_json) {
+            let rules = Config::from_json(config_json)
+                .and_then(|c| Classifier::new(&c))
+                .map_err(|e| e.to_string())?;
+            *cache = Some((config_json.to_string(), rules));
+        }
+        let rules = &cache.as_ref().expect("filled above").1;
+        Ok(Classified(rules.summarize(payload, record_time_ms)))
+    })
+}
+
+#[clickhouse_udf]
+fn adtally_classify(
+    payload: serde_bytes_like::Bytes,
+    record_time_ms: i64,
+    has_record_time: u8,
+    config_json: String,
+) -> Result<Classified, String> {
+    let record_time_ms = (has_record_time != 0).then_some(record_time_ms);
+    classify(&payload.0, record_time_ms, &config_json)
+}
+
 /// Window start of `time_ms` for windows of `window_ms`
 /// ([`WindowSize::checked`]: a size out of range is an error).
 #[clickhouse_udf]
@@ -98,13 +165,19 @@ fn adtally_config(config_json: String) -> Result<String, String> {
 }
 
 /// The semantics version of the core in this module.
-#[unsafe(no_mangle)]
-pub extern "C" fn adtally_semantics_version(_x: u32) -> u32 {
+fn semantics_version() -> u32 {
     if cfg!(feature = "upgrade-test-marker") {
         adtally_core::SEMANTICS_VERSION + 1000
     } else {
         adtally_core::SEMANTICS_VERSION
     }
+}
+
+/// `adtally_semantics_version`: the semantics version of the core in this
+/// module.
+#[unsafe(no_mangle)]
+pub extern "C" fn adtally_semantics_version(_x: u32) -> u32 {
+    semantics_version()
 }
 
 thread_local! {

@@ -184,6 +184,7 @@ impl FilterSet {
     /// assert!(FilterSet::from_json(r#"[{"id":0}]"#).is_err());
     /// ```
     pub fn from_json(json: &str) -> Result<FilterSet, ConfigError> {
+        // `Config::from_json` checks every field; `check` gives the set.
         let config = if json.trim_start().starts_with('[') {
             crate::Config::from_json(&format!("{{\"filters\":{json}}}"))
         } else {

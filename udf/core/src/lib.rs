@@ -252,8 +252,11 @@ pub use watermark::{Quorum, Watermark};
 pub use window::{MAX_WINDOW_MS, WindowSize, WindowStart};
 
 /// Version of the semantics described in this crate's documentation. It
-/// changes whenever the same input could produce a different output; modules
-/// record it so that every number can be traced to the rules that made it.
+/// changes whenever the same records could produce a different output: a
+/// count, a row, a side output, or the verdict on a record (its kind,
+/// reason, key, window or filters). (Refusing an argument no configuration
+/// accepts, such as a window of 0 ms, changes no output.) Modules record it
+/// so that every number can be traced to the rules that made it.
 pub const SEMANTICS_VERSION: u32 = 4;
 
 /// The crate version, recorded as the module's semver.

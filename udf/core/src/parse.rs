@@ -302,6 +302,31 @@ fn parse_time_text(s: &str) -> Result<i64, InvalidReason> {
 
 #[cfg(test)]
 mod tests {
+    use super::{Routing, routing};
+
+    #[test]
+    fn clicks_are_routed_by_their_ad_id_as_written() {
+        let ad = |line: &[u8]| match routing(line) {
+            Routing::ByAd(a) => Some(a.as_str().to_string()),
+            _ => None,
+        };
+        // The key `ship` gave these lines before the core routed them.
+        assert_eq!(
+            ad(b"ad001, 2021-01-01 00:00:01, u, 1.1.1.1, USA").as_deref(),
+            Some("ad001")
+        );
+        assert_eq!(
+            ad(b"[AdClickEvent] ad7 , 1, u, 1.1.1.1, USA").as_deref(),
+            Some("ad7")
+        );
+        assert_eq!(
+            ad(br#"  {"ad_id": "ad9", "click_timestamp": 1, "user_id": "u", "ip": "1.1.1.1", "country": "USA"}"#).as_deref(),
+            Some("ad9")
+        );
+        assert_eq!(routing(br#"{"heartbeat_ms": 5}"#), Routing::EveryPartition);
+        assert_eq!(routing(b"ad1, 1, u, 1.1.1.1, XX"), Routing::AnyPartition);
+    }
+
     use super::*;
     use alloc::string::ToString;
 

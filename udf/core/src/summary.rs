@@ -179,9 +179,10 @@ pub struct Classifier {
 impl Classifier {
     /// The rules of `config`, or the error naming its bad field.
     pub fn new(config: &Config) -> Result<Classifier, ConfigError> {
+        let filters = config.check()?;
         Ok(Classifier {
-            filters: config.check()?,
-            window: WindowSize::checked(config.window_ms)?,
+            filters,
+            window: WindowSize::checked(config.window_ms).expect("checked by Config::check"),
             max_future_skew_ms: config.max_future_skew_ms,
         })
     }

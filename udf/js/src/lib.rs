@@ -106,6 +106,11 @@ pub fn parse(payload: &[u8], record_time_ms: Option<f64>, max_future_skew_ms: f6
 /// a window size the core accepts (1 ms to a day).
 #[wasm_bindgen(js_name = windowStart)]
 pub fn window_start(time_ms: f64, window_ms: f64) -> Result<f64, JsError> {
+    if window_ms.fract() != 0.0 {
+        return Err(err(format!(
+            "invalid config `window_ms` = {window_ms}: must be a whole number of milliseconds"
+        )));
+    }
     let size = WindowSize::checked(window_ms as i64).map_err(err)?;
     Ok(size.window_of(EventTime(time_ms as i64)).0 as f64)
 }
