@@ -219,6 +219,9 @@ def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existin
                                       config_json=adtally_ch.sql_string(given_json)):
         query(stmt)
         refresh_view(query, stmt)
+    # An earlier pipeline's view wrote the batch path's invalid records into
+    # the stream's `invalid_events`; its successor above writes them apart.
+    query(f"DROP VIEW IF EXISTS {db}.invalid_mv")
     for f in full["filters"]:
         query(f"INSERT INTO {db}.filters (filter_id, name, spec) VALUES ({int(f['id'])}, "
               f"{adtally_ch.sql_string(f.get('name', ''))}, {adtally_ch.sql_string(json.dumps(f))})")

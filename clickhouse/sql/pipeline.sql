@@ -1,5 +1,5 @@
 -- The ClickHouse-native path, on the same WASM core: records -> parse (once)
--- -> raw, invalid and per-minute tables. It has no watermark: it is the
+-- -> raw, invalid (batch_invalid_events) and per-minute tables. It has no watermark: it is the
 -- batch truth the host's rollups reconcile against.
 -- {db}, {config_json} (the whole configuration, as the module reads it) and {top_n} come from the core's config.
 
@@ -42,7 +42,7 @@ SELECT toFixedString(event_key, 32) AS event_key, ad_id, fromUnixTimestamp64Mill
        filter_ids, semantics_version, topic, source_partition, source_offset
 FROM {db}.parsed WHERE kind = 'click';
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.invalid_mv TO {db}.invalid_events AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.batch_invalid_mv TO {db}.batch_invalid_events AS
 SELECT topic, source_partition, source_offset, reason, payload
 FROM {db}.parsed WHERE kind = 'invalid';
 

@@ -157,6 +157,22 @@ CREATE TABLE IF NOT EXISTS {db}.invalid_events
 ENGINE = ReplacingMergeTree
 ORDER BY (topic, source_partition, source_offset);
 
+-- The ClickHouse-native path's invalid records (the core's stateless
+-- verdict in the views), apart from the stream's side output above: a
+-- record the host side-lined for its partition's state, or quarantined,
+-- keeps that row whoever else reads the record.
+CREATE TABLE IF NOT EXISTS {db}.batch_invalid_events
+(
+    topic            LowCardinality(String),
+    source_partition UInt32,
+    source_offset    Int64,
+    reason           LowCardinality(String),
+    payload          String,
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (topic, source_partition, source_offset);
+
 -- The batch path's per-minute counts: exact distinct event keys per
 -- (window, ad, filter), deduplicated across every partition and replay.
 CREATE TABLE IF NOT EXISTS {db}.batch_minute_counts

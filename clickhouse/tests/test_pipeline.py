@@ -77,7 +77,7 @@ def test_every_record_matches_the_native_core_and_counts_reconcile(ch):
             assert a["kind"] == "click", (name, p, o, a)
             assert (key, int(t), int(w), filters) == (a["key"], a["time"], a["window_start"], a["filters"]), (name, p, o)
             seen.add((p, int(o)))
-        invalid = ch(f"SELECT source_partition, source_offset, reason FROM {db}.invalid_events FORMAT JSONCompactEachRow")
+        invalid = ch(f"SELECT source_partition, source_offset, reason FROM {db}.batch_invalid_events FORMAT JSONCompactEachRow")
         for line in invalid.decode().splitlines():
             p, o, reason = json.loads(line)
             a = by_pos[(p, int(o))]
@@ -148,7 +148,7 @@ def test_upgrade_while_views_are_live(ch):
     v = int(ch("SELECT adtally_semantics_version(0::UInt32) FORMAT TSV").decode().strip()) - 1000
     rows = ch("SELECT source_offset, semantics_version FROM adtally.raw_events ORDER BY source_offset FORMAT CSV")
     assert rows == f"0,{v}\n2,{v + 1000}\n".encode(), "the views compute with the new module after the upgrade"
-    assert ch("SELECT source_offset, reason FROM adtally.invalid_events ORDER BY source_offset FORMAT CSV") == \
+    assert ch("SELECT source_offset, reason FROM adtally.batch_invalid_events ORDER BY source_offset FORMAT CSV") == \
         b'1,"malformed"\n3,"unknown_country"\n'
     modules = ch("SELECT name FROM system.webassembly_modules FORMAT CSV").decode()
     assert new in modules and old not in modules, modules
@@ -242,7 +242,7 @@ def test_a_kafka_sized_block_goes_through_the_views_with_default_settings(ch):
         p, o, key, t, w, f, ad, user, ip, country, event_id = json.loads(line)
         raw[key] = (int(p), int(o), int(t), int(w), f, ad, user, ip, country, event_id)
     invalid = {(int(p), int(o)): reason for p, o, reason in (
-        json.loads(l) for l in ch("SELECT source_partition, source_offset, reason FROM adtally.invalid_events "
+        json.loads(l) for l in ch("SELECT source_partition, source_offset, reason FROM adtally.batch_invalid_events "
                                   "FORMAT JSONCompactEachRow").decode().splitlines())}
     # Every click's key is stored once, with the core's fields; every
     # invalid record with the core's reason; nothing else.

@@ -184,6 +184,10 @@ pub struct Generated {
     pub records: Vec<GenRecord>,
     /// (minute start, ad) -> clicks, over every partition, filter 0.
     pub expected: BTreeMap<(i64, String), u64>,
+    /// (minute start, ad) -> distinct valid clicks, the late ones included:
+    /// what the batch truth (the ClickHouse-native path, which has no
+    /// watermark) must hold.
+    pub batch_truth: BTreeMap<(i64, String), u64>,
     /// How many of each kind were generated.
     pub duplicates: u64,
     /// See above.
@@ -204,13 +208,26 @@ impl Generated {
     /// Writes the expected totals to `path`: one `minute start ms, ad,
     /// clicks` line per (minute, ad), tab-separated, in order.
     pub fn write_expected(&self, path: &std::path::Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-        for ((w, ad), c) in &self.expected {
-            writeln!(f, "{w}\t{ad}\t{c}")?;
-        }
-        f.flush()
+        write_totals(&self.expected, path)
     }
+
+    /// Writes the batch truth's expected totals ([`Generated::batch_truth`])
+    /// to `path`, as [`Generated::write_expected`] does.
+    pub fn write_batch_truth(&self, path: &std::path::Path) -> std::io::Result<()> {
+        write_totals(&self.batch_truth, path)
+    }
+}
+
+fn write_totals(
+    totals: &BTreeMap<(i64, String), u64>,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for ((w, ad), c) in totals {
+        writeln!(f, "{w}\t{ad}\t{c}")?;
+    }
+    f.flush()
 }
 
 /// Generates a stream.
@@ -301,6 +318,9 @@ pub fn generate(c: GenConfig) -> Generated {
             format!("ad{ad:06}, {t}, user{user}, {ip}, USA, e{i}")
         };
         g.ahead += ahead as u64;
+        *g.batch_truth
+            .entry((MINUTE.window_of(EventTime(t)).0, ad_name(ad)))
+            .or_default() += 1;
         if late {
             g.late += 1;
         } else {

@@ -41,6 +41,10 @@ enum Command {
         /// Write the expected (minute start ms, ad, clicks) totals to this file, tab-separated.
         #[arg(long)]
         expected: Option<PathBuf>,
+        /// Write the batch truth's expected totals (late clicks included)
+        /// to this file, in the same form.
+        #[arg(long)]
+        expected_batch: Option<PathBuf>,
     },
     /// Follow log files of click records into a Kafka topic (keyed by ad_id),
     /// resuming where the last run stopped.
@@ -135,6 +139,11 @@ enum Command {
         /// partition is refused (the run stops and says why).
         #[arg(long)]
         unrestorable_snapshot: Option<source::StartAt>,
+        /// Who feeds ClickHouse's raw events and batch truth: `host` (each
+        /// batch's records go into `ingest`), `kafka-engine` (a ClickHouse
+        /// Kafka table reads the topic itself) or `off`.
+        #[arg(long, default_value = "host")]
+        raw_events: source::RawEvents,
         /// A librdkafka property, as `-X key=value` (repeatable; kcat's
         /// flag), e.g. `-X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN`.
         #[arg(short = 'X', value_name = "KEY=VALUE")]
@@ -182,11 +191,16 @@ fn main() -> Result<()> {
             brokers,
             topic,
             expected,
+            expected_batch,
         } => {
             let config = stream.config()?;
             let g = generator::generate(config);
             if let Some(path) = expected {
                 g.write_expected(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = expected_batch {
+                g.write_batch_truth(&path)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             match brokers {
@@ -233,6 +247,7 @@ fn main() -> Result<()> {
             clickhouse_compression,
             partitions,
             unrestorable_snapshot,
+            raw_events,
             kafka_property,
             kafka_config,
             clickhouse_user,
@@ -261,6 +276,7 @@ fn main() -> Result<()> {
                 assignment: partitions,
                 unrestorable: unrestorable_snapshot,
                 kafka: KafkaProperties::new(kafka_config.as_deref(), &kafka_property)?,
+                raw_events,
             };
             let auth = ClickHouseAuth {
                 user: clickhouse_user,

@@ -6,6 +6,7 @@
 //! crash) never changes a count.
 
 use adtally_core::{Offset, Outputs, Partition};
+use adtally_runtime::RecordBatch;
 use anyhow::{Context, Result};
 use clickhouse::{Client, Row, RowWrite};
 use serde::Serialize;
@@ -53,6 +54,16 @@ struct InvalidRow<'a> {
     source_partition: u32,
     source_offset: i64,
     reason: String,
+    #[serde(with = "serde_bytes")]
+    payload: &'a [u8],
+}
+
+#[derive(Row, Serialize)]
+struct RecordRow<'a> {
+    topic: &'a str,
+    source_partition: u32,
+    source_offset: i64,
+    record_time_ms: Option<i64>,
     #[serde(with = "serde_bytes")]
     payload: &'a [u8],
 }
@@ -275,6 +286,28 @@ impl Sink {
         ins.end()
             .await
             .with_context(|| format!("writing {} rows to {}.{table}", rows.len(), self.db))
+    }
+
+    /// Writes records as they were read into `ingest`, the ClickHouse-native
+    /// path: its views store each record's raw event or invalid event and
+    /// the per-minute batch truth, computed by the core's UDFs. Writing a
+    /// record again (a replay after a crash) changes none of them: raw and
+    /// invalid events are replaced by key (`raw_events` by event key,
+    /// `invalid_events` by position), and the batch truth counts distinct
+    /// keys.
+    pub async fn write_records(&self, batches: &[(Partition, RecordBatch)]) -> Result<()> {
+        let rows: Vec<RecordRow> = batches
+            .iter()
+            .flat_map(|(_, b)| b.records())
+            .map(|r| RecordRow {
+                topic: &self.topic,
+                source_partition: r.partition.0,
+                source_offset: r.offset.0,
+                record_time_ms: r.record_time_ms,
+                payload: r.payload,
+            })
+            .collect();
+        self.insert::<RecordRow>("ingest", &rows).await
     }
 
     /// Records where the consumer stands, after the rows it covers were written.

@@ -61,6 +61,8 @@ struct Setup {
     broker: Broker,
     ch: EmbeddedClickHouse,
     expected_path: PathBuf,
+    /// The batch truth's expected totals (`gen --expected-batch`).
+    batch_truth_path: PathBuf,
 }
 
 fn setup(name: &str, records: usize) -> Setup {
@@ -102,6 +104,7 @@ fn setup_topic(name: &str, storage: impl Fn(&Path) -> String) -> Setup {
     create_topic(&broker);
     Setup {
         expected_path: tmp.join("expected.tsv"),
+        batch_truth_path: tmp.join("batch-truth.tsv"),
         tmp,
         broker,
         ch,
@@ -121,8 +124,8 @@ fn setup_gen(
 ) -> Setup {
     let (tmp, broker, ch) = start(name, storage);
     let expected_path = tmp.join("expected.tsv");
+    let batch_truth_path = tmp.join("batch-truth.tsv");
     let records = records.to_string();
-    let expected = expected_path.to_str().unwrap();
     adtally(
         &[
             "gen",
@@ -133,7 +136,9 @@ fn setup_gen(
             "--topic",
             "clicks",
             "--expected",
-            expected,
+            expected_path.to_str().unwrap(),
+            "--expected-batch",
+            batch_truth_path.to_str().unwrap(),
         ]
         .into_iter()
         .chain(gen_args.iter().copied())
@@ -144,6 +149,7 @@ fn setup_gen(
         broker,
         ch,
         expected_path,
+        batch_truth_path,
     }
 }
 
@@ -263,6 +269,7 @@ fn setup_live(
         ..Default::default()
     });
     g.write_expected(&s.expected_path).unwrap();
+    g.write_batch_truth(&s.batch_truth_path).unwrap();
     (s, g.records)
 }
 
@@ -516,6 +523,26 @@ fn assert_exact(s: &Setup, records: u64) {
     assert!(v[0] > 0 && v[1] > 0, "invalid and late rows: {side}");
     assert_eq!(v[2], records, "the stored offsets cover every record");
     assert_top_n_exact(&url, &expected);
+    // The raw path (the host wrote each batch's records into `ingest`):
+    // every valid click's raw event once, and the batch truth of each
+    // (minute, ad) as the generator built the stream: its counted clicks
+    // and its late ones.
+    let dups = query_tsv(
+        &url,
+        "SELECT count() - uniqExact(event_key) FROM adtally.raw_events FINAL FORMAT TSV",
+    );
+    assert_eq!(dups.trim(), "0", "a raw event stored twice");
+    let truth = rows(std::fs::read_to_string(&s.batch_truth_path).unwrap());
+    let batch = rows(query_tsv(
+        &url,
+        "SELECT toUnixTimestamp64Milli(window_start), ad_id, clicks FROM adtally.batch_clicks_per_minute \
+         WHERE filter_id = 0 FORMAT TSV",
+    ));
+    assert_eq!(batch.len(), truth.len(), "batch truth (minute, ad) rows");
+    assert!(
+        batch == truth,
+        "the batch truth differs from the generator's"
+    );
     let _ = std::fs::remove_dir_all(&s.tmp);
 }
 
@@ -579,6 +606,8 @@ fn ship_follows_logs_across_restarts_then_exact() {
         "150000",
         "--expected",
         expected_path.to_str().unwrap(),
+        "--expected-batch",
+        s.batch_truth_path.to_str().unwrap(),
     ]);
     // The records, as a log file would hold them (gen prints partition<TAB>record).
     let lines: Vec<&str> = stream
@@ -674,6 +703,7 @@ fn a_trapping_record_is_quarantined_then_exact() {
         },
     );
     g.write_expected(&s.expected_path).unwrap();
+    g.write_batch_truth(&s.batch_truth_path).unwrap();
     adtally_host::producer::produce(s.broker.addr(), "clicks", &g.records).unwrap();
     let mut args = run_args(&s);
     args.extend(
@@ -853,6 +883,8 @@ fn a_topic_whose_first_offsets_were_deleted_is_consumed_from_its_start() {
     });
     let expected_path = tmp.join("expected.tsv");
     g.write_expected(&expected_path).unwrap();
+    let batch_truth_path = tmp.join("batch-truth.tsv");
+    g.write_batch_truth(&batch_truth_path).unwrap();
     adtally_host::producer::produce(broker.addr(), "clicks", &g.records).unwrap();
     // Tansu applies retention every second here; once the old records
     // are gone, each partition's log starts at offset 500.
@@ -884,6 +916,7 @@ fn a_topic_whose_first_offsets_were_deleted_is_consumed_from_its_start() {
         broker,
         ch,
         expected_path,
+        batch_truth_path,
     };
     let mut args = run_args(&s);
     args.extend(["--partitions".into(), "all".into()]);
@@ -909,6 +942,7 @@ fn an_unrestorable_snapshot_is_refused_or_replayed_as_told() {
         ..GenConfig::default()
     });
     g.write_expected(&s.expected_path).unwrap();
+    g.write_batch_truth(&s.batch_truth_path).unwrap();
     let half = g.records.len() / 2;
     adtally_host::producer::produce(s.broker.addr(), "clicks", &g.records[..half]).unwrap();
     let url = s.ch.url();

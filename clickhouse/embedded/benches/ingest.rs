@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         async move { client.query(sql).fetch_one::<u64>().await }
     };
     let raw = count("SELECT count() FROM adtally.raw_events FINAL").await?;
-    let invalid = count("SELECT count() FROM adtally.invalid_events").await?;
+    let invalid = count("SELECT count() FROM adtally.batch_invalid_events").await?;
     println!(
         "plain table      : {:>9.0} rows/s ({plain:.2} s)",
         rows / plain

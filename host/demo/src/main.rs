@@ -120,6 +120,7 @@ async fn main() -> Result<()> {
         assignment: source::Assignment::Group,
         unrestorable: None,
         kafka: KafkaProperties::default(),
+        raw_events: source::RawEvents::Host,
     };
     let url = ch.url();
     let target = pipeline::Target {

@@ -24,7 +24,7 @@ use crate::sink::Sink;
 use crate::snapshot_policy::SnapshotPolicy;
 use adtally_core::RawRecord;
 use adtally_core::{Offset, Partition};
-use adtally_runtime::Module;
+use adtally_runtime::{Module, RecordBatch};
 use anyhow::{Context, Result, bail};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -67,6 +67,39 @@ pub struct ConsumeOptions {
     pub unrestorable: Option<StartAt>,
     /// librdkafka properties for a secured cluster (SASL, TLS, ...).
     pub kafka: KafkaProperties,
+    /// Who feeds the ClickHouse-native path (raw events, the batch truth).
+    pub raw_events: RawEvents,
+}
+
+/// Who feeds the ClickHouse-native path, which stores every record's raw
+/// event (or invalid event) and the per-minute batch truth with the same
+/// core, in ClickHouse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawEvents {
+    /// The host: each batch's records go into `ingest` before the offsets
+    /// they cover are stored.
+    Host,
+    /// A ClickHouse Kafka table reads the topic itself (`install.py
+    /// --kafka-brokers`, servers that have the Kafka engine): the host
+    /// writes none.
+    KafkaEngine,
+    /// No raw events: nothing to reconcile or recalculate from.
+    Off,
+}
+
+impl std::str::FromStr for RawEvents {
+    type Err = String;
+    /// `host`, `kafka-engine` or `off`.
+    fn from_str(s: &str) -> Result<RawEvents, String> {
+        match s {
+            "host" => Ok(RawEvents::Host),
+            "kafka-engine" => Ok(RawEvents::KafkaEngine),
+            "off" => Ok(RawEvents::Off),
+            other => Err(format!(
+                "{other:?}: expected `host`, `kafka-engine` or `off`"
+            )),
+        }
+    }
 }
 
 /// Where to start a partition that has no usable state.
@@ -354,7 +387,7 @@ pub async fn consume(
                 recover_call(&mut cores, p, "tick", e, &consumer, &opts.topic, &mut stats).await?;
             }
             writer
-                .start(outs, BTreeMap::new(), None, &mut stats)
+                .start(outs, Vec::new(), BTreeMap::new(), None, &mut stats)
                 .await?;
             // Idle: no record (nor a change of assignment) for that long.
             let idle_for = |idle: Duration| {
@@ -413,7 +446,18 @@ pub async fn consume(
             stats.late += out.late.len() as u64;
             stats.invalid += out.invalid.len() as u64;
         }
-        writer.start(outs, next, first_at, &mut stats).await?;
+        // The records of the partitions whose outputs go out now, for the
+        // raw path (records left to a new owner, or to be fetched again, go
+        // with the batch that counts them).
+        let raw: Vec<(Partition, RecordBatch)> = if opts.raw_events == RawEvents::Host {
+            by_partition
+                .into_iter()
+                .filter(|(p, _)| next.contains_key(p))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        writer.start(outs, raw, next, first_at, &mut stats).await?;
         let due: Vec<Partition> = cores
             .held
             .iter()

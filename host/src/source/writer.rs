@@ -4,6 +4,7 @@
 use super::ConsumeStats;
 use crate::sink::Sink;
 use adtally_core::{Offset, Partition};
+use adtally_runtime::RecordBatch;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -53,10 +54,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts writing `outs` and then `next` (the offsets they cover).
+    /// Starts writing `outs`, then `raw` (the records they came from, for
+    /// the raw path), then `next` (the offsets they cover).
     pub(super) async fn start(
         &mut self,
         outs: Vec<(Partition, adtally_core::Outputs)>,
+        raw: Vec<(Partition, RecordBatch)>,
         next: BTreeMap<Partition, Offset>,
         first_at: Option<Instant>,
         stats: &mut ConsumeStats,
@@ -67,6 +70,7 @@ impl Writer {
         let sink = self.sink.clone();
         self.inflight.push_back(tokio::spawn(async move {
             sink.write(&outs).await?;
+            sink.write_records(&raw).await?;
             // Only now, with the rows acknowledged, does the position move.
             sink.write_offsets(&next).await?;
             Ok((first_at, Instant::now()))
