@@ -318,18 +318,15 @@ pub fn generate(c: GenConfig) -> Generated {
             format!("ad{ad:06}, {t}, user{user}, {ip}, USA, e{i}")
         };
         g.ahead += ahead as u64;
-        *g.batch_truth
-            .entry((MINUTE.window_of(EventTime(t)).0, ad_name(ad)))
-            .or_default() += 1;
+        let cell = (MINUTE.window_of(EventTime(t)).0, ad_name(ad));
         if late {
             g.late += 1;
         } else {
-            *g.expected
-                .entry((MINUTE.window_of(EventTime(t)).0, ad_name(ad)))
-                .or_default() += 1;
+            *g.expected.entry(cell.clone()).or_default() += 1;
             counted.push((partition, line.clone(), t));
             g.max_time_ms = g.max_time_ms.max(t);
         }
+        *g.batch_truth.entry(cell).or_default() += 1;
         g.records.push(GenRecord {
             partition,
             payload: line,

@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod generator;
+pub mod logging;
 pub mod pipeline;
 pub mod producer;
 pub mod ship;

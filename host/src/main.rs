@@ -142,7 +142,7 @@ enum Command {
         /// Who feeds ClickHouse's raw events and batch truth: `host` (each
         /// batch's records go into `ingest`), `kafka-engine` (a ClickHouse
         /// Kafka table reads the topic itself) or `off`.
-        #[arg(long, default_value = "host")]
+        #[arg(long, value_enum, default_value = "host")]
         raw_events: source::RawEvents,
         /// A librdkafka property, as `-X key=value` (repeatable; kcat's
         /// flag), e.g. `-X security.protocol=SASL_SSL -X sasl.mechanism=PLAIN`.
@@ -168,23 +168,8 @@ enum Command {
     },
 }
 
-/// Diagnostics go to standard error through `tracing`, at the level
-/// `ADTALLY_LOG` gives (an `EnvFilter`: `warn`, `adtally_host=debug`, ...;
-/// `info` when unset).
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ADTALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-}
-
 fn main() -> Result<()> {
-    init_logging();
+    adtally_host::logging::init("info");
     match Cli::parse().command {
         Command::Gen {
             stream,

@@ -54,15 +54,8 @@ fn done(started: Instant, what: impl std::fmt::Display) {
 async fn main() -> Result<()> {
     let args = Args::parse();
     // The pipeline's warnings (a core restored, records skipped) show; its
-    // progress is what the steps below print. `ADTALLY_LOG` as for `adtally`.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ADTALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    // progress is what the steps below print.
+    adtally_host::logging::init("warn");
     let config = args.stream.config()?;
     let data = &args.data;
     let _ = std::fs::remove_dir_all(data);

@@ -2,12 +2,12 @@
 //! opening one from its snapshot or fresh, storing its state, pushing its
 //! records, and what it says of its bounds.
 
-use super::{ConsumeStats, StartAt, log_start};
+use super::{ConsumeStats, Log, StartAt};
 use crate::sink::Sink;
 use adtally_core::{Offset, Partition, RawRecord};
 use adtally_runtime::{Aggregator, Module, RecordBatch};
 use anyhow::{Result, bail};
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::ConsumerContext;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -103,7 +103,6 @@ impl PartitionCore<'_> {
 pub(super) struct Cores<'m, 'a> {
     pub(super) module: &'m Module,
     pub(super) config_json: &'a str,
-    pub(super) topic: &'a str,
     pub(super) unrestorable: Option<StartAt>,
     pub(super) sink: &'a Sink,
     pub(super) held: BTreeMap<Partition, PartitionCore<'m>>,
@@ -119,14 +118,14 @@ impl<'m> Cores<'m, '_> {
     pub(super) async fn open<C: ConsumerContext>(
         &mut self,
         p: Partition,
-        consumer: &StreamConsumer<C>,
+        log: &Log<'_, C>,
         stats: &mut ConsumeStats,
     ) -> Result<PartitionCore<'m>> {
         for offset in self.sink.quarantined(p).await? {
             self.quarantined.insert((p, offset));
         }
         let semantics = self.module.info().semantics_version;
-        let low = log_start(consumer, self.topic, p)?;
+        let low = log.start(p)?;
         let start = match self.sink.load_snapshot(p, semantics).await? {
             None => low,
             Some(snap) => match wasm(|| self.module.restore(&snap.state)).and_then(|mut agg| {

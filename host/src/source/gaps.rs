@@ -6,10 +6,10 @@
 //! and handled here.
 
 use super::cores::{PartitionCore, skip_deleted};
-use super::{ConsumeStats, log_start, seek};
+use super::{ConsumeStats, Log};
 use adtally_core::{Offset, Partition};
 use anyhow::Result;
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::ConsumerContext;
 
 /// How far back the first re-fetch after skipped records starts: a
 /// producer batch holds at most a few thousand records, so one or two
@@ -24,8 +24,7 @@ const REWIND_GROWTH: i64 = 4;
 /// and these records are dropped, to come again. Deleted records are
 /// skipped (said and counted), and offsets that hold none are passed.
 pub(super) fn ready<C: ConsumerContext>(
-    consumer: &StreamConsumer<C>,
-    topic: &str,
+    log: &Log<'_, C>,
     p: Partition,
     core: &mut PartitionCore<'_>,
     first: Offset,
@@ -35,7 +34,7 @@ pub(super) fn ready<C: ConsumerContext>(
         return Ok(true);
     };
     if first > core.next_offset {
-        let low = log_start(consumer, topic, p)?;
+        let low = log.start(p)?;
         skip_deleted(p, core, low, stats);
         if first > core.next_offset {
             if rewind > 0 && Offset(core.next_offset.0.saturating_sub(rewind)) <= low {
@@ -56,7 +55,7 @@ pub(super) fn ready<C: ConsumerContext>(
                 );
                 core.rewind = Some(back);
                 let from = Offset(core.next_offset.0.saturating_sub(back)).max(low);
-                seek(consumer, topic, p, from);
+                log.seek(p, from);
                 return Ok(false);
             }
         }

@@ -73,8 +73,8 @@ pub struct ConsumeOptions {
 
 /// Who feeds the ClickHouse-native path, which stores every record's raw
 /// event (or invalid event) and the per-minute batch truth with the same
-/// core, in ClickHouse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// core, in ClickHouse. On the command line: `host`, `kafka-engine`, `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RawEvents {
     /// The host: each batch's records go into `ingest` before the offsets
     /// they cover are stored.
@@ -85,21 +85,6 @@ pub enum RawEvents {
     KafkaEngine,
     /// No raw events: nothing to reconcile or recalculate from.
     Off,
-}
-
-impl std::str::FromStr for RawEvents {
-    type Err = String;
-    /// `host`, `kafka-engine` or `off`.
-    fn from_str(s: &str) -> Result<RawEvents, String> {
-        match s {
-            "host" => Ok(RawEvents::Host),
-            "kafka-engine" => Ok(RawEvents::KafkaEngine),
-            "off" => Ok(RawEvents::Off),
-            other => Err(format!(
-                "{other:?}: expected `host`, `kafka-engine` or `off`"
-            )),
-        }
-    }
 }
 
 /// Where to start a partition that has no usable state.
@@ -131,8 +116,7 @@ impl std::str::FromStr for StartAt {
 /// offset may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long a seek may take. A failed seek only costs time: records before
-/// the offset are skipped by the core as replays.
+/// How long a seek may take.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the group waits for a silent member before it hands the
@@ -150,18 +134,36 @@ const MAX_POLL_INTERVAL_MS: &str = "20000";
 /// of a dead member before it, take time.
 const FIRST_ASSIGNMENT_WAIT: Duration = Duration::from_secs(60);
 
-/// The first offset `p` of `topic` still holds (records before it were
-/// deleted by retention or a delete-records request).
-fn log_start<C: ConsumerContext>(
-    consumer: &StreamConsumer<C>,
-    topic: &str,
-    p: Partition,
-) -> Result<Offset> {
-    let (low, _high) = tokio::task::block_in_place(|| {
-        consumer.fetch_watermarks(topic, kafka_partition(p), METADATA_TIMEOUT)
-    })
-    .with_context(|| format!("reading the first offset of {topic} partition {p}"))?;
-    Ok(Offset(low.max(0)))
+/// The topic as this consumer reads it: where its partitions' logs start,
+/// and where their fetches do.
+struct Log<'a, C: ConsumerContext + 'static> {
+    consumer: &'a StreamConsumer<C>,
+    topic: &'a str,
+}
+
+impl<C: ConsumerContext> Log<'_, C> {
+    /// The first offset `p` still holds (records before it were deleted by
+    /// retention or a delete-records request).
+    fn start(&self, p: Partition) -> Result<Offset> {
+        let (low, _high) = tokio::task::block_in_place(|| {
+            self.consumer
+                .fetch_watermarks(self.topic, kafka_partition(p), METADATA_TIMEOUT)
+        })
+        .with_context(|| format!("reading the first offset of {} partition {p}", self.topic))?;
+        Ok(Offset(low.max(0)))
+    }
+
+    /// Moves `p`'s fetch to `offset`. A failed seek only costs time:
+    /// records before `offset` are skipped by the core as replays.
+    fn seek(&self, p: Partition, offset: Offset) {
+        let to = kafka_offset(offset);
+        if let Err(e) = self
+            .consumer
+            .seek(self.topic, kafka_partition(p), to, SEEK_TIMEOUT)
+        {
+            tracing::warn!(partition = p.0, offset = offset.0, error = %e, "seek failed");
+        }
+    }
 }
 
 /// How a consumer gets its partitions.
@@ -250,18 +252,6 @@ fn kafka_partition(p: Partition) -> i32 {
     p.0 as i32
 }
 
-fn seek<C: ConsumerContext>(
-    consumer: &StreamConsumer<C>,
-    topic: &str,
-    p: Partition,
-    offset: Offset,
-) {
-    let to = kafka_offset(offset);
-    if let Err(e) = consumer.seek(topic, kafka_partition(p), to, SEEK_TIMEOUT) {
-        tracing::warn!(partition = p.0, offset = offset.0, error = %e, "seek failed");
-    }
-}
-
 /// Consumes the topic into per-partition cores and the sink until idle (or forever).
 pub async fn consume(
     opts: &ConsumeOptions,
@@ -289,10 +279,13 @@ pub async fn consume(
         .apply(&mut config)
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
+    let log = Log {
+        consumer: &consumer,
+        topic: &opts.topic,
+    };
     let mut cores = Cores {
         module,
         config_json,
-        topic: &opts.topic,
         unrestorable: opts.unrestorable,
         sink,
         held: BTreeMap::new(),
@@ -333,7 +326,7 @@ pub async fn consume(
             // partition's fetch at the offset its state covers.
             let mut tpl = TopicPartitionList::new();
             for p in parts {
-                let core = cores.open(p, &consumer, &mut stats).await?;
+                let core = cores.open(p, &log, &mut stats).await?;
                 tpl.add_partition_offset(
                     &opts.topic,
                     kafka_partition(p),
@@ -357,16 +350,7 @@ pub async fn consume(
         // Rebalances that came meanwhile: hand revoked partitions over, open
         // and position assigned ones (records of a partition no longer held
         // are left to its new owner below).
-        if apply_changes(
-            &changes,
-            &consumer,
-            &opts.topic,
-            &mut cores,
-            &mut writer,
-            &mut stats,
-        )
-        .await?
-        {
+        if apply_changes(&changes, &log, &mut cores, &mut writer, &mut stats).await? {
             assigned_once |= !cores.held.is_empty();
             last_record = Instant::now();
         }
@@ -384,7 +368,7 @@ pub async fn consume(
                 writer.settle(&mut stats).await?;
             }
             for (p, e) in failed {
-                recover_call(&mut cores, p, "tick", e, &consumer, &opts.topic, &mut stats).await?;
+                recover_call(&mut cores, p, "tick", e, &log, &mut stats).await?;
             }
             writer
                 .start(outs, Vec::new(), BTreeMap::new(), None, &mut stats)
@@ -422,7 +406,7 @@ pub async fn consume(
                 continue;
             };
             if let Some(first) = recs.first()
-                && !gaps::ready(&consumer, &opts.topic, p, core, first.offset, &mut stats)?
+                && !gaps::ready(&log, p, core, first.offset, &mut stats)?
             {
                 continue;
             }
@@ -430,7 +414,7 @@ pub async fn consume(
                 Ok(out) => out,
                 Err(e) => {
                     writer.settle(&mut stats).await?;
-                    recover(&mut cores, p, &recs, e, &consumer, &opts.topic, &mut stats).await?;
+                    recover(&mut cores, p, &recs, e, &log, &mut stats).await?;
                     continue;
                 }
             };
@@ -483,16 +467,7 @@ pub async fn consume(
                     }
                     Err(e) => {
                         cores.held.insert(p, core);
-                        recover_call(
-                            &mut cores,
-                            p,
-                            "snapshot",
-                            e,
-                            &consumer,
-                            &opts.topic,
-                            &mut stats,
-                        )
-                        .await?;
+                        recover_call(&mut cores, p, "snapshot", e, &log, &mut stats).await?;
                     }
                 }
             }

@@ -4,10 +4,10 @@
 
 use super::cores::Cores;
 use super::writer::Writer;
-use super::{ConsumeStats, seek};
+use super::{ConsumeStats, Log};
 use adtally_core::Partition;
 use anyhow::Result;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::sync::mpsc;
 
@@ -50,8 +50,7 @@ impl ConsumerContext for RebalanceContext {
 /// Applies rebalance changes; returns whether there were any.
 pub(super) async fn apply_changes<C: ConsumerContext>(
     changes: &mpsc::Receiver<Change>,
-    consumer: &StreamConsumer<C>,
-    topic: &str,
+    log: &Log<'_, C>,
     cores: &mut Cores<'_, '_>,
     writer: &mut Writer,
     stats: &mut ConsumeStats,
@@ -80,11 +79,11 @@ pub(super) async fn apply_changes<C: ConsumerContext>(
                 for p in parts {
                     let core = match cores.held.remove(&p) {
                         Some(core) => core,
-                        None => cores.open(p, consumer, stats).await?,
+                        None => cores.open(p, log, stats).await?,
                     };
                     let mut core = core;
                     core.rewind = Some(0);
-                    seek(consumer, topic, p, core.next_offset);
+                    log.seek(p, core.next_offset);
                     cores.held.insert(p, core);
                 }
             }

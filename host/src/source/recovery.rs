@@ -4,11 +4,11 @@
 //! retry can mend stops the run with what to change.
 
 use super::cores::{Cores, PartitionCore};
-use super::{ConsumeStats, seek};
+use super::{ConsumeStats, Log};
 use adtally_core::{Offset, Partition, RawRecord};
 use adtally_runtime::Failure;
 use anyhow::{Result, bail};
-use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::consumer::ConsumerContext;
 
 /// The core of `p` failed on `recs`: report it, restore the last snapshot,
 /// and replay from there one record at a time. A record that the module
@@ -23,15 +23,13 @@ pub(super) async fn recover<C: ConsumerContext>(
     p: Partition,
     recs: &[RawRecord<'_>],
     error: anyhow::Error,
-    consumer: &StreamConsumer<C>,
-    topic: &str,
+    log: &Log<'_, C>,
     stats: &mut ConsumeStats,
 ) -> Result<()> {
-    let Some(old) = take_failed(cores, p, stats) else {
+    let Some((old, kind)) = take_failed(cores, p, stats, &error) else {
         return Ok(());
     };
     let failed_at = old.next_offset;
-    let kind = Failure::of(&error);
     tracing::warn!(
         partition = p.0,
         "the core failed ({kind:?}) at offset {failed_at}, restoring: {error:#}"
@@ -74,20 +72,22 @@ pub(super) async fn recover<C: ConsumerContext>(
     let until = recs.last().map_or(failed_at, |r| r.offset);
     let careful = old.careful_with((failed_at, until));
     drop(old);
-    reopen_careful(cores, p, careful, consumer, topic, stats)
+    reopen_careful(cores, p, careful, log, stats)
         .await?
         .suspect_record = suspect;
     Ok(())
 }
 
-/// `p`'s core, taken out of the held ones after a failed call (counted).
+/// `p`'s core, taken out of the held ones after a call failed with
+/// `error` (counted), and why it failed.
 fn take_failed<'m>(
     cores: &mut Cores<'m, '_>,
     p: Partition,
     stats: &mut ConsumeStats,
-) -> Option<PartitionCore<'m>> {
+    error: &anyhow::Error,
+) -> Option<(PartitionCore<'m>, Failure)> {
     stats.traps += 1;
-    cores.held.remove(&p)
+    Some((cores.held.remove(&p)?, Failure::of(error)))
 }
 
 /// `p`'s core opened anew from its last snapshot, fetching from there and
@@ -96,13 +96,12 @@ pub(super) async fn reopen_careful<'c, 'm, C: ConsumerContext>(
     cores: &'c mut Cores<'m, '_>,
     p: Partition,
     careful: (Offset, Offset),
-    consumer: &StreamConsumer<C>,
-    topic: &str,
+    log: &Log<'_, C>,
     stats: &mut ConsumeStats,
 ) -> Result<&'c mut PartitionCore<'m>> {
-    let mut core = cores.open(p, consumer, stats).await?;
+    let mut core = cores.open(p, log, stats).await?;
     core.careful = Some(careful);
-    seek(consumer, topic, p, core.next_offset);
+    log.seek(p, core.next_offset);
     Ok(cores.held.entry(p).or_insert(core))
 }
 
@@ -117,15 +116,13 @@ pub(super) async fn recover_call<C: ConsumerContext>(
     p: Partition,
     what: &'static str,
     error: anyhow::Error,
-    consumer: &StreamConsumer<C>,
-    topic: &str,
+    log: &Log<'_, C>,
     stats: &mut ConsumeStats,
 ) -> Result<()> {
-    let Some(old) = take_failed(cores, p, stats) else {
+    let Some((old, kind)) = take_failed(cores, p, stats, &error) else {
         return Ok(());
     };
     let at = old.next_offset;
-    let kind = Failure::of(&error);
     let remedy = match kind {
         Failure::Deadline => Some("--call-deadline-ms"),
         Failure::OutOfMemory => Some("--max-memory-mb"),
@@ -149,7 +146,7 @@ pub(super) async fn recover_call<C: ConsumerContext>(
     );
     let careful = old.careful_with((Offset(i64::MIN), Offset(at.0 - 1)));
     drop(old);
-    reopen_careful(cores, p, careful, consumer, topic, stats)
+    reopen_careful(cores, p, careful, log, stats)
         .await?
         .suspect_call = Some((what, at));
     Ok(())

@@ -27,80 +27,23 @@
 //! for every row. A bad argument (a window size out of range, a configuration the
 //! core refuses) fails the query with the core's message.
 
-use adtally_core::summary::SummaryColumns;
 use adtally_core::{Classifier, Config, FilterSet, RecordSummary, WindowSize, topn};
 use clickhouse_wasm_udf::clickhouse_udf;
 use clickhouse_wasm_udf::serde::ser::{Serialize, SerializeTuple, Serializer};
 use std::cell::RefCell;
 
-/// One parsed record, as the tuple the SQL sees.
-pub type Parsed = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    String,
-    String,
-);
-
-/// What `adtally_parse` returns for a payload.
-pub fn parse(payload: &[u8], record_time_ms: Option<i64>, max_future_skew_ms: i64) -> Parsed {
-    let summary = RecordSummary::of(payload, record_time_ms, max_future_skew_ms);
-    let SummaryColumns {
-        kind,
-        reason,
-        key,
-        ad_id,
-        time_ms,
-        user_id,
-        ip,
-        country,
-        event_id,
-    } = summary.columns();
-    (
-        kind.into(),
-        reason,
-        key,
-        ad_id.into(),
-        time_ms,
-        user_id.into(),
-        ip,
-        country.into(),
-        event_id.into(),
-    )
+/// A record's summary as the tuple the SQL sees: `adtally_parse`'s nine
+/// fields, and with `classified` `adtally_classify`'s twelve. Serialized
+/// straight from the summary's columns, without owned copies of its text.
+pub struct Tuple {
+    summary: RecordSummary,
+    classified: bool,
 }
 
-#[clickhouse_udf]
-fn adtally_parse(payload: serde_bytes_like::Bytes) -> Parsed {
-    parse(&payload.0, None, 0)
-}
-
-#[clickhouse_udf]
-fn adtally_parse_at(
-    payload: serde_bytes_like::Bytes,
-    record_time_ms: i64,
-    max_future_skew_ms: i64,
-) -> Parsed {
-    parse(&payload.0, Some(record_time_ms), max_future_skew_ms)
-}
-
-thread_local! {
-    /// The last configuration seen and its rules: SQL passes the same
-    /// constant for every row, so it is parsed once.
-    static CLASSIFIER: RefCell<Option<(String, Classifier)>> = const { RefCell::new(None) };
-}
-
-/// One row's classified summary, serialized as `adtally_classify`'s tuple
-/// without copying its text fields into owned strings.
-pub struct Classified(RecordSummary);
-
-impl Serialize for Classified {
+impl Serialize for Tuple {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let c = self.0.columns();
-        let mut t = s.serialize_tuple(12)?;
+        let c = self.summary.columns();
+        let mut t = s.serialize_tuple(if self.classified { 12 } else { 9 })?;
         t.serialize_element(c.kind)?;
         t.serialize_element(&c.reason)?;
         t.serialize_element(&c.key)?;
@@ -110,11 +53,61 @@ impl Serialize for Classified {
         t.serialize_element(&c.ip)?;
         t.serialize_element(c.country)?;
         t.serialize_element(c.event_id)?;
-        t.serialize_element(&self.0.window_start.map_or(0, |w| w.0))?;
-        t.serialize_element(self.0.filters.as_deref().unwrap_or_default())?;
-        t.serialize_element(&semantics_version())?;
+        if self.classified {
+            t.serialize_element(&self.summary.window_start.map_or(0, |w| w.0))?;
+            t.serialize_element(self.summary.filters.as_deref().unwrap_or_default())?;
+            t.serialize_element(&semantics_version())?;
+        }
         t.end()
     }
+}
+
+/// What `adtally_parse` returns for a payload.
+pub fn parse(payload: &[u8], record_time_ms: Option<i64>, max_future_skew_ms: i64) -> Tuple {
+    Tuple {
+        summary: RecordSummary::of(payload, record_time_ms, max_future_skew_ms),
+        classified: false,
+    }
+}
+
+#[clickhouse_udf]
+fn adtally_parse(payload: serde_bytes_like::Bytes) -> Tuple {
+    parse(&payload.0, None, 0)
+}
+
+#[clickhouse_udf]
+fn adtally_parse_at(
+    payload: serde_bytes_like::Bytes,
+    record_time_ms: i64,
+    max_future_skew_ms: i64,
+) -> Tuple {
+    parse(&payload.0, Some(record_time_ms), max_future_skew_ms)
+}
+
+thread_local! {
+    /// The last configuration seen and its rules: SQL passes the same
+    /// constant for every row, so it is parsed once.
+    static CLASSIFIER: RefCell<Option<(String, Classifier)>> = const { RefCell::new(None) };
+    /// The same for the filters `adtally_filter_ids` is given.
+    static FILTERS: RefCell<Option<(String, FilterSet)>> = const { RefCell::new(None) };
+}
+
+/// `f` of what `build` makes of `json`, built again only when `json`
+/// differs from the last call's.
+fn with_cached<T, R>(
+    cache: &'static std::thread::LocalKey<RefCell<Option<(String, T)>>>,
+    json: &str,
+    build: impl FnOnce(&str) -> Result<T, adtally_core::ConfigError>,
+    f: impl FnOnce(&T) -> R,
+) -> Result<R, String> {
+    cache.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.as_ref().is_none_or(|(last, _)| last != json) {
+            let built = build(json).map_err(|e| e.to_string())?;
+            *cache = Some((json.to_string(), built));
+        }
+        Ok(f(&cache.as_ref().expect("filled above").1))
+    })
 }
 
 /// What `adtally_classify` returns for a payload under `config_json`.
@@ -122,17 +115,11 @@ pub fn classify(
     payload: &[u8],
     record_time_ms: Option<i64>,
     config_json: &str,
-) -> Result<Classified, String> {
-    CLASSIFIER.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.as_ref().is_none_or(|(json, _)| json != config_json) {
-            let rules = Config::from_json(config_json)
-                .and_then(|c| Classifier::new(&c))
-                .map_err(|e| e.to_string())?;
-            *cache = Some((config_json.to_string(), rules));
-        }
-        let rules = &cache.as_ref().expect("filled above").1;
-        Ok(Classified(rules.summarize(payload, record_time_ms)))
+) -> Result<Tuple, String> {
+    let build = |json: &str| Config::from_json(json).and_then(|c| Classifier::new(&c));
+    with_cached(&CLASSIFIER, config_json, build, |rules| Tuple {
+        summary: rules.summarize(payload, record_time_ms),
+        classified: true,
     })
 }
 
@@ -142,7 +129,7 @@ fn adtally_classify(
     record_time_ms: i64,
     has_record_time: u8,
     config_json: String,
-) -> Result<Classified, String> {
+) -> Result<Tuple, String> {
     let record_time_ms = (has_record_time != 0).then_some(record_time_ms);
     classify(&payload.0, record_time_ms, &config_json)
 }
@@ -180,12 +167,6 @@ pub extern "C" fn adtally_semantics_version(_x: u32) -> u32 {
     semantics_version()
 }
 
-thread_local! {
-    /// The last filter configuration seen: SQL passes the same constant for
-    /// every row, so it is parsed once.
-    static FILTERS: RefCell<Option<(String, FilterSet)>> = const { RefCell::new(None) };
-}
-
 /// The filter ids (0 first) a click with these dimensions matches under
 /// `filters_json` (a JSON list of filter specs, or a whole config object):
 /// [`FilterSet::matching_dimensions`], so dimensions no valid click has
@@ -196,15 +177,9 @@ pub fn filter_ids(
     ip: &str,
     user_id: &str,
 ) -> Result<Vec<u32>, String> {
-    FILTERS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.as_ref().is_none_or(|(json, _)| json != filters_json) {
-            let set = FilterSet::from_json(filters_json).map_err(|e| e.to_string())?;
-            *cache = Some((filters_json.to_string(), set));
-        }
-        let set = &cache.as_ref().expect("filled above").1;
+    with_cached(&FILTERS, filters_json, FilterSet::from_json, |set| {
         let ids = set.matching_dimensions(country, ip, user_id);
-        Ok(ids.into_iter().map(|f| f.0).collect())
+        ids.into_iter().map(|f| f.0).collect()
     })
 }
 
