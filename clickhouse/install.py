@@ -135,12 +135,33 @@ def migrate_topic(query, db, topic=None):
         topics[table] = topic_of_old_rows(query, db, topic) if rows else ""
     for table in old:
         columns = WITHOUT_TOPIC[table]
-        query(table_ddl(db, table, f"{table}_migrating"))
-        query(f"INSERT INTO {db}.{table}_migrating ({columns}, topic) "
-              f"SELECT {columns}, {adtally_ch.sql_string(topics[table])} FROM {db}.{table}")
-        query(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_migration, "
-              f"{db}.{table}_migrating TO {db}.{table}")
-        query(f"DROP TABLE {db}.{table}_before_migration")
+        rebuild(query, db, table,
+                f"({columns}, topic) SELECT {columns}, {adtally_ch.sql_string(topics[table])} FROM {{old}}")
+
+
+# raw_events' columns before it kept one row per source position, with the
+# record's payload and timestamp.
+RAW_EVENTS_BY_KEY = ("event_key, ad_id, click_ts, user_id, ip, country, event_id, window_start, filter_ids, "
+                     "semantics_version, topic, source_partition, source_offset, ingested_at")
+# The payload of a row stored before payloads were: the record rebuilt from
+# its parsed fields, in the core's JSON form (what replay reads).
+REBUILT_PAYLOAD = ("concat('{\"ad_id\":', toJSONString(ad_id), ',\"click_timestamp\":', "
+                   "toString(toUnixTimestamp64Milli(click_ts)), ',\"user_id\":', toJSONString(user_id), "
+                   "',\"ip\":', toJSONString(ip), ',\"country\":', toJSONString(country), "
+                   "if(event_id = '', '', concat(',\"event_id\":', toJSONString(event_id))), '}')")
+
+
+def rebuild(query, db, table, fill):
+    """Replaces `table` by its sql/schema.sql definition, filled by `fill`
+    (an INSERT's column list and SELECT over the old table): built as
+    `*_migrating` and swapped in with one RENAME."""
+    query(f"DROP TABLE IF EXISTS {db}.{table}_migrating")
+    query(f"DROP TABLE IF EXISTS {db}.{table}_before_migration")
+    query(table_ddl(db, table, f"{table}_migrating"))
+    query(f"INSERT INTO {db}.{table}_migrating {fill.replace('{old}', f'{db}.{table}')}")
+    query(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_migration, "
+          f"{db}.{table}_migrating TO {db}.{table}")
+    query(f"DROP TABLE {db}.{table}_before_migration")
 
 
 def migrate(query, db):
@@ -148,15 +169,16 @@ def migrate(query, db):
     their rows. `snapshots` was keyed by (topic, source_partition) alone, so
     a module of one semantics version merged away another's state; it is
     rebuilt keyed by semantics version too (rows already merged away before
-    the migration are gone, the rest are kept)."""
+    the migration are gone, the rest are kept). `raw_events` kept one row
+    per event key and no payload: it is rebuilt keyed by source position,
+    its rows' payloads rebuilt from their fields. `batch_invalid_events`
+    gains the record's timestamp (NULL for rows before)."""
+    if sorting_key(query, db, "raw_events") == "ad_id, window_start, event_key":
+        rebuild(query, db, "raw_events",
+                f"({RAW_EVENTS_BY_KEY}, payload) SELECT {RAW_EVENTS_BY_KEY}, {REBUILT_PAYLOAD} FROM {{old}}")
+    query(f"ALTER TABLE {db}.batch_invalid_events ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER payload")
     if sorting_key(query, db, "snapshots") == "topic, source_partition":
-        query(f"DROP TABLE IF EXISTS {db}.snapshots_migrating")
-        query(f"CREATE TABLE {db}.snapshots_migrating AS {db}.snapshots "
-              f"ENGINE = ReplacingMergeTree(next_offset) ORDER BY (topic, source_partition, semantics_version)")
-        query(f"INSERT INTO {db}.snapshots_migrating SELECT * FROM {db}.snapshots")
-        query(f"RENAME TABLE {db}.snapshots TO {db}.snapshots_before_migration, "
-              f"{db}.snapshots_migrating TO {db}.snapshots")
-        query(f"DROP TABLE {db}.snapshots_before_migration")
+        rebuild(query, db, "snapshots", "SELECT * FROM {old}")
 
 
 def refresh_view(query, stmt):

@@ -16,7 +16,7 @@ ENGINE = Null;
 
 CREATE TABLE IF NOT EXISTS {db}.parsed
 (
-    topic String, source_partition UInt32, source_offset Int64, payload String,
+    topic String, source_partition UInt32, source_offset Int64, record_time_ms Nullable(Int64), payload String,
     kind String, reason String, event_key String, ad_id String, time_ms Int64,
     user_id String, ip String, country String, event_id String,
     window_start_ms Int64, filter_ids Array(UInt32), semantics_version UInt32
@@ -26,7 +26,7 @@ ENGINE = Null;
 -- One UDF call per row: the core's whole verdict (parse, validation, key,
 -- window, filters) under the configuration {config_json}.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.parse_mv TO {db}.parsed AS
-SELECT topic, source_partition, source_offset, payload,
+SELECT topic, source_partition, source_offset, record_time_ms, payload,
        r.kind AS kind, r.reason AS reason, r.key AS event_key, r.ad_id AS ad_id, r.time_ms AS time_ms,
        r.user_id AS user_id, r.ip AS ip, r.country AS country, r.event_id AS event_id,
        r.window_start_ms AS window_start_ms, r.filter_ids AS filter_ids, r.semantics_version AS semantics_version
@@ -39,11 +39,11 @@ FROM
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.raw_mv TO {db}.raw_events AS
 SELECT toFixedString(event_key, 32) AS event_key, ad_id, fromUnixTimestamp64Milli(time_ms, 'UTC') AS click_ts,
        user_id, ip, country, event_id, fromUnixTimestamp64Milli(window_start_ms, 'UTC') AS window_start,
-       filter_ids, semantics_version, topic, source_partition, source_offset
+       filter_ids, semantics_version, topic, source_partition, source_offset, record_time_ms, payload
 FROM {db}.parsed WHERE kind = 'click';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.batch_invalid_mv TO {db}.batch_invalid_events AS
-SELECT topic, source_partition, source_offset, reason, payload
+SELECT topic, source_partition, source_offset, reason, payload, record_time_ms
 FROM {db}.parsed WHERE kind = 'invalid';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.batch_counts_mv TO {db}.batch_minute_counts AS

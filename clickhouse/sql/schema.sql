@@ -15,7 +15,12 @@ CREATE TABLE IF NOT EXISTS {db}.filters
 ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY filter_id;
 
--- Raw events: every valid click once, deduplicated by event key (the batch truth).
+-- Raw events: every valid click record as it came, once per source
+-- position (a click sent twice is two rows with one event key; a record
+-- written again after a crash replaces its row). The batch truth counts
+-- distinct event keys; reconciliation reads the positions (which of a
+-- key's records the stream counted); replay reads the payloads, in each
+-- partition's order, with batch_invalid_events' records.
 -- Retention counts from arrival (old clicks may be backfilled): rows move to
 -- the `cold` volume after 30 days where the storage policy `adtally_tiered`
 -- exists (see install.py), and are deleted after 400 days.
@@ -34,11 +39,13 @@ CREATE TABLE IF NOT EXISTS {db}.raw_events
     topic             LowCardinality(String),
     source_partition  UInt32,
     source_offset     Int64,
+    record_time_ms    Nullable(Int64),                   -- the Kafka record's timestamp, NULL when none
+    payload           String CODEC(ZSTD(1)),             -- the record as received
     ingested_at       DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(ingested_at)
 PARTITION BY toDate(click_ts)
-ORDER BY (ad_id, window_start, event_key)
+ORDER BY (ad_id, window_start, event_key, topic, source_partition, source_offset)
 TTL toDateTime(ingested_at) + INTERVAL 400 DAY DELETE;
 
 -- Per-minute rollups written by the host: one row per (window, ad, filter,
@@ -168,6 +175,7 @@ CREATE TABLE IF NOT EXISTS {db}.batch_invalid_events
     source_offset    Int64,
     reason           LowCardinality(String),
     payload          String,
+    record_time_ms   Nullable(Int64),                    -- the Kafka record's timestamp, NULL when none
     written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree

@@ -114,3 +114,47 @@ def test_a_migration_cut_short_is_done_again_and_rows_without_a_topic_are_refuse
     with pytest.raises(Exception, match="topic_named"):
         ch("INSERT INTO adtally.rollups (window_start, ad_id, filter_id, source_partition, clicks, version, "
            "module_sha256) VALUES (60000, 'ad1', 0, 0, 9, 3, 'a')")
+
+
+OLD_RAW_EVENTS = ("CREATE TABLE adtally.raw_events (event_key FixedString(32), ad_id String, click_ts DateTime64(3, 'UTC'), "
+                  "user_id String, ip String, country LowCardinality(String), event_id String, "
+                  "window_start DateTime64(3, 'UTC'), filter_ids Array(UInt32), semantics_version UInt32, "
+                  "topic LowCardinality(String), source_partition UInt32, source_offset Int64, "
+                  "ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree(ingested_at) "
+                  "PARTITION BY toDate(click_ts) ORDER BY (ad_id, window_start, event_key)")
+OLD_BATCH_INVALID = ("CREATE TABLE adtally.batch_invalid_events (topic LowCardinality(String), source_partition UInt32, "
+                     "source_offset Int64, reason LowCardinality(String), payload String, "
+                     "written_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree "
+                     "ORDER BY (topic, source_partition, source_offset)")
+
+
+def test_raw_events_kept_by_key_are_rebuilt_by_position_with_payloads_the_core_reads_back(ch):
+    installer.install(ch, WASM)
+    payloads = ['{"ad_id":"ad-1","click_timestamp":1700000000123,"user_id":"u\\"1","ip":"10.0.0.1","country":"USA"}',
+                '{"ad_id":"ad-2","click_timestamp":1700000060000,"user_id":"u2","ip":"::ffff:10.0.0.2",'
+                '"country":"de","event_id":"e-9"}']
+    for i, p in enumerate(payloads):
+        ch(f"INSERT INTO adtally.ingest (topic, source_partition, source_offset, record_time_ms, payload) "
+           f"VALUES ('clicks', 0, {i}, NULL, '{p.replace(chr(92), chr(92) * 2)}')")
+    before = ch("SELECT event_key, ad_id, click_ts, user_id, ip, country, event_id FROM adtally.raw_events "
+                "ORDER BY source_offset FORMAT TSV")
+    # The tables as the previous schema kept them, with these rows.
+    columns = installer.RAW_EVENTS_BY_KEY
+    ch("RENAME TABLE adtally.raw_events TO adtally.raw_events_new")
+    ch(OLD_RAW_EVENTS)
+    ch(f"INSERT INTO adtally.raw_events ({columns}) SELECT {columns} FROM adtally.raw_events_new")
+    ch("DROP TABLE adtally.raw_events_new")
+    ch("DROP TABLE adtally.batch_invalid_events")
+    ch(OLD_BATCH_INVALID)
+    installer.install(ch, WASM)
+    key = ch("SELECT sorting_key FROM system.tables WHERE database = 'adtally' AND name = 'raw_events'")
+    assert key.decode().strip() == "ad_id, window_start, event_key, topic, source_partition, source_offset"
+    assert ch("SELECT count() FROM system.columns WHERE database = 'adtally' AND table = 'batch_invalid_events' "
+              "AND name = 'record_time_ms'") == b"1\n"
+    # The rebuilt payloads parse back to the same clicks and keys.
+    again = ch("SELECT r.key, r.ad_id, fromUnixTimestamp64Milli(r.time_ms, 'UTC'), r.user_id, r.ip, r.country, r.event_id "
+               "FROM (SELECT adtally_classify(payload, 0, 0, '{}') AS r, source_offset FROM adtally.raw_events) "
+               "ORDER BY source_offset FORMAT TSV")
+    assert again == before and before.count(b"\n") == 2
+    installer.install(ch, WASM)
+    assert ch("SELECT count() FROM adtally.raw_events") == b"2\n"

@@ -188,6 +188,9 @@ pub struct Generated {
     /// what the batch truth (the ClickHouse-native path, which has no
     /// watermark) must hold.
     pub batch_truth: BTreeMap<(i64, String), u64>,
+    /// (minute start, ad) -> valid click records, duplicates included:
+    /// the rows `raw_events` must hold (one per source position).
+    pub raw_records: BTreeMap<(i64, String), u64>,
     /// How many of each kind were generated.
     pub duplicates: u64,
     /// See above.
@@ -211,10 +214,22 @@ impl Generated {
         write_totals(&self.expected, path)
     }
 
-    /// Writes the batch truth's expected totals ([`Generated::batch_truth`])
-    /// to `path`, as [`Generated::write_expected`] does.
+    /// Writes the batch truth's expected totals to `path`: one `minute
+    /// start ms, ad, distinct clicks, raw records` line per (minute, ad)
+    /// ([`Generated::batch_truth`], [`Generated::raw_records`]),
+    /// tab-separated, in order.
     pub fn write_batch_truth(&self, path: &std::path::Path) -> std::io::Result<()> {
-        write_totals(&self.batch_truth, path)
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for ((w, ad), c) in &self.batch_truth {
+            let records = self
+                .raw_records
+                .get(&(*w, ad.clone()))
+                .copied()
+                .unwrap_or(0);
+            writeln!(f, "{w}\t{ad}\t{c}\t{records}")?;
+        }
+        f.flush()
     }
 }
 
@@ -235,7 +250,7 @@ pub fn generate(c: GenConfig) -> Generated {
     let mut rng = StdRng::seed_from_u64(c.seed);
     let zipf = Zipf::new(c.ads as f64, 1.0).expect("ads >= 1");
     let mut g = Generated::default();
-    let mut counted: Vec<(u32, String, i64)> = Vec::new(); // for duplicates
+    let mut counted: Vec<(u32, String, (i64, String))> = Vec::new(); // for duplicates
     // YSB events carry no event id: a view is the same click as another of
     // the same (ad, user, ip, second), so no two generated views share one.
     let mut ysb_keys: std::collections::HashSet<(u64, u32, i64)> = Default::default();
@@ -269,7 +284,8 @@ pub fn generate(c: GenConfig) -> Generated {
         // Drawn for every record, so other fractions keep their streams.
         let ahead = rng.random::<f64>() < c.ahead;
         if roll < c.duplicates && !counted.is_empty() {
-            let (p, line, _) = counted[rng.random_range(0..counted.len())].clone();
+            let (p, line, cell) = counted[rng.random_range(0..counted.len())].clone();
+            *g.raw_records.entry(cell).or_default() += 1;
             g.records.push(GenRecord {
                 partition: p,
                 payload: line,
@@ -323,9 +339,10 @@ pub fn generate(c: GenConfig) -> Generated {
             g.late += 1;
         } else {
             *g.expected.entry(cell.clone()).or_default() += 1;
-            counted.push((partition, line.clone(), t));
+            counted.push((partition, line.clone(), cell.clone()));
             g.max_time_ms = g.max_time_ms.max(t);
         }
+        *g.raw_records.entry(cell.clone()).or_default() += 1;
         *g.batch_truth.entry(cell).or_default() += 1;
         g.records.push(GenRecord {
             partition,

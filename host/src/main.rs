@@ -41,8 +41,9 @@ enum Command {
         /// Write the expected (minute start ms, ad, clicks) totals to this file, tab-separated.
         #[arg(long)]
         expected: Option<PathBuf>,
-        /// Write the batch truth's expected totals (late clicks included)
-        /// to this file, in the same form.
+        /// Write the batch truth's expected totals to this file: (minute
+        /// start ms, ad, distinct clicks with the late ones, valid click
+        /// records with the duplicates), tab-separated.
         #[arg(long)]
         expected_batch: Option<PathBuf>,
     },
