@@ -13,7 +13,8 @@ What it speaks:
 - the query in the `query` URL parameter, in the body, or both (then the
   body is the INSERT's data); GET for read-only queries; `/ping` and `/`;
 - settings as URL parameters (applied for that request only), `database`,
-  `default_format`, query parameters `param_<name>`;
+  `default_format`, query parameters `param_<name>` (in the URL, or with the
+  query as multipart/form-data fields, as the `clickhouse` crate sends them);
 - INSERT bodies in any input format ClickHouse reads (RowBinary,
   RowBinaryWithNamesAndTypes, Native, JSONEachRow, TSV, CSV, ...), sent
   plainly, with chunked transfer, with an HTTP `Content-Encoding` (gzip,
@@ -46,6 +47,8 @@ that matters; its `fsync_after_insert` MergeTree setting closes the gap).
 """
 import argparse
 import base64
+import email.parser
+import email.policy
 import gzip
 import ipaddress
 import json
@@ -195,6 +198,23 @@ def every_frame(data, decompressor):
             raise ValueError("the body ends inside a frame")
         data = d.unused_data
     return bytes(out)
+
+
+def form_fields(content_type, body):
+    """The fields of a multipart/form-data body (how the `clickhouse` crate
+    sends a query with server-side parameters: `query` and `param_<name>`
+    fields), as ClickHouse's HTTP interface reads them."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise QueryError(27, "Code: 27. DB::Exception: Cannot parse the multipart/form-data body. "
+                             "(CANNOT_PARSE_INPUT_ASSERTION_FAILED)")
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[name] = part.get_payload(decode=True).decode("utf-8", "replace")
+    return fields
 
 
 def decode_content(encoding, data):
@@ -485,6 +505,11 @@ def make_handler(engine, policy=None):
                     body = decode_content(encoding, body)
                 if q.get("decompress") == "1" and body:
                     body = decompress_native(body)
+                content_type = self.headers.get("Content-Type", "")
+                if content_type.lower().startswith("multipart/form-data") and "query" not in q:
+                    fields = form_fields(content_type, body)
+                    params.update({k[6:]: v for k, v in fields.items() if k.startswith("param_")})
+                    q["query"], body = fields.get("query", ""), b""
                 if "query" in q:
                     query, data = q["query"], body
                 else:

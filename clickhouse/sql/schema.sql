@@ -193,6 +193,32 @@ CREATE TABLE IF NOT EXISTS {db}.batch_minute_counts
 ENGINE = AggregatingMergeTree
 ORDER BY (ad_id, window_start, filter_id);
 
+-- Every reconciliation's result (`adtally reconcile`): the range, the
+-- differing cells by verdict (a cell with two kinds of explanation counts
+-- under both), the clicks and the modules on each side.
+CREATE TABLE IF NOT EXISTS {db}.reconciliations
+(
+    run_at                   DateTime64(3, 'UTC') DEFAULT now64(3),
+    range_from               DateTime64(3, 'UTC'),        -- the first minute compared
+    range_to                 DateTime64(3, 'UTC'),        -- the first minute not compared
+    filter_ids               Array(UInt32),               -- [] when every filter
+    scheduled                UInt8,                       -- 1: a run of --every or --daily
+    cells                    UInt64,
+    equal                    UInt64,
+    late                     UInt64,                      -- cells explained by late clicks
+    side_lined               UInt64,                      -- ... by clicks side-lined for a partition's state
+    cross_partition          UInt64,                      -- ... by clicks counted in several partitions
+    unexplained              UInt64,
+    stream_clicks            UInt64,
+    batch_clicks             UInt64,
+    stream_modules           Array(String),               -- SHA-256 of the modules of the rollups compared
+    batch_module             String,                      -- SHA-256 of the module the batch path ran then
+    batch_semantics_versions Array(UInt32),               -- of the modules that parsed the raw events
+    seconds                  Float64
+)
+ENGINE = MergeTree
+ORDER BY (range_from, run_at);
+
 -- Which module was in force when: every row can be traced to a module hash.
 CREATE TABLE IF NOT EXISTS {db}.module_history
 (

@@ -1,6 +1,7 @@
 //! The adtally service's parts: sources of clicks (`generator`, `ship`, `source`),
 //! the Kafka `producer` they share,
-//! the ClickHouse `sink`, and the `pipeline` that joins them.
+//! the ClickHouse `sink`, the `pipeline` that joins them, and the batch
+//! job that checks the stream against the raw events (`reconcile`).
 //!
 //! This crate owns the I/O around the core: it never decides what a count
 //! is (the core does, inside the component that `adtally-runtime` runs).
@@ -13,6 +14,7 @@ pub mod generator;
 pub mod logging;
 pub mod pipeline;
 pub mod producer;
+pub mod reconcile;
 pub mod ship;
 pub mod sink;
 pub mod snapshot_policy;

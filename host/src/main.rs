@@ -8,11 +8,13 @@
 //! adtally gen  --records 100000 > stream.tsv   # a generated stream: partition<TAB>record
 //! adtally ship --brokers B clicks.log           # follow log files into the topic
 //! adtally run  --brokers B --clickhouse URL     # topic -> core component -> ClickHouse
+//! adtally reconcile --from T --to T             # the rollups against the batch truth
 //! ```
 
+use adtally_core::WindowStart;
 use adtally_host::connect::{ClickHouseAuth, KafkaProperties, redact_url};
 use adtally_host::snapshot_policy::SnapshotPolicy;
-use adtally_host::{generator, pipeline, producer, source};
+use adtally_host::{generator, pipeline, producer, reconcile, sink, source};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -24,6 +26,37 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where ClickHouse is, and who the host is to it.
+#[derive(clap::Args)]
+struct ClickHouseArgs {
+    /// ClickHouse HTTP URL.
+    #[arg(
+        long,
+        env = "ADTALLY_CLICKHOUSE",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    clickhouse: String,
+    /// ClickHouse database.
+    #[arg(long, default_value = "adtally")]
+    db: String,
+    /// ClickHouse user (default: ClickHouse's `default`).
+    #[arg(long, env = "ADTALLY_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    /// ClickHouse password (better from the environment than a flag,
+    /// which other users of the machine can see); never printed.
+    #[arg(long, env = "ADTALLY_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    clickhouse_password: Option<String>,
+}
+
+impl ClickHouseArgs {
+    fn auth(&self) -> ClickHouseAuth {
+        ClickHouseAuth {
+            user: self.clickhouse_user.clone(),
+            password: self.clickhouse_password.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -93,16 +126,8 @@ enum Command {
         /// The consumer group.
         #[arg(long, default_value = "adtally")]
         group: String,
-        /// ClickHouse HTTP URL.
-        #[arg(
-            long,
-            env = "ADTALLY_CLICKHOUSE",
-            default_value = "http://127.0.0.1:8123"
-        )]
-        clickhouse: String,
-        /// ClickHouse database.
-        #[arg(long, default_value = "adtally")]
-        db: String,
+        #[command(flatten)]
+        ch: ClickHouseArgs,
         /// The core component.
         #[arg(long, default_value = "target/wasm/adtally_component.wasm")]
         module: PathBuf,
@@ -159,13 +184,45 @@ enum Command {
         /// How long one call into a partition's instance may run, in ms.
         #[arg(long, default_value_t = 10_000)]
         call_deadline_ms: u64,
-        /// ClickHouse user (default: ClickHouse's `default`).
-        #[arg(long, env = "ADTALLY_CLICKHOUSE_USER")]
-        clickhouse_user: Option<String>,
-        /// ClickHouse password (better from the environment than a flag,
-        /// which other users of the machine can see); never printed.
-        #[arg(long, env = "ADTALLY_CLICKHOUSE_PASSWORD", hide_env_values = true)]
-        clickhouse_password: Option<String>,
+    },
+    /// Compare the stream's per-minute rollups with the batch truth, per
+    /// (minute, ad, filter), and classify every difference (late, side-lined,
+    /// cross-partition, or unexplained); exits non-zero when any cell is
+    /// unexplained. Each run's result goes to the `reconciliations` table.
+    Reconcile {
+        #[command(flatten)]
+        ch: ClickHouseArgs,
+        /// The first minute (RFC 3339, e.g. 2026-12-01T00:00:00Z, or ms
+        /// since the epoch). Scheduled: where the first period starts
+        /// (default: where the last scheduled run ended).
+        #[arg(long, value_parser = reconcile::job::parse_time)]
+        from: Option<WindowStart>,
+        /// The first minute not compared. Scheduled: the last period's end
+        /// (default: none, run until stopped).
+        #[arg(long, value_parser = reconcile::job::parse_time)]
+        to: Option<WindowStart>,
+        /// A filter id to compare (repeatable); default: every filter.
+        #[arg(long = "filter", value_name = "ID")]
+        filters: Vec<u32>,
+        /// The report's format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: reconcile::report::Format,
+        /// The report's file (scheduled runs append); default: standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Minutes compared per query.
+        #[arg(long, default_value_t = 60)]
+        chunk_minutes: u32,
+        /// Reconcile every period of this length as it settles (e.g. 1h).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "daily")]
+        every: Option<std::time::Duration>,
+        /// Reconcile each UTC day as it settles (--every 24h).
+        #[arg(long)]
+        daily: bool,
+        /// How long after a period ends it is reconciled (the stream's
+        /// lateness, and the raw path's delay).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        settle: std::time::Duration,
     },
 }
 
@@ -218,12 +275,40 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Reconcile {
+            ch,
+            from,
+            to,
+            filters,
+            format,
+            output,
+            chunk_minutes,
+            every,
+            daily,
+            settle,
+        } => {
+            let every = every.or(daily.then(|| std::time::Duration::from_secs(86_400)));
+            let output = reconcile::job::Output {
+                format,
+                file: output,
+            };
+            let filters = filters.into_iter().map(adtally_core::FilterId).collect();
+            reconcile_command(
+                &ch,
+                from,
+                to,
+                filters,
+                chunk_minutes,
+                every,
+                settle,
+                &output,
+            )
+        }
         Command::Run {
             brokers,
             topic,
             group,
-            clickhouse,
-            db,
+            ch,
             module,
             config,
             batch,
@@ -236,8 +321,6 @@ fn main() -> Result<()> {
             raw_events,
             kafka_property,
             kafka_config,
-            clickhouse_user,
-            clickhouse_password,
             max_memory_mb,
             call_deadline_ms,
         } => {
@@ -264,10 +347,6 @@ fn main() -> Result<()> {
                 kafka: KafkaProperties::new(kafka_config.as_deref(), &kafka_property)?,
                 raw_events,
             };
-            let auth = ClickHouseAuth {
-                user: clickhouse_user,
-                password: clickhouse_password,
-            };
             let limits = adtally_runtime::Limits {
                 max_memory_bytes: max_memory_mb << 20,
                 call_deadline: std::time::Duration::from_millis(call_deadline_ms),
@@ -275,12 +354,12 @@ fn main() -> Result<()> {
             run(
                 &opts,
                 &pipeline::Target {
-                    url: &clickhouse,
-                    db: &db,
+                    url: &ch.clickhouse,
+                    db: &ch.db,
                     module: &module,
                     config_json: &config_json,
                     compress: clickhouse_compression == "lz4",
-                    auth,
+                    auth: ch.auth(),
                     limits,
                 },
             )
@@ -313,6 +392,61 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+#[tokio::main(flavor = "current_thread")]
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_command(
+    ch: &ClickHouseArgs,
+    from: Option<WindowStart>,
+    to: Option<WindowStart>,
+    filters: Vec<adtally_core::FilterId>,
+    chunk_minutes: u32,
+    every: Option<std::time::Duration>,
+    settle: std::time::Duration,
+    output: &reconcile::job::Output,
+) -> Result<()> {
+    let client = ch
+        .auth()
+        .apply(sink::client(&ch.clickhouse))
+        .with_database(&ch.db);
+    match every {
+        None => {
+            let (Some(from), Some(to)) = (from, to) else {
+                bail!("reconcile needs --from and --to (or --every / --daily)");
+            };
+            let opts = reconcile::Options {
+                range: reconcile::Range::new(from, to)?,
+                filters,
+                chunk_minutes,
+            };
+            let summary = reconcile::job::once(&client, &ch.db, &opts, output, false).await?;
+            if summary.unexplained > 0 {
+                bail!("{} cells unexplained", summary.unexplained);
+            }
+        }
+        Some(every) => {
+            let schedule = reconcile::job::Schedule {
+                every,
+                settle,
+                until: to,
+            };
+            let failed = reconcile::job::every(
+                &client,
+                &ch.db,
+                &filters,
+                chunk_minutes,
+                from,
+                &schedule,
+                output,
+            )
+            .await?;
+            if failed > 0 {
+                bail!("{failed} periods had unexplained cells");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread")]

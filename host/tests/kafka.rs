@@ -195,6 +195,162 @@ fn kafka_to_clickhouse_is_exact() {
     assert_exact(&s, n);
 }
 
+/// A stream with duplicates and clicks 30 minutes late (past the allowed
+/// lateness) goes through Tansu and the host into ClickHouse, the host
+/// storing the raw events: `adtally reconcile` reports exactly the cells of
+/// the late clicks as differences, each labelled late with its late clicks,
+/// and exits 0; once one rollup row is changed by hand, it reports that
+/// cell as unexplained and exits non-zero. Both runs are recorded.
+#[test]
+fn reconcile_explains_the_late_clicks_and_flags_a_changed_rollup() {
+    let s = setup("kafka-reconcile", 150_000);
+    let args = run_args(&s);
+    adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The generator's late clicks per cell: the batch truth's distinct
+    // clicks less the stream's.
+    let expected = by_cell(&std::fs::read_to_string(&s.expected_path).unwrap());
+    let truth = by_cell(&std::fs::read_to_string(&s.batch_truth_path).unwrap());
+    let count = |v: &str| -> u64 { v.trim().split('\t').next().unwrap().parse().unwrap() };
+    let late: BTreeMap<String, (u64, u64)> = truth
+        .iter()
+        .filter_map(|(cell, t)| {
+            let stream = expected.get(cell).map_or(0, |e| count(e));
+            (stream != count(t)).then(|| (cell.clone(), (stream, count(t))))
+        })
+        .collect();
+    assert!(late.len() > 50, "late cells: {}", late.len());
+    let cells = |report: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        report["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    format!("{}\t{}", d["window_start"], d["ad_id"].as_str().unwrap()),
+                    d.clone(),
+                )
+            })
+            .collect()
+    };
+    let (ok, report) = reconcile(
+        &s,
+        &["--filter", "0", "--format", "json", "--chunk-minutes", "7"],
+    );
+    assert!(ok, "{report}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let differences = cells(&report);
+    assert_eq!(
+        differences.keys().collect::<Vec<_>>(),
+        late.keys().collect::<Vec<_>>(),
+        "the differing cells are those of the late clicks"
+    );
+    for (cell, d) in &differences {
+        let (stream, batch) = late[cell];
+        assert_eq!(d["verdict"], "explained", "{d}");
+        assert_eq!(
+            (d["stream"].as_u64(), d["batch"].as_u64()),
+            (Some(stream), Some(batch)),
+            "{d}"
+        );
+        assert_eq!(d["late"].as_u64(), Some(batch - stream), "{d}");
+        assert_eq!(
+            (d["side_lined"].as_u64(), d["cross_partition"].as_u64()),
+            (Some(0), Some(0)),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        report["summary"]["late"],
+        late.len(),
+        "{}",
+        report["summary"]
+    );
+    // The scheduled form: each 10-minute period once, resumed where the
+    // last scheduled run ended, each run recorded.
+    let first = late
+        .keys()
+        .next()
+        .unwrap()
+        .split_once('\t')
+        .unwrap()
+        .0
+        .parse::<i64>()
+        .unwrap();
+    let at = |minutes: i64| (first - first % 600_000 + minutes * 60_000).to_string();
+    let scheduled = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adtally"))
+            .args([
+                "reconcile",
+                "--clickhouse",
+                &s.ch.url(),
+                "--every",
+                "10m",
+                "--settle",
+                "0s",
+            ])
+            .args([
+                "--format",
+                "csv",
+                "--output",
+                s.tmp.join("scheduled.csv").to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let runs = scheduled(&["--from", &at(0), "--to", &at(20)]);
+    assert_eq!(runs.matches(" unexplained; ").count(), 2, "{runs}");
+    let runs = scheduled(&["--to", &at(30)]);
+    assert_eq!(
+        runs.matches(" unexplained; ").count(),
+        1,
+        "resumed after the last run:\n{runs}"
+    );
+    let periods = query_tsv(
+        &s.ch.url(),
+        "SELECT toUnixTimestamp64Milli(range_from), toUnixTimestamp64Milli(range_to) FROM adtally.reconciliations \
+         WHERE scheduled ORDER BY range_from FORMAT TSV",
+    );
+    let expect: String = (0..3)
+        .map(|i| format!("{}\t{}\n", at(10 * i), at(10 * i + 10)))
+        .collect();
+    assert_eq!(periods, expect, "each period once");
+    // One rollup row changed by hand: that cell, and only it, unexplained.
+    let (cell, _) = expected
+        .iter()
+        .find(|(c, _)| !late.contains_key(*c))
+        .unwrap();
+    let (minute, ad) = cell.split_once('\t').unwrap();
+    query_tsv(
+        &s.ch.url(),
+        &format!(
+            "ALTER TABLE adtally.rollups UPDATE clicks = clicks + 1 \
+             WHERE window_start = fromUnixTimestamp64Milli({minute}, 'UTC') AND ad_id = '{ad}' AND filter_id = 0 \
+             SETTINGS mutations_sync = 2"
+        ),
+    );
+    let (ok, table) = reconcile(&s, &["--format", "table"]);
+    assert!(
+        !ok,
+        "a changed rollup must fail the reconciliation:\n{table}"
+    );
+    let unexplained: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains("unexplained") && !l.starts_with("reconcile "))
+        .collect();
+    assert_eq!(unexplained.len(), 1, "{table}");
+    assert!(unexplained[0].contains(ad), "{table}");
+    let runs = query_tsv(
+        &s.ch.url(),
+        "SELECT count(), sum(unexplained), sum(late > 0) FROM adtally.reconciliations WHERE NOT scheduled FORMAT TSV",
+    );
+    assert_eq!(runs.trim(), "2\t1\t2", "both runs recorded");
+    let _ = std::fs::remove_dir_all(&s.tmp);
+}
+
 /// The consumer is SIGKILLed five times while records are produced and
 /// consumed; a last run finishes the stream; exact.
 #[test]
@@ -543,7 +699,52 @@ fn assert_exact(s: &Setup, records: u64) {
         batch == truth,
         "the batch truth or the raw rows differ from the generator's"
     );
+    // Reconciliation: every difference between the two sides explained,
+    // and each side's clicks those of the generator (filter 0).
+    let sum = |m: &BTreeMap<String, String>| -> u64 {
+        m.values()
+            .map(|v| v.trim().split('\t').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    let (ok, report) = reconcile(s, &["--filter", "0", "--format", "json"]);
+    assert!(ok, "reconcile found unexplained cells:\n{report}");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let summary = &report["summary"];
+    assert_eq!(summary["unexplained"], 0, "{summary}");
+    assert_eq!(summary["stream_clicks"], sum(&expected), "{summary}");
+    assert_eq!(summary["batch_clicks"], sum(&truth), "{summary}");
     let _ = std::fs::remove_dir_all(&s.tmp);
+}
+
+/// `adtally reconcile` over every minute of the raw events, with `args`:
+/// whether it exited 0, and its report.
+fn reconcile(s: &Setup, args: &[&str]) -> (bool, String) {
+    let range = query_tsv(
+        &s.ch.url(),
+        "SELECT toUnixTimestamp64Milli(min(window_start)), toUnixTimestamp64Milli(max(window_start)) + 60000 \
+         FROM adtally.raw_events FORMAT TSV",
+    );
+    let (from, to) = range.trim().split_once('\t').unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .args([
+            "reconcile",
+            "--clickhouse",
+            &s.ch.url(),
+            "--from",
+            from,
+            "--to",
+            to,
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        stderr.contains("reconcile ") && stderr.contains(" unexplained; clicks: stream "),
+        "the summary line:\n{stderr}"
+    );
+    (out.status.success(), String::from_utf8(out.stdout).unwrap())
 }
 
 /// TSV lines keyed by their first two columns (minute, ad).

@@ -59,6 +59,44 @@ async fn insert_100k_rows_and_read_them_back() {
     assert_eq!(back, expected);
 }
 
+/// Server-side parameters (`param()`), which the crate sends with the
+/// query as multipart/form-data: values with quotes, semicolons, newlines
+/// and extreme integers arrive exactly, as data, never as SQL.
+#[tokio::test(flavor = "multi_thread")]
+async fn server_side_parameters_arrive_as_data() {
+    let ch = EmbeddedClickHouse::start(&temp_dir("http-params")).unwrap();
+    let client = Client::default().with_url(ch.url());
+    let text = "it's; DROP TABLE x; --\r\n--boundary\u{e9}";
+    #[derive(Row, Deserialize)]
+    struct Back {
+        s: String,
+        n: i64,
+        a: Vec<u32>,
+    }
+    let back = client
+        .query("SELECT {s:String} AS s, {n:Int64} AS n, {a:Array(UInt32)} AS a")
+        .param("s", text)
+        .param("n", i64::MIN)
+        .param("a", vec![0u32, u32::MAX])
+        .fetch_one::<Back>()
+        .await
+        .unwrap();
+    assert_eq!(
+        (back.s.as_str(), back.n, back.a),
+        (text, i64::MIN, vec![0, u32::MAX])
+    );
+    let err = client
+        .query("SELECT {n:Int64}")
+        .param("n", "not a number")
+        .fetch_one::<i64>()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, clickhouse::error::Error::BadResponse(_)),
+        "{err:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn clickhouse_errors_come_back_typed() {
     let ch = EmbeddedClickHouse::start(&temp_dir("http-error")).unwrap();

@@ -2,7 +2,8 @@
 //! disorder, late and invalid records, produced to a local Kafka (Tansu),
 //! counted by `adtally run`'s pipeline (the core component in wasmtime) into
 //! an embedded ClickHouse, and checked there against the generator's own
-//! totals; then the top ads, merged over the partitions.
+//! totals; then the top ads, merged over the partitions, and the
+//! reconciliation of the stream's counts with the batch truth.
 //!
 //! This crate owns only the demo's steps and what it prints; every part it
 //! runs is the service's own (`adtally-host`) or test support
@@ -10,10 +11,11 @@
 
 use adtally_broker::LocalBroker;
 use adtally_clickhouse_embedded::{EmbeddedClickHouse, install_schema, python};
+use adtally_core::WindowStart;
 use adtally_host::connect::KafkaProperties;
 use adtally_host::generator::{self, StreamArgs};
 use adtally_host::snapshot_policy::SnapshotPolicy;
-use adtally_host::{pipeline, producer, source};
+use adtally_host::{pipeline, producer, reconcile, source};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use std::collections::BTreeMap;
@@ -193,6 +195,23 @@ async fn main() -> Result<()> {
         dir = data.join("clickhouse").display(),
         py = python().display()
     );
+
+    // The stream against the batch truth (the raw events the host stored,
+    // counted by the same core in ClickHouse's views), every minute.
+    let (from, to) = client
+        .query("SELECT toUnixTimestamp64Milli(min(window_start)), toUnixTimestamp64Milli(max(window_start)) + 60000 FROM raw_events")
+        .fetch_one::<(i64, i64)>()
+        .await?;
+    let opts = reconcile::Options {
+        range: reconcile::Range::new(WindowStart(from), WindowStart(to))?,
+        filters: vec![],
+        chunk_minutes: 60,
+    };
+    let summary = reconcile::reconcile(&client, "adtally", &opts, |_| Ok(()), |_, _| {}).await?;
+    println!("\n{}", reconcile::report::line(opts.range, &summary));
+    if summary.unexplained > 0 {
+        bail!("{} cells unexplained", summary.unexplained);
+    }
     Ok(())
 }
 

@@ -1,0 +1,235 @@
+//! `adtally reconcile` as a job: one range, or every period as it settles
+//! (`--every`, `--daily`); progress on the terminal, the report where asked,
+//! and each run's result in the `reconciliations` table.
+
+use super::report::{self, Format, Report};
+use super::{Options, Range, Summary};
+use adtally_core::{FilterId, WindowStart};
+use anyhow::{Context, Result, bail};
+use clickhouse::{Client, Row};
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A time on the command line: RFC 3339 (`2026-12-01T10:00:00Z`, or with a
+/// space and no zone, taken as UTC) or milliseconds since the epoch.
+pub fn parse_time(s: &str) -> Result<WindowStart> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(WindowStart(ms));
+    }
+    let t = humantime::parse_rfc3339_weak(s).with_context(|| {
+        format!("{s:?} is neither an RFC 3339 time (2026-12-01T10:00:00Z) nor milliseconds since the epoch")
+    })?;
+    let ms = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    Ok(WindowStart(
+        i64::try_from(ms).context("a time past the year 292 million")?,
+    ))
+}
+
+/// Where and how the report goes.
+pub struct Output {
+    /// The report's format.
+    pub format: Format,
+    /// The report's file; standard output when `None`.
+    pub file: Option<PathBuf>,
+}
+
+/// How often, for a scheduled reconciliation.
+pub struct Schedule {
+    /// Each run covers one period, aligned to the first `from`.
+    pub every: Duration,
+    /// How long after a period ends it is reconciled: the time the stream
+    /// takes to make its windows final, and the raw path to store them.
+    pub settle: Duration,
+    /// The last period's end; none: run until stopped.
+    pub until: Option<WindowStart>,
+}
+
+#[derive(Row, Serialize)]
+struct ReconciliationRow<'a> {
+    range_from: i64,
+    range_to: i64,
+    filter_ids: Vec<u32>,
+    scheduled: u8,
+    cells: u64,
+    equal: u64,
+    late: u64,
+    side_lined: u64,
+    cross_partition: u64,
+    unexplained: u64,
+    stream_clicks: u64,
+    batch_clicks: u64,
+    stream_modules: &'a [String],
+    batch_module: &'a str,
+    batch_semantics_versions: &'a [u32],
+    seconds: f64,
+}
+
+/// Reconciles `opts.range` once: the report to `out`, the summary line on
+/// standard error, the result into `reconciliations`.
+pub async fn once(
+    client: &Client,
+    db: &str,
+    opts: &Options,
+    out: &Output,
+    scheduled: bool,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let sink: Box<dyn Write> = match &out.file {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(scheduled)
+                .write(true)
+                .truncate(!scheduled)
+                .open(path)
+                .with_context(|| format!("opening the report {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut report = Report::new(sink, out.format, opts.range)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "reconcile {wide_bar} {pos}/{len} minutes, {elapsed} (eta {eta})",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let summary = super::reconcile(
+        client,
+        db,
+        opts,
+        |d| report.difference(d),
+        |done, total| match &bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            None => eprintln!("reconcile: {done}/{total} minutes"),
+        },
+    )
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    report.finish(&summary)?;
+    eprintln!("{}", report::line(opts.range, &summary));
+    let mut insert = client
+        .insert::<ReconciliationRow>("reconciliations")
+        .await?;
+    insert
+        .write(&ReconciliationRow {
+            range_from: opts.range.from.0,
+            range_to: opts.range.to.0,
+            filter_ids: opts.filters.iter().map(|f| f.0).collect(),
+            scheduled: scheduled as u8,
+            cells: summary.cells,
+            equal: summary.equal,
+            late: summary.late,
+            side_lined: summary.side_lined,
+            cross_partition: summary.cross_partition,
+            unexplained: summary.unexplained,
+            stream_clicks: summary.stream_clicks,
+            batch_clicks: summary.batch_clicks,
+            stream_modules: &summary.stream_modules,
+            batch_module: &summary.batch_module,
+            batch_semantics_versions: &summary.batch_semantics_versions,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+        .await?;
+    insert
+        .end()
+        .await
+        .context("recording the result in reconciliations")?;
+    Ok(summary)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The end of the last scheduled run of these filters, if any.
+async fn last_scheduled_end(client: &Client, filters: &[FilterId]) -> Result<Option<WindowStart>> {
+    let filters: Vec<u32> = filters.iter().map(|f| f.0).collect();
+    let end: Option<i64> = client
+        .query(
+            "SELECT toUnixTimestamp64Milli(max(range_to)) FROM reconciliations \
+             WHERE scheduled = 1 AND filter_ids = {filters:Array(UInt32)} HAVING count() > 0",
+        )
+        .param("filters", &filters)
+        .fetch_optional()
+        .await
+        .context("reading the last scheduled reconciliation")?;
+    Ok(end.map(WindowStart))
+}
+
+/// Reconciles one period after another as each settles: from `first` (or
+/// where the last scheduled run of these filters ended, or the period
+/// before the current one), until `schedule.until` or forever. A period
+/// with unexplained cells is reported and recorded and the schedule goes
+/// on; the result says how many periods had any.
+pub async fn every(
+    client: &Client,
+    db: &str,
+    filters: &[FilterId],
+    chunk_minutes: u32,
+    first: Option<WindowStart>,
+    schedule: &Schedule,
+    out: &Output,
+) -> Result<u64> {
+    let period = i64::try_from(schedule.every.as_millis()).unwrap_or(i64::MAX);
+    let settle = i64::try_from(schedule.settle.as_millis()).unwrap_or(i64::MAX);
+    if period < 60_000 {
+        bail!("--every must be at least a minute");
+    }
+    let mut from = match first {
+        Some(f) => f,
+        None => match last_scheduled_end(client, filters).await? {
+            Some(end) => end,
+            None => {
+                let settled = now_ms().saturating_sub(settle);
+                WindowStart(settled - settled.rem_euclid(period) - period)
+            }
+        },
+    };
+    let mut failed = 0;
+    loop {
+        let to = WindowStart(from.0.saturating_add(period));
+        if schedule.until.is_some_and(|u| to > u) {
+            return Ok(failed);
+        }
+        let due = to.0.saturating_add(settle);
+        let wait = due.saturating_sub(now_ms());
+        if wait > 0 {
+            tracing::info!(
+                "reconcile: {} to {} is due at {}",
+                report::time(from.0),
+                report::time(to.0),
+                report::time(due)
+            );
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+        let opts = Options {
+            range: Range::new(from, to)?,
+            filters: filters.to_vec(),
+            chunk_minutes,
+        };
+        let summary = once(client, db, &opts, out, true).await?;
+        if summary.unexplained > 0 {
+            failed += 1;
+            tracing::error!(
+                "reconcile: {} unexplained cells from {} to {}",
+                summary.unexplained,
+                report::time(from.0),
+                report::time(to.0)
+            );
+        }
+        from = to;
+    }
+}

@@ -1,0 +1,89 @@
+//! The reconciliation's queries: the comparison of a chunk of minutes, and
+//! the explanation of the cells that differ. Both run in ClickHouse over
+//! bound parameters (`from`, `to`: ms; `filters`: the filter ids, empty
+//! for every filter); the host receives one summary row and one row per
+//! differing cell, never the cells that agree.
+
+/// The cells of `[from, to)`: the stream's count (`clicks_per_minute`) and
+/// the batch truth's (`batch_clicks_per_minute`) side by side, 0 where a
+/// side has no row.
+fn cells(db: &str) -> String {
+    let range = "window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
+                 AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') \
+                 AND (empty({filters:Array(UInt32)}) OR has({filters:Array(UInt32)}, filter_id))";
+    format!(
+        "SELECT window_start, ad_id, filter_id, s.clicks AS stream, b.clicks AS batch, s.modules AS modules \
+         FROM (SELECT window_start, ad_id, filter_id, clicks, modules FROM {db}.clicks_per_minute WHERE {range}) AS s \
+         FULL OUTER JOIN (SELECT window_start, ad_id, filter_id, clicks FROM {db}.batch_clicks_per_minute WHERE {range}) AS b \
+         USING (window_start, ad_id, filter_id)"
+    )
+}
+
+/// One row: cells, equal cells, clicks on each side, the modules whose
+/// rollups the stream's counts are, and the semantics versions of the
+/// modules that parsed the raw events.
+pub(super) fn compare(db: &str) -> String {
+    format!(
+        "SELECT count() AS cells, countIf(stream = batch) AS equal, sum(stream) AS stream_clicks, \
+         sum(batch) AS batch_clicks, arraySort(groupUniqArrayArray(modules)) AS stream_modules, \
+         (SELECT arraySort(groupUniqArray(semantics_version)) FROM {db}.raw_events \
+          WHERE window_start >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') \
+          AND window_start < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC')) AS batch_semantics_versions \
+         FROM ({})",
+        cells(db)
+    )
+}
+
+/// One row per cell whose sides differ, with what the raw events say of
+/// it. Each of the cell's raw records is looked up by position among the
+/// stream's side outputs: late (`late_events`) or side-lined for its
+/// partition's state (`invalid_events`: ahead of the partition, its
+/// bounds, a quarantined record). A key the stream counted has a record
+/// that is neither, in each (topic, partition) that counted it:
+///
+/// - `counted`: the sum over the cell's keys of the partitions that
+///   counted each, what the stream's count must be;
+/// - `late`, `side_lined`: keys no partition counted, late or side-lined;
+/// - `missing`: keys no partition counted with no side output saying why;
+/// - `extra`: the counts beyond one of keys several partitions counted.
+pub(super) fn differences(db: &str) -> String {
+    let diff = format!("SELECT * FROM ({}) WHERE stream != batch", cells(db));
+    format!(
+        "WITH diff AS ({diff}) \
+         SELECT toUnixTimestamp64Milli(d.window_start) AS window_start, d.ad_id AS ad_id, d.filter_id AS filter_id, \
+                d.stream AS stream, d.batch AS batch, e.counted AS counted, e.late AS late, \
+                e.side_lined AS side_lined, e.missing AS missing, e.extra AS extra \
+         FROM diff AS d LEFT JOIN ( \
+             SELECT window_start, ad_id, filter_id, sum(counted_in) AS counted, \
+                    countIf(counted_in = 0 AND was_late) AS late, \
+                    countIf(counted_in = 0 AND NOT was_late AND was_side_lined) AS side_lined, \
+                    countIf(counted_in = 0 AND NOT was_late AND NOT was_side_lined) AS missing, \
+                    toUInt64(sum(if(counted_in > 1, counted_in - 1, 0))) AS extra \
+             FROM ( \
+                 SELECT window_start, ad_id, filter_id, event_key, \
+                        uniqExactIf((topic, source_partition), NOT is_late AND NOT is_side_lined) AS counted_in, \
+                        max(is_late) AS was_late, max(is_side_lined) AS was_side_lined \
+                 FROM ( \
+                     SELECT window_start, ad_id, arrayJoin(filter_ids) AS filter_id, event_key, topic, source_partition, \
+                            (topic, source_partition, source_offset) IN \
+                                (SELECT topic, source_partition, source_offset FROM {db}.late_events \
+                                 WHERE window_start >= fromUnixTimestamp64Milli({{from:Int64}}, 'UTC') \
+                                 AND window_start < fromUnixTimestamp64Milli({{to:Int64}}, 'UTC')) AS is_late, \
+                            (topic, source_partition, source_offset) IN \
+                                (SELECT topic, source_partition, source_offset FROM {db}.invalid_events) AS is_side_lined \
+                     FROM {db}.raw_events \
+                     WHERE (ad_id, window_start) IN (SELECT ad_id, window_start FROM diff) \
+                 ) \
+                 WHERE (ad_id, window_start, filter_id) IN (SELECT ad_id, window_start, filter_id FROM diff) \
+                 GROUP BY window_start, ad_id, filter_id, event_key \
+             ) \
+             GROUP BY window_start, ad_id, filter_id \
+         ) AS e USING (window_start, ad_id, filter_id) \
+         ORDER BY window_start, ad_id, filter_id"
+    )
+}
+
+/// The module the ClickHouse functions (and so the batch path's views)
+/// compute with now: its SHA-256, '' when none is installed.
+pub(super) const BATCH_MODULE: &str = "SELECT extract(create_query, 'SHA256_HASH \\'([0-9a-f]{64})\\'') \
+     FROM system.functions WHERE name = 'adtally_classify'";
