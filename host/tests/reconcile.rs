@@ -64,7 +64,11 @@ fn every_kind_of_difference_gets_its_verdict() {
     ];
     let rows: Vec<String> = rollups
         .iter()
-        .map(|(ad, p, c)| format!("(fromUnixTimestamp64Milli({MINUTE}, 'UTC'), '{ad}', 0, 'clicks', {p}, {c}, 1, 'm')"))
+        .map(|(ad, p, c)| {
+            format!(
+                "(fromUnixTimestamp64Milli({MINUTE}, 'UTC'), '{ad}', 0, 'clicks', {p}, {c}, 1, 'm')"
+            )
+        })
         .collect();
     sql(
         &url,

@@ -155,7 +155,7 @@ pub struct Summary {
     pub stream_clicks: u64,
     /// Clicks on the batch truth's side.
     pub batch_clicks: u64,
-    /// The modules (SHA-256) whose rollups the stream's counts are.
+    /// The modules (SHA-256) that wrote rollups of the range.
     pub stream_modules: Vec<String>,
     /// The module the batch path computes with now (SHA-256).
     pub batch_module: String,
@@ -238,6 +238,8 @@ pub async fn reconcile(
     let minutes = |r: Range| ((r.to.0 - r.from.0) as u64).div_ceil(60_000);
     let total = minutes(opts.range);
     let (compare, differences) = (query::compare(db), query::differences(db));
+    tracing::debug!("comparison query: {compare}");
+    tracing::debug!("explanation query: {differences}");
     let mut summary = Summary {
         batch_module: client
             .query(query::BATCH_MODULE)
