@@ -164,6 +164,24 @@ def rebuild(query, db, table, fill):
     query(f"DROP TABLE {db}.{table}_before_migration")
 
 
+# Tables whose rows carry the rollup set they belong to (a replay's, or the
+# live stream's ''), added to their keys.
+WITH_SETS = ("rollups", "most_clicked_ads", "late_events", "invalid_events")
+
+
+def migrate_sets(query, db):
+    """Gives tables of an earlier schema the `rollup_set` column, appended
+    to their sorting key, before sql/schema.sql's views read it: a column
+    added in the same ALTER (with no default expression: its type's, '',
+    is the one wanted) may extend the key, so no row is rewritten (every
+    existing row is the live stream's, '')."""
+    for table in WITH_SETS:
+        key = sorting_key(query, db, table)
+        if key and "rollup_set" not in key.split(", "):
+            query(f"ALTER TABLE {db}.{table} ADD COLUMN IF NOT EXISTS rollup_set LowCardinality(String), "
+                  f"MODIFY ORDER BY ({key}, rollup_set)")
+
+
 def migrate(query, db):
     """Brings tables an earlier schema created to the current keys, keeping
     their rows. `snapshots` was keyed by (topic, source_partition) alone, so
@@ -224,6 +242,7 @@ def install(query, wasm, db="adtally", config=None, kafka=None, topic_of_existin
     adtally_ch.create_functions(query, module, sha)
     query(f"CREATE DATABASE IF NOT EXISTS {db}")
     migrate_topic(query, db, topic_of_existing_rows)
+    migrate_sets(query, db)
     for stmt in adtally_ch.statements(SCHEMA, db=db):
         query(stmt)
     migrate(query, db)

@@ -71,9 +71,12 @@ SELECT
     count() AS partitions
 FROM
 (
+    WITH (SELECT sets FROM {db}.active_rollup_sets) AS active
     SELECT window_minutes, update_time_minute, filter_id, topic, source_partition,
            argMax(most_clicked_ads, (version, module_sha256)) AS ads
     FROM {db}.most_clicked_ads
+    -- The rankings of the set in force for the minute (see rollup_sets).
+    WHERE rollup_set = arrayFirst(s -> update_time_minute >= s.2 AND update_time_minute < s.3, active).1
     GROUP BY window_minutes, update_time_minute, filter_id, topic, source_partition
 )
 GROUP BY window_minutes, update_time_minute, filter_id, topic

@@ -66,24 +66,60 @@ CREATE TABLE IF NOT EXISTS {db}.rollups
     version          UInt32,                             -- the highest is the count
     module_sha256    LowCardinality(String),             -- SHA-256 (hex) of the module that computed it
     written_at       DateTime64(3, 'UTC') DEFAULT now64(3),
+    rollup_set       LowCardinality(String),             -- '' the live stream's; a replay's own (see rollup_sets)
     -- A host of the schema before topics would write '' and count twice.
     CONSTRAINT topic_named CHECK topic != ''
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (ad_id, window_start, filter_id, topic, source_partition, module_sha256);
+ORDER BY (ad_id, window_start, filter_id, topic, source_partition, module_sha256, rollup_set);
 
-CREATE OR REPLACE VIEW {db}.clicks_per_minute AS
-SELECT window_start, ad_id, filter_id, sum(clicks) AS clicks, groupUniqArray(counted_by) AS modules
+-- Which rollups readers see: for each window, the newest active replay set
+-- whose range holds it, else the live stream's (''). Switching a range to
+-- a replay is one insert here, so a query sees the switch whole or not at
+-- all (it reads this table once); the set it replaced stays in the tables,
+-- queryable through *_by_set, until `adtally replay drop`.
+CREATE TABLE IF NOT EXISTS {db}.rollup_sets
+(
+    rollup_set    String,                                -- the name its rows carry
+    range_from    DateTime64(3, 'UTC'),                  -- the first window it holds
+    range_to      DateTime64(3, 'UTC'),                  -- the first window it does not
+    topic         String,
+    module_sha256 String,                                -- the module that computed it
+    config_json   String,                                -- the core's configuration it ran with
+    state         LowCardinality(String),                -- building, ready, active, dropped
+    revision      UInt32,                                -- the highest is the set's state
+    changed_at    DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(revision)
+ORDER BY rollup_set;
+
+-- The active sets, newest first: a window's set is the first whose range
+-- holds it (arrayFirst), else ''.
+CREATE OR REPLACE VIEW {db}.active_rollup_sets AS
+SELECT groupArray((rollup_set, range_from, range_to)) AS sets
+FROM (SELECT rollup_set, range_from, range_to FROM {db}.rollup_sets FINAL
+      WHERE state = 'active' ORDER BY changed_at DESC, rollup_set DESC);
+
+-- Every set's counts (the live stream's is '').
+CREATE OR REPLACE VIEW {db}.clicks_per_minute_by_set AS
+SELECT rollup_set, window_start, ad_id, filter_id, sum(clicks) AS clicks, groupUniqArray(counted_by) AS modules
 FROM
 (
-    SELECT window_start, ad_id, filter_id, topic, source_partition,
+    SELECT rollup_set, window_start, ad_id, filter_id, topic, source_partition,
            argMax(clicks, (version, module_sha256)) AS clicks,
            max((version, module_sha256)).2 AS counted_by
     FROM {db}.rollups
-    GROUP BY window_start, ad_id, filter_id, topic, source_partition
+    GROUP BY rollup_set, window_start, ad_id, filter_id, topic, source_partition
 )
-GROUP BY window_start, ad_id, filter_id;
+GROUP BY rollup_set, window_start, ad_id, filter_id;
+
+-- The counts readers see: each window's from the set in force for it.
+CREATE OR REPLACE VIEW {db}.clicks_per_minute AS
+WITH (SELECT sets FROM {db}.active_rollup_sets) AS active
+SELECT window_start, ad_id, filter_id, clicks, modules
+FROM {db}.clicks_per_minute_by_set
+WHERE rollup_set = arrayFirst(s -> window_start >= s.2 AND window_start < s.3, active).1;
 
 -- Top-N (the design's most_clicked_ads), one list per (topic, partition,
 -- module) and version, the same tie-break as rollups; lists of hosts
@@ -99,10 +135,11 @@ CREATE TABLE IF NOT EXISTS {db}.most_clicked_ads
     most_clicked_ads   Array(Tuple(String, UInt64)),     -- (ad_id, clicks), best first
     module_sha256      LowCardinality(String),
     written_at         DateTime64(3, 'UTC') DEFAULT now64(3),
+    rollup_set         LowCardinality(String),             -- as in rollups
     CONSTRAINT topic_named CHECK topic != ''
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (window_minutes, update_time_minute, filter_id, topic, source_partition, module_sha256);
+ORDER BY (window_minutes, update_time_minute, filter_id, topic, source_partition, module_sha256, rollup_set);
 
 -- The core's state per source partition, tied to the offset it covers: a
 -- consumer that takes the partition over (after a restart or a rebalance)
@@ -146,10 +183,11 @@ CREATE TABLE IF NOT EXISTS {db}.late_events
     window_start     DateTime64(3, 'UTC'),
     watermark        DateTime64(3, 'UTC'),               -- W_p when it arrived
     module_sha256    LowCardinality(String),
-    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3),
+    rollup_set       LowCardinality(String)              -- the set whose stream side-lined it
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (topic, source_partition, source_offset);
+ORDER BY (topic, source_partition, source_offset, rollup_set);
 
 -- Records that are not valid clicks, with the core's reason code and the payload as received.
 CREATE TABLE IF NOT EXISTS {db}.invalid_events
@@ -159,10 +197,11 @@ CREATE TABLE IF NOT EXISTS {db}.invalid_events
     source_offset    Int64,
     reason           LowCardinality(String),             -- e.g. missing_field:ad_id
     payload          String,
-    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3),
+    rollup_set       LowCardinality(String)              -- the set whose stream side-lined it
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (topic, source_partition, source_offset);
+ORDER BY (topic, source_partition, source_offset, rollup_set);
 
 -- The ClickHouse-native path's invalid records (the core's stateless
 -- verdict in the views), apart from the stream's side output above: a

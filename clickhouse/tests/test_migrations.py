@@ -58,9 +58,10 @@ def test_rollups_without_a_topic_get_the_topic_the_host_read(ch):
        "written_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree(next_offset) ORDER BY (topic, partition)")
     ch("INSERT INTO adtally.consumer_offsets (topic, partition, next_offset) VALUES ('clicks', 0, 10), ('clicks', 1, 4)")
     installer.install(ch, WASM)
-    for table, key in (("rollups", "ad_id, window_start, filter_id, topic, source_partition, module_sha256"),
+    for table, key in (("rollups", "ad_id, window_start, filter_id, topic, source_partition, module_sha256, "
+                                   "rollup_set"),
                        ("most_clicked_ads", "window_minutes, update_time_minute, filter_id, topic, source_partition, "
-                                            "module_sha256")):
+                                            "module_sha256, rollup_set")):
         got = ch(f"SELECT sorting_key FROM system.tables WHERE database = 'adtally' AND name = '{table}'")
         assert got.decode().strip() == key
     # (ad1's version 1 and 2 are one row: the newer replaced the older.)
@@ -158,3 +159,27 @@ def test_raw_events_kept_by_key_are_rebuilt_by_position_with_payloads_the_core_r
     assert again == before and before.count(b"\n") == 2
     installer.install(ch, WASM)
     assert ch("SELECT count() FROM adtally.raw_events") == b"2\n"
+
+
+def test_tables_without_rollup_sets_gain_them_in_their_keys_with_their_rows(ch):
+    installer.install(ch, WASM)
+    # The tables as the schema before rollup sets made them, with rows.
+    for table in installer.WITH_SETS:
+        key = ch(f"SELECT sorting_key FROM system.tables WHERE database = 'adtally' AND name = '{table}'").decode().strip()
+        ch(f"DROP TABLE adtally.{table}")
+        ddl = installer.table_ddl("adtally", table, table)
+        ddl = ddl.replace(", rollup_set)", ")").replace("ORDER BY (" + key + ")", "ORDER BY (" + key.replace(", rollup_set", "") + ")")
+        ddl = "\n".join(line for line in ddl.splitlines() if not line.strip().startswith("rollup_set"))
+        ch(ddl)
+    ch("INSERT INTO adtally.rollups (window_start, ad_id, filter_id, topic, source_partition, clicks, version, module_sha256) "
+       "VALUES (60000, 'ad1', 0, 'clicks', 0, 7, 1, 'a')")
+    ch("INSERT INTO adtally.late_events (topic, source_partition, source_offset, event_key, ad_id, click_ts, window_start, "
+       "watermark, module_sha256) VALUES ('clicks', 0, 5, '0123456789abcdef0123456789abcdef', 'ad1', 0, 0, 0, 'a')")
+    installer.install(ch, WASM)
+    for table in installer.WITH_SETS:
+        key = ch(f"SELECT sorting_key FROM system.tables WHERE database = 'adtally' AND name = '{table}'").decode()
+        assert key.strip().endswith(", rollup_set"), (table, key)
+    assert ch("SELECT ad_id, clicks FROM adtally.clicks_per_minute FORMAT TSV") == b"ad1\t7\n"
+    assert ch("SELECT rollup_set, source_offset FROM adtally.late_events FORMAT TSV") == b"\t5\n"
+    installer.install(ch, WASM)
+    assert ch("SELECT count() FROM adtally.rollups") == b"1\n"

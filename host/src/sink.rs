@@ -236,7 +236,8 @@ impl Sink {
             .client
             .query(
                 "SELECT source_offset FROM invalid_events \
-                 WHERE topic = ? AND source_partition = ? AND startsWith(reason, 'module_trap')",
+                 WHERE topic = ? AND source_partition = ? AND rollup_set = '' \
+                 AND startsWith(reason, 'module_trap')",
             )
             .bind(&self.topic)
             .bind(p.0)
@@ -292,9 +293,8 @@ impl Sink {
     /// path: its views store each record's raw event or invalid event and
     /// the per-minute batch truth, computed by the core's UDFs. Writing a
     /// record again (a replay after a crash) changes none of them: raw and
-    /// invalid events are replaced by key (`raw_events` by event key,
-    /// `invalid_events` by position), and the batch truth counts distinct
-    /// keys.
+    /// invalid events are replaced by source position, and the batch truth
+    /// counts distinct keys.
     pub async fn write_records(&self, batches: &[(Partition, RecordBatch)]) -> Result<()> {
         let rows: Vec<RecordRow> = batches
             .iter()

@@ -7,6 +7,9 @@
 /// Rows whose `window_start` is in `[from, to)`.
 const MINUTES: &str = "window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
                        AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC')";
+/// The rollup set in force for a row's `window_start` (see `rollup_sets`),
+/// given `active` (the `ACTIVE` of a WITH clause).
+const IN_FORCE: &str = "arrayFirst(s -> window_start >= s.2 AND window_start < s.3, active).1";
 /// Rows of the filters compared.
 const FILTERS: &str = "(empty({filters:Array(UInt32)}) OR has({filters:Array(UInt32)}, filter_id))";
 
@@ -29,10 +32,11 @@ fn cells(db: &str) -> String {
 /// that parsed its raw events.
 pub(super) fn compare(db: &str) -> String {
     format!(
-        "SELECT count() AS cells, countIf(stream = batch) AS equal, sum(stream) AS stream_clicks, \
+        "WITH (SELECT sets FROM {db}.active_rollup_sets) AS active \
+         SELECT count() AS cells, countIf(stream = batch) AS equal, sum(stream) AS stream_clicks, \
          sum(batch) AS batch_clicks, \
          (SELECT arraySort(groupUniqArray(toString(module_sha256))) FROM {db}.rollups \
-          WHERE {MINUTES} AND {FILTERS}) AS stream_modules, \
+          WHERE {MINUTES} AND {FILTERS} AND rollup_set = {IN_FORCE}) AS stream_modules, \
          (SELECT arraySort(groupUniqArray(semantics_version)) FROM {db}.raw_events WHERE {MINUTES}) \
           AS batch_semantics_versions \
          FROM ({})",
@@ -42,7 +46,8 @@ pub(super) fn compare(db: &str) -> String {
 
 /// One row per cell whose sides differ, with what the raw events say of
 /// it. Each of the cell's raw records is looked up by position among the
-/// stream's side outputs: late (`late_events`) or side-lined for its
+/// side outputs of the stream whose rollups readers see for its window
+/// (the rollup set in force): late (`late_events`) or side-lined for its
 /// partition's state (`invalid_events`: ahead of the partition, its
 /// bounds, a quarantined record). A key the stream counted has a record
 /// that is neither, in each (topic, partition) that counted it:
@@ -59,7 +64,8 @@ pub(super) fn compare(db: &str) -> String {
 /// the raw events, and to join their explanation.
 pub(super) fn differences(db: &str) -> String {
     format!(
-        "WITH diff AS MATERIALIZED (SELECT * FROM ({cells}) WHERE stream != batch) \
+        "WITH diff AS MATERIALIZED (SELECT * FROM ({cells}) WHERE stream != batch), \
+              (SELECT sets FROM {db}.active_rollup_sets) AS active \
          SELECT toUnixTimestamp64Milli(d.window_start) AS window_start, d.ad_id AS ad_id, d.filter_id AS filter_id, \
                 d.stream AS stream, d.batch AS batch, e.counted AS counted, e.late AS late, \
                 e.side_lined AS side_lined, e.missing AS missing, e.extra AS extra \
@@ -75,11 +81,12 @@ pub(super) fn differences(db: &str) -> String {
                         max(is_late) AS was_late, max(is_side_lined) AS was_side_lined \
                  FROM ( \
                      SELECT window_start, ad_id, arrayJoin(filter_ids) AS filter_id, event_key, topic, source_partition, \
-                            (topic, source_partition, source_offset) IN \
-                                (SELECT topic, source_partition, source_offset FROM {db}.late_events WHERE {MINUTES}) \
-                                AS is_late, \
-                            (topic, source_partition, source_offset) IN \
-                                (SELECT topic, source_partition, source_offset FROM {db}.invalid_events) AS is_side_lined \
+                            (topic, source_partition, source_offset, {IN_FORCE}) IN \
+                                (SELECT topic, source_partition, source_offset, rollup_set FROM {db}.late_events \
+                                 WHERE {MINUTES}) AS is_late, \
+                            (topic, source_partition, source_offset, {IN_FORCE}) IN \
+                                (SELECT topic, source_partition, source_offset, rollup_set FROM {db}.invalid_events) \
+                                AS is_side_lined \
                      FROM {db}.raw_events \
                      WHERE {MINUTES} AND (ad_id, window_start) IN (SELECT ad_id, window_start FROM diff) \
                  ) \
