@@ -15,6 +15,7 @@ pub mod logging;
 pub mod pipeline;
 pub mod producer;
 pub mod reconcile;
+pub mod replay;
 pub mod ship;
 pub mod sink;
 pub mod snapshot_policy;

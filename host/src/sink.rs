@@ -21,6 +21,7 @@ struct RollupRow<'a> {
     clicks: u64,
     version: u32,
     module_sha256: &'a str,
+    rollup_set: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -33,6 +34,7 @@ struct TopNRowOut<'a> {
     version: u32,
     most_clicked_ads: Vec<(&'a str, u64)>,
     module_sha256: &'a str,
+    rollup_set: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -46,6 +48,7 @@ struct LateRow<'a> {
     window_start: i64,
     watermark: i64,
     module_sha256: &'a str,
+    rollup_set: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -56,6 +59,7 @@ struct InvalidRow<'a> {
     reason: String,
     #[serde(with = "serde_bytes")]
     payload: &'a [u8],
+    rollup_set: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -136,6 +140,7 @@ pub struct Sink {
     db: String,
     topic: String,
     module_sha256: String,
+    rollup_set: String,
 }
 
 impl Sink {
@@ -159,6 +164,16 @@ impl Sink {
             db: db.into(),
             topic: topic.into(),
             module_sha256: module_sha256.into(),
+            rollup_set: String::new(),
+        }
+    }
+
+    /// This sink, writing its outputs (rollups, rankings, side outputs)
+    /// into rollup set `set` instead of the live stream's (`''`): a replay.
+    pub fn into_rollup_set(self, set: &str) -> Sink {
+        Sink {
+            rollup_set: set.into(),
+            ..self
         }
     }
 
@@ -264,6 +279,7 @@ impl Sink {
                 source_offset: offset.0,
                 reason: format!("module_trap: {error}"),
                 payload,
+                rollup_set: &self.rollup_set,
             }],
         )
         .await
@@ -342,6 +358,7 @@ impl Sink {
                 clicks: r.clicks,
                 version: r.version,
                 module_sha256: sha,
+                rollup_set: &self.rollup_set,
             })
             .collect();
         self.insert::<RollupRow>("rollups", &rollups).await?;
@@ -357,6 +374,7 @@ impl Sink {
                     version: t.version,
                     most_clicked_ads: t.ads.iter().map(|a| (a.ad_id.as_str(), a.clicks)).collect(),
                     module_sha256: sha,
+                    rollup_set: &self.rollup_set,
                 });
             }
         }
@@ -375,6 +393,7 @@ impl Sink {
                 window_start: l.window_start.0,
                 watermark: l.watermark,
                 module_sha256: sha,
+                rollup_set: &self.rollup_set,
             })
             .collect();
         self.insert::<LateRow>("late_events", &late).await?;
@@ -387,6 +406,7 @@ impl Sink {
                 source_offset: i.offset.0,
                 reason: i.reason.code().to_string(),
                 payload: &i.payload,
+                rollup_set: &self.rollup_set,
             })
             .collect();
         self.insert::<InvalidRow>("invalid_events", &invalid).await

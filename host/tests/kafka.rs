@@ -351,6 +351,180 @@ fn reconcile_explains_the_late_clicks_and_flags_a_changed_rollup() {
     let _ = std::fs::remove_dir_all(&s.tmp);
 }
 
+/// `adtally replay` of the whole stream with a configuration that adds a
+/// filter gives, for every (minute, ad, filter), the counts of that core
+/// run natively on the same records; a reader polling `clicks_per_minute`
+/// meanwhile sees the live counts or the replay's, never a mix or a gap;
+/// the replaced set stays queryable, the stream still reconciles, and
+/// dropping the replay brings the live counts back.
+#[test]
+fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
+    let (s, records) = setup_live("kafka-replay", 60_000, memory);
+    produce_live(s.broker.addr(), records.clone(), 1, Duration::ZERO)
+        .join()
+        .unwrap();
+    let args = run_args(&s);
+    adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let config = r#"{"filters": [{"id": 7, "name": "10.0/14", "ip": ["10.0.0.0/14"]}]}"#;
+    let config_path = s.tmp.join("replay-config.json");
+    std::fs::write(&config_path, config).unwrap();
+    // The core natively, one engine per partition as the host runs them,
+    // over each partition's records in order: each cell's latest version.
+    let mut native: BTreeMap<(i64, String, u32), u64> = BTreeMap::new();
+    let mut latest: BTreeMap<(i64, String, u32, u32), (u32, u64)> = BTreeMap::new();
+    for p in 0..4u32 {
+        let mut engine =
+            adtally_core::Engine::new(adtally_core::Config::from_json(config).unwrap()).unwrap();
+        let mut out = adtally_core::Outputs::default();
+        let mine: Vec<_> = records.iter().filter(|r| r.partition == p).collect();
+        let raw: Vec<adtally_core::RawRecord> = mine
+            .iter()
+            .enumerate()
+            .map(|(i, r)| adtally_core::RawRecord {
+                partition: adtally_core::Partition(p),
+                offset: adtally_core::Offset(i as i64),
+                payload: r.payload.as_bytes(),
+                record_time_ms: None,
+            })
+            .collect();
+        engine.push_records(&raw, 0, &mut out);
+        for r in &out.rollups {
+            let cell = latest
+                .entry((
+                    r.window_start.0,
+                    r.ad_id.as_str().to_string(),
+                    r.filter_id.0,
+                    p,
+                ))
+                .or_default();
+            if r.version >= cell.0 {
+                *cell = (r.version, r.clicks);
+            }
+        }
+    }
+    for ((w, ad, f, _), (_, clicks)) in latest {
+        *native.entry((w, ad, f)).or_default() += clicks;
+    }
+    assert!(
+        native.keys().any(|k| k.2 == 7),
+        "the new filter counts clicks"
+    );
+    let url = s.ch.url();
+    let range = query_tsv(
+        &url,
+        "SELECT toUnixTimestamp64Milli(min(window_start)), toUnixTimestamp64Milli(max(window_start)) + 60000 \
+         FROM adtally.raw_events FORMAT TSV",
+    );
+    let (from, to) = range.trim().split_once('\t').unwrap();
+    let live_cells = query_u64(
+        &s,
+        "SELECT count() FROM adtally.clicks_per_minute WHERE filter_id = 0",
+    );
+    let filtered_cells = native.keys().filter(|k| k.2 == 7).count() as u64;
+    // A reader polls while the replay runs and switches.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (url, stop) = (url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = query_tsv(
+                    &url,
+                    "SELECT countIf(filter_id = 0), countIf(filter_id = 7) FROM adtally.clicks_per_minute FORMAT TSV",
+                );
+                seen.insert(got.trim().to_string());
+            }
+            seen
+        })
+    };
+    let out = adtally(&[
+        "replay",
+        "--clickhouse",
+        &url,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--config",
+        config_path.to_str().unwrap(),
+        "--set",
+        "with-filter-7",
+    ]);
+    assert!(out.contains("readers see it now"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = poller.join().unwrap();
+    let before = format!("{live_cells}\t0");
+    let after = format!("{live_cells}\t{filtered_cells}");
+    assert!(
+        seen.iter().all(|v| *v == before || *v == after) && seen.contains(&after),
+        "a reader saw a mix or a gap: {seen:?} (before {before}, after {after})"
+    );
+    // Every cell of every filter as the core natively counts it.
+    let got: BTreeMap<(i64, String, u32), u64> = query_tsv(
+        &url,
+        "SELECT toUnixTimestamp64Milli(window_start), ad_id, filter_id, clicks FROM adtally.clicks_per_minute FORMAT TSV",
+    )
+    .lines()
+    .map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        ((f[0].parse().unwrap(), f[1].to_string(), f[2].parse().unwrap()), f[3].parse().unwrap())
+    })
+    .collect();
+    assert_eq!(got.len(), native.len(), "cells");
+    assert!(
+        got == native,
+        "the replayed set differs from the core run natively"
+    );
+    // The live set stays queryable; the stream, now the replay's, reconciles
+    // on the filters the batch path counts (its configuration has no 7).
+    assert_eq!(
+        query_u64(
+            &s,
+            "SELECT count() FROM adtally.clicks_per_minute_by_set WHERE rollup_set = '' AND filter_id = 0"
+        ),
+        live_cells
+    );
+    let (ok, report) = reconcile(&s, &["--filter", "0", "--format", "json"]);
+    assert!(ok, "{}", &report[..report.len().min(2000)]);
+    // Dropped: readers are back on the live counts, the set's rows gone.
+    adtally(&["replay", "drop", "--clickhouse", &url, "with-filter-7"]);
+    let back = query_tsv(
+        &url,
+        "SELECT countIf(filter_id = 0), countIf(filter_id = 7) FROM adtally.clicks_per_minute FORMAT TSV",
+    );
+    assert_eq!(back.trim(), before);
+    assert_eq!(
+        query_u64(
+            &s,
+            "SELECT count() FROM adtally.rollups WHERE rollup_set != ''"
+        ),
+        0
+    );
+    // A name in use is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .args([
+            "replay",
+            "--clickhouse",
+            &url,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--set",
+            "with-filter-7",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("exists"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&s.tmp);
+}
+
 /// The consumer is SIGKILLed five times while records are produced and
 /// consumed; a last run finishes the stream; exact.
 #[test]
