@@ -15,9 +15,9 @@ setup:
 wasm:
 	@echo "make wasm: the core's WebAssembly builds into $(WASM_DIR) (the first time about 5 minutes on 2 cores)"
 	@mkdir -p $(WASM_DIR)
-	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm --features trap-test-marker
-	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/adtally_component_trap_marker.wasm
-	cargo build -p adtally-component --target wasm32-wasip2 --profile wasm
+	cargo build -p adtally-component -p adtally-module-trap-marker -p adtally-module-strict-users --target wasm32-wasip2 --profile wasm
+	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_module_trap_marker.wasm $(WASM_DIR)/adtally_component_trap_marker.wasm
+	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_module_strict_users.wasm $(WASM_DIR)/
 	cargo build -p adtally-clickhouse --target wasm32-unknown-unknown --profile wasm --features upgrade-test-marker
 	cp $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/adtally_clickhouse_marker.wasm
 	cargo build -p adtally-clickhouse --target wasm32-unknown-unknown --profile wasm
@@ -50,8 +50,8 @@ bench: setup wasm
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --exclude adtally-component --exclude adtally-clickhouse --exclude adtally-js --all-targets -- -D warnings
-	cargo clippy -p adtally-component --target wasm32-wasip2 -- -D warnings
+	cargo clippy --workspace --exclude adtally-component --exclude adtally-component-glue --exclude adtally-module-trap-marker --exclude adtally-module-strict-users --exclude adtally-clickhouse --exclude adtally-js --all-targets -- -D warnings
+	cargo clippy -p adtally-component -p adtally-component-glue -p adtally-module-trap-marker -p adtally-module-strict-users --target wasm32-wasip2 -- -D warnings
 	cargo clippy -p adtally-clickhouse -p adtally-js --target wasm32-unknown-unknown -- -D warnings
 
 # A generated stream through Kafka (Tansu), the core component and an embedded

@@ -351,35 +351,25 @@ fn reconcile_explains_the_late_clicks_and_flags_a_changed_rollup() {
     let _ = std::fs::remove_dir_all(&s.tmp);
 }
 
-/// `adtally replay` of the whole stream with a configuration that adds a
-/// filter gives, for every (minute, ad, filter), the counts of that core
-/// run natively on the same records; a reader polling `clicks_per_minute`
-/// meanwhile sees the live counts or the replay's, never a mix or a gap;
-/// the replaced set stays queryable, the stream still reconciles, and
-/// dropping the replay brings the live counts back.
-#[test]
-fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
-    let (s, records) = setup_live("kafka-replay", 60_000, memory);
-    produce_live(s.broker.addr(), records.clone(), 1, Duration::ZERO)
-        .join()
-        .unwrap();
-    let args = run_args(&s);
-    adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let config = r#"{"filters": [{"id": 7, "name": "10.0/14", "ip": ["10.0.0.0/14"]}]}"#;
-    let config_path = s.tmp.join("replay-config.json");
-    std::fs::write(&config_path, config).unwrap();
-    // The core natively, one engine per partition as the host runs them,
-    // over each partition's records in order: each cell's latest version.
-    let mut native: BTreeMap<(i64, String, u32), u64> = BTreeMap::new();
+/// Each (minute, ad, filter)'s count by the core run natively on
+/// `records` under `config`, one engine per partition as the host runs
+/// them, each partition's records in order; records `admit` refuses are
+/// left out (a variant's rule, applied before the core).
+fn natively(
+    records: &[adtally_host::generator::GenRecord],
+    config: &str,
+    admit: impl Fn(&[u8]) -> bool,
+) -> BTreeMap<(i64, String, u32), u64> {
     let mut latest: BTreeMap<(i64, String, u32, u32), (u32, u64)> = BTreeMap::new();
     for p in 0..4u32 {
-        let mut engine =
-            adtally_core::Engine::new(adtally_core::Config::from_json(config).unwrap()).unwrap();
+        let config = adtally_core::Config::from_json(config).unwrap();
+        let mut engine = adtally_core::Engine::new(config).unwrap();
         let mut out = adtally_core::Outputs::default();
-        let mine: Vec<_> = records.iter().filter(|r| r.partition == p).collect();
-        let raw: Vec<adtally_core::RawRecord> = mine
+        let raw: Vec<adtally_core::RawRecord> = records
             .iter()
+            .filter(|r| r.partition == p)
             .enumerate()
+            .filter(|(_, r)| admit(r.payload.as_bytes()))
             .map(|(i, r)| adtally_core::RawRecord {
                 partition: adtally_core::Partition(p),
                 offset: adtally_core::Offset(i as i64),
@@ -402,9 +392,45 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
             }
         }
     }
+    let mut counts = BTreeMap::new();
     for ((w, ad, f, _), (_, clicks)) in latest {
-        *native.entry((w, ad, f)).or_default() += clicks;
+        *counts.entry((w, ad, f)).or_default() += clicks;
     }
+    counts
+}
+
+/// The counts readers see, per (minute, ad, filter).
+fn visible_counts(url: &str) -> BTreeMap<(i64, String, u32), u64> {
+    query_tsv(
+        url,
+        "SELECT toUnixTimestamp64Milli(window_start), ad_id, filter_id, clicks FROM adtally.clicks_per_minute FORMAT TSV",
+    )
+    .lines()
+    .map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        ((f[0].parse().unwrap(), f[1].to_string(), f[2].parse().unwrap()), f[3].parse().unwrap())
+    })
+    .collect()
+}
+
+/// `adtally replay` of the whole stream with a configuration that adds a
+/// filter gives, for every (minute, ad, filter), the counts of that core
+/// run natively on the same records; a reader polling `clicks_per_minute`
+/// meanwhile sees the live counts or the replay's, never a mix or a gap;
+/// the replaced set stays queryable, the stream still reconciles, and
+/// dropping the replay brings the live counts back.
+#[test]
+fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
+    let (s, records) = setup_live("kafka-replay", 60_000, memory);
+    produce_live(s.broker.addr(), records.clone(), 1, Duration::ZERO)
+        .join()
+        .unwrap();
+    let args = run_args(&s);
+    adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let config = r#"{"filters": [{"id": 7, "name": "10.0/14", "ip": ["10.0.0.0/14"]}]}"#;
+    let config_path = s.tmp.join("replay-config.json");
+    std::fs::write(&config_path, config).unwrap();
+    let native = natively(&records, config, |_| true);
     assert!(
         native.keys().any(|k| k.2 == 7),
         "the new filter counts clicks"
@@ -461,16 +487,7 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
         "a reader saw a mix or a gap: {seen:?} (before {before}, after {after})"
     );
     // Every cell of every filter as the core natively counts it.
-    let got: BTreeMap<(i64, String, u32), u64> = query_tsv(
-        &url,
-        "SELECT toUnixTimestamp64Milli(window_start), ad_id, filter_id, clicks FROM adtally.clicks_per_minute FORMAT TSV",
-    )
-    .lines()
-    .map(|l| {
-        let f: Vec<&str> = l.split('\t').collect();
-        ((f[0].parse().unwrap(), f[1].to_string(), f[2].parse().unwrap()), f[3].parse().unwrap())
-    })
-    .collect();
+    let got = visible_counts(&url);
     assert_eq!(got.len(), native.len(), "cells");
     assert!(
         got == native,
@@ -521,6 +538,46 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
     assert!(
         !again.status.success() && stderr.contains("exists"),
         "{stderr}"
+    );
+    // A module variant whose validation differs (tests/modules/strict-users:
+    // user ids ending in 7 are invalid), a crate of its own.
+    let strict = root().join("target/wasm/adtally_module_strict_users.wasm");
+    let out = adtally(&[
+        "replay",
+        "--clickhouse",
+        &url,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--module",
+        strict.to_str().unwrap(),
+        "--set",
+        "strict-users",
+    ]);
+    assert!(out.contains("readers see it now"), "{out}");
+    let refuses = |payload: &[u8]| match adtally_core::parse_record(payload, None, 0) {
+        Ok(adtally_core::Record::Click(c)) => c.user_id.as_str().ends_with('7'),
+        _ => false,
+    };
+    let native = natively(&records, "{}", |p| !refuses(p));
+    let got = visible_counts(&url);
+    assert!(
+        got.len() == native.len() && got == native,
+        "the variant's set differs from it run natively"
+    );
+    let live = query_u64(
+        &s,
+        "SELECT sum(clicks) FROM adtally.clicks_per_minute_by_set WHERE rollup_set = '' AND filter_id = 0",
+    );
+    let strict_clicks: u64 = native
+        .iter()
+        .filter(|(k, _)| k.2 == 0)
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        strict_clicks < live * 95 / 100,
+        "the variant refuses about a tenth: {strict_clicks} of {live}"
     );
     let _ = std::fs::remove_dir_all(&s.tmp);
 }
