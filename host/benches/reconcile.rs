@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             range: reconcile::Range::new(WindowStart(START), WindowStart(START + SPAN_MS))?,
             filters: vec![],
             chunk_minutes,
+            set: None,
         };
         let t = Instant::now();
         let summary =

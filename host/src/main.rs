@@ -226,6 +226,10 @@ enum Command {
         /// Minutes compared per query.
         #[arg(long, default_value_t = 60)]
         chunk_minutes: u32,
+        /// Compare this rollup set (a replay's, e.g. before it is switched
+        /// in) instead of, for each minute, the set readers see.
+        #[arg(long, conflicts_with_all = ["every", "daily"])]
+        set: Option<String>,
         /// Reconcile every period of this length as it settles (e.g. 1h).
         #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "daily")]
         every: Option<std::time::Duration>,
@@ -368,6 +372,7 @@ fn main() -> Result<()> {
             format,
             output,
             chunk_minutes,
+            set,
             every,
             daily,
             settle,
@@ -384,6 +389,7 @@ fn main() -> Result<()> {
                 to,
                 filters,
                 chunk_minutes,
+                set,
                 every,
                 settle,
                 &output,
@@ -519,6 +525,21 @@ async fn replay_command(
             "not switched (--no-switch)"
         }
     );
+    eprintln!(
+        "adtally replay: verified against the batch truth: {}",
+        reconcile::report::line(opts.range, &r.verified)
+    );
+    if !r.unverified_filters.is_empty() {
+        let ids: Vec<String> = r
+            .unverified_filters
+            .iter()
+            .map(|f| f.0.to_string())
+            .collect();
+        eprintln!(
+            "adtally replay: filters the batch truth does not count, not verified: {}",
+            ids.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -541,6 +562,7 @@ async fn reconcile_command(
     to: Option<WindowStart>,
     filters: Vec<adtally_core::FilterId>,
     chunk_minutes: u32,
+    set: Option<String>,
     every: Option<std::time::Duration>,
     settle: std::time::Duration,
     output: &reconcile::job::Output,
@@ -558,6 +580,7 @@ async fn reconcile_command(
                 range: reconcile::Range::new(from, to)?,
                 filters,
                 chunk_minutes,
+                set,
             };
             let summary = reconcile::job::once(&client, &ch.db, &opts, output, false).await?;
             if summary.unexplained > 0 {

@@ -291,6 +291,11 @@ impl Sink {
         &self.client
     }
 
+    /// The database written to.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+
     /// One insert of `rows` into `table`, acknowledged (none when empty).
     async fn insert<R: RowWrite>(&self, table: &str, rows: &[R::Value<'_>]) -> Result<()> {
         if rows.is_empty() {

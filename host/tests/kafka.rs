@@ -477,6 +477,10 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
         "with-filter-7",
     ]);
     assert!(out.contains("readers see it now"), "{out}");
+    assert!(
+        out.contains(" 0 unexplained; ") && out.contains("not verified: 7"),
+        "{out}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = poller.join().unwrap();
@@ -555,7 +559,13 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
         "--set",
         "strict-users",
     ]);
+    // Verified: the clicks its rule refused are the only differences
+    // from the batch truth, side-lined by the set's own module.
     assert!(out.contains("readers see it now"), "{out}");
+    assert!(
+        out.contains(" 0 unexplained; ") && !out.contains(" 0 side-lined"),
+        "{out}"
+    );
     let refuses = |payload: &[u8]| match adtally_core::parse_record(payload, None, 0) {
         Ok(adtally_core::Record::Click(c)) => c.user_id.as_str().ends_with('7'),
         _ => false,

@@ -206,6 +206,7 @@ async fn main() -> Result<()> {
         range: reconcile::Range::new(WindowStart(from), WindowStart(to))?,
         filters: vec![],
         chunk_minutes: 60,
+        set: None,
     };
     let summary = reconcile::reconcile(&client, "adtally", &opts, |_| Ok(()), |_, _| {}).await?;
     println!("\n{}", reconcile::report::line(opts.range, &summary));

@@ -219,6 +219,7 @@ pub async fn every(
             range: Range::new(from, to)?,
             filters: filters.to_vec(),
             chunk_minutes,
+            set: None,
         };
         let summary = once(client, db, &opts, out, true).await?;
         if summary.unexplained > 0 {

@@ -70,6 +70,9 @@ pub struct Options {
     pub filters: Vec<FilterId>,
     /// Minutes per query: the range is compared one chunk at a time.
     pub chunk_minutes: u32,
+    /// The rollup set compared (a replay's, before it is switched in);
+    /// `None`: for each window, the set readers see.
+    pub set: Option<String>,
 }
 
 /// Why a cell's sides differ, when the stream's side outputs say.
@@ -258,6 +261,8 @@ pub async fn reconcile(
                 .param("from", chunk.from.0)
                 .param("to", chunk.to.0)
                 .param("filters", &filters)
+                .param("named", u8::from(opts.set.is_some()))
+                .param("set", opts.set.as_deref().unwrap_or(""))
         };
         let c: CompareRow = bind(&compare).fetch_one().await.with_context(|| {
             format!(

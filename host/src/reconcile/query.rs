@@ -7,20 +7,24 @@
 /// Rows whose `window_start` is in `[from, to)`.
 const MINUTES: &str = "window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
                        AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC')";
-/// The rollup set in force for a row's `window_start` (see `rollup_sets`),
-/// given `active` (the `ACTIVE` of a WITH clause).
-const IN_FORCE: &str = "arrayFirst(s -> window_start >= s.2 AND window_start < s.3, active).1";
+/// The active sets, for [`IN_FORCE`].
+const ACTIVE: &str = "(SELECT sets FROM {db}.active_rollup_sets) AS active";
+/// The rollup set compared for a row's `window_start`: the one named by
+/// `{set:String}` when `{named:UInt8}`, else the one in force for the
+/// window (see `rollup_sets`), given [`ACTIVE`] in a WITH clause.
+const IN_FORCE: &str = "if({named:UInt8}, {set:String}, \
+                        arrayFirst(s -> window_start >= s.2 AND window_start < s.3, active).1)";
 /// Rows of the filters compared.
 const FILTERS: &str = "(empty({filters:Array(UInt32)}) OR has({filters:Array(UInt32)}, filter_id))";
 
-/// The cells of `[from, to)`: the stream's count (`clicks_per_minute`) and
-/// the batch truth's (`batch_clicks_per_minute`) side by side, 0 where a
-/// side has no row.
+/// The cells of `[from, to)`: the stream's count (the set compared, as
+/// `clicks_per_minute` reads it) and the batch truth's
+/// (`batch_clicks_per_minute`) side by side, 0 where a side has no row.
 fn cells(db: &str) -> String {
     format!(
         "SELECT window_start, ad_id, filter_id, s.clicks AS stream, b.clicks AS batch \
-         FROM (SELECT window_start, ad_id, filter_id, clicks FROM {db}.clicks_per_minute \
-               WHERE {MINUTES} AND {FILTERS}) AS s \
+         FROM (SELECT window_start, ad_id, filter_id, clicks FROM {db}.clicks_per_minute_by_set \
+               WHERE {MINUTES} AND {FILTERS} AND rollup_set = {IN_FORCE}) AS s \
          FULL OUTER JOIN (SELECT window_start, ad_id, filter_id, clicks FROM {db}.batch_clicks_per_minute \
                           WHERE {MINUTES} AND {FILTERS}) AS b \
          USING (window_start, ad_id, filter_id)"
@@ -32,7 +36,7 @@ fn cells(db: &str) -> String {
 /// that parsed its raw events.
 pub(super) fn compare(db: &str) -> String {
     format!(
-        "WITH (SELECT sets FROM {db}.active_rollup_sets) AS active \
+        "WITH {active} \
          SELECT count() AS cells, countIf(stream = batch) AS equal, sum(stream) AS stream_clicks, \
          sum(batch) AS batch_clicks, \
          (SELECT arraySort(groupUniqArray(toString(module_sha256))) FROM {db}.rollups \
@@ -40,14 +44,14 @@ pub(super) fn compare(db: &str) -> String {
          (SELECT arraySort(groupUniqArray(semantics_version)) FROM {db}.raw_events WHERE {MINUTES}) \
           AS batch_semantics_versions \
          FROM ({})",
-        cells(db)
+        cells(db),
+        active = ACTIVE.replace("{db}", db),
     )
 }
 
 /// One row per cell whose sides differ, with what the raw events say of
 /// it. Each of the cell's raw records is looked up by position among the
-/// side outputs of the stream whose rollups readers see for its window
-/// (the rollup set in force): late (`late_events`) or side-lined for its
+/// side outputs of the set compared for its window: late (`late_events`) or side-lined for its
 /// partition's state (`invalid_events`: ahead of the partition, its
 /// bounds, a quarantined record). A key the stream counted has a record
 /// that is neither, in each (topic, partition) that counted it:
@@ -64,8 +68,7 @@ pub(super) fn compare(db: &str) -> String {
 /// the raw events, and to join their explanation.
 pub(super) fn differences(db: &str) -> String {
     format!(
-        "WITH diff AS MATERIALIZED (SELECT * FROM ({cells}) WHERE stream != batch), \
-              (SELECT sets FROM {db}.active_rollup_sets) AS active \
+        "WITH {active}, diff AS MATERIALIZED (SELECT * FROM ({cells}) WHERE stream != batch) \
          SELECT toUnixTimestamp64Milli(d.window_start) AS window_start, d.ad_id AS ad_id, d.filter_id AS filter_id, \
                 d.stream AS stream, d.batch AS batch, e.counted AS counted, e.late AS late, \
                 e.side_lined AS side_lined, e.missing AS missing, e.extra AS extra \
@@ -97,7 +100,8 @@ pub(super) fn differences(db: &str) -> String {
          ) AS e USING (window_start, ad_id, filter_id) \
          ORDER BY window_start, ad_id, filter_id \
          SETTINGS enable_materialized_cte = 1",
-        cells = cells(db)
+        cells = cells(db),
+        active = ACTIVE.replace("{db}", db),
     )
 }
 

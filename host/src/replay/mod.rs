@@ -2,9 +2,11 @@
 //! stream's own code path (Kappa). The raw records of a range (the valid
 //! clicks of `raw_events` and the invalid records of
 //! `batch_invalid_events`, each partition's in their original order) go
-//! through a given module's core, one core per partition as `adtally run`
 //! does, into a new rollup set; the set is checked against what the cores
-//! emitted, then switched in for its range with one insert into
+//! emitted, and reconciled against the batch truth (on the filters both
+//! count: every difference must be one of the set's own side outputs, its
+//! late clicks or the records its module refused), then switched in for
+//! its range with one insert into
 //! `rollup_sets` (see `clickhouse/sql/schema.sql`). The set it replaced
 //! stays in the tables, queryable through `clicks_per_minute_by_set`, until
 //! dropped ([`drop_set`]).
@@ -22,9 +24,9 @@ mod sets;
 
 pub use sets::{SetState, drop_set};
 
-use crate::reconcile::Range;
+use crate::reconcile::{self, Range};
 use crate::sink::Sink;
-use adtally_core::{Offset, Outputs, Partition, WindowStart};
+use adtally_core::{FilterId, Offset, Outputs, Partition, WindowStart};
 use adtally_runtime::{Module, RecordBatch};
 use anyhow::{Context, Result, bail, ensure};
 use clickhouse::Row;
@@ -70,6 +72,12 @@ pub struct Report {
     pub seconds: f64,
     /// Whether readers now see it.
     pub switched: bool,
+    /// The set reconciled against the batch truth, on the filters both
+    /// count.
+    pub verified: crate::reconcile::Summary,
+    /// Filters of the replay's configuration the batch truth does not
+    /// count, so not verified.
+    pub unverified_filters: Vec<FilterId>,
 }
 
 #[derive(Row, Deserialize)]
@@ -88,13 +96,20 @@ struct RawRecord {
     payload: Vec<u8>,
 }
 
-/// The resolved configuration's fields a replay needs to end its input.
+/// The resolved configuration's fields a replay needs: to end its input,
+/// and which filters it counts.
 #[derive(Deserialize)]
 struct Timing {
     window_ms: i64,
     out_of_orderness_ms: i64,
     allowed_lateness_ms: i64,
     watermark_quorum: u32,
+    filters: Vec<FilterRef>,
+}
+
+#[derive(Deserialize)]
+struct FilterRef {
+    id: u32,
 }
 
 /// Replays `opts.range` of `opts.topic` through `module` under
@@ -216,6 +231,39 @@ pub async fn replay(
         report.clicks
     );
     sets::change(client, &set, SetState::Ready).await?;
+    // Verified: reconciled against the batch truth, on the filters both
+    // count; a difference the set's own side outputs do not explain (its
+    // late clicks, the records its module refused) stops the switch.
+    let batch_filters: Vec<u32> = client
+        .query(
+            "SELECT DISTINCT filter_id FROM batch_minute_counts \
+             WHERE window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
+             AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') ORDER BY filter_id",
+        )
+        .param("from", opts.range.from.0)
+        .param("to", opts.range.to.0)
+        .fetch_all()
+        .await
+        .context("reading the batch truth's filters")?;
+    let ours = std::iter::once(0).chain(timing.filters.iter().map(|f| f.id));
+    let (common, unverified): (Vec<u32>, Vec<u32>) = ours.partition(|f| batch_filters.contains(f));
+    report.unverified_filters = unverified.into_iter().map(FilterId).collect();
+    let check = reconcile::Options {
+        range: opts.range,
+        filters: common.into_iter().map(FilterId).collect(),
+        chunk_minutes: 60,
+        set: Some(set.clone()),
+    };
+    report.verified =
+        reconcile::reconcile(client, sink.db(), &check, |_| Ok(()), |_, _| {}).await?;
+    ensure!(
+        report.verified.unexplained == 0,
+        "rollup set {set} differs from the batch truth in {} cells its side outputs do not explain: not switched \
+         (see `adtally reconcile --set {set} --from {} --to {}`; drop it with `adtally replay drop {set}`)",
+        report.verified.unexplained,
+        opts.range.from.0,
+        opts.range.to.0
+    );
     if opts.switch {
         sets::change(client, &set, SetState::Active).await?;
         report.switched = true;
