@@ -80,11 +80,9 @@ fn every_kind_of_difference_gets_its_verdict() {
     );
     sql(
         &url,
-        &format!(
-            "INSERT INTO adtally.late_events (topic, source_partition, source_offset, event_key, ad_id, click_ts, window_start, watermark, module_sha256) \
+        "INSERT INTO adtally.late_events (topic, source_partition, source_offset, event_key, ad_id, click_ts, window_start, watermark, module_sha256) \
              SELECT topic, source_partition, source_offset, event_key, ad_id, click_ts, window_start, window_start + 3600, 'm' \
-             FROM adtally.raw_events WHERE source_partition = 0 AND source_offset IN (5, 6)"
-        ),
+             FROM adtally.raw_events WHERE source_partition = 0 AND source_offset IN (5, 6)",
     );
     sql(
         &url,
