@@ -37,5 +37,14 @@ fn demo_pipeline_is_exact() {
             .unwrap();
         assert!(n > 0, "no {kind}: {line}");
     }
+    // It stored raw events and ends with the reconciliation of the stream
+    // against the batch truth: the late clicks explained, nothing else.
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("reconcile ")
+            && last.contains(" 0 unexplained; ")
+            && !last.contains("(0 late"),
+        "the last line: {last}"
+    );
     let _ = std::fs::remove_dir_all(&data);
 }
