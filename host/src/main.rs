@@ -258,9 +258,17 @@ enum Command {
         /// The first minute not replayed.
         #[arg(long, value_parser = reconcile::job::parse_time, required = true)]
         to: Option<WindowStart>,
-        /// The core component to replay with.
-        #[arg(long, default_value = "target/wasm/adtally_component.wasm")]
-        module: PathBuf,
+        /// The core component to replay with: a file, or the SHA-256 of
+        /// one in --modules-dir (as every row records its module).
+        #[arg(
+            long,
+            value_name = "FILE|SHA256",
+            default_value = "target/wasm/adtally_component.wasm"
+        )]
+        module: String,
+        /// Where a module named by its SHA-256 is looked for.
+        #[arg(long, default_value = "target/wasm")]
+        modules_dir: PathBuf,
         /// The core's configuration (JSON; defaults fill gaps).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -343,6 +351,7 @@ fn main() -> Result<()> {
             set,
             no_switch,
             batch,
+            modules_dir,
         } => {
             let (Some(from), Some(to)) = (from, to) else {
                 bail!("replay needs --from and --to");
@@ -362,6 +371,7 @@ fn main() -> Result<()> {
                 switch: !no_switch,
                 batch,
             };
+            let module = replay::find_module(&module, &modules_dir)?;
             replay_command(&ch, &module, &config_json, &opts)
         }
         Command::Reconcile {

@@ -463,14 +463,11 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
             seen
         })
     };
-    let out = adtally(&[
-        "replay",
-        "--clickhouse",
-        &url,
-        "--from",
-        from,
-        "--to",
-        to,
+    let replay = |args: &[&str]| {
+        let range = ["replay", "--clickhouse", &url, "--from", from, "--to", to];
+        adtally(&[&range[..], args].concat())
+    };
+    let out = replay(&[
         "--config",
         config_path.to_str().unwrap(),
         "--set",
@@ -539,26 +536,37 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
+    let unknown = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .current_dir(root())
+        .args([
+            "replay",
+            "--clickhouse",
+            &url,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--module",
+            &"0".repeat(64),
+        ])
+        .output()
+        .unwrap();
+    let says = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && says.contains("no module with SHA-256"),
+        "{says}"
+    );
     assert!(
         !again.status.success() && stderr.contains("exists"),
         "{stderr}"
     );
     // A module variant whose validation differs (tests/modules/strict-users:
     // user ids ending in 7 are invalid), a crate of its own.
+    // Named by its SHA-256, as rows record it, among the modules in
+    // --modules-dir (target/wasm by default).
     let strict = root().join("target/wasm/adtally_module_strict_users.wasm");
-    let out = adtally(&[
-        "replay",
-        "--clickhouse",
-        &url,
-        "--from",
-        from,
-        "--to",
-        to,
-        "--module",
-        strict.to_str().unwrap(),
-        "--set",
-        "strict-users",
-    ]);
+    let sha = adtally_runtime::sha256_of(&std::fs::read(&strict).unwrap());
+    let out = replay(&["--module", &sha, "--set", "strict-users"]);
     // Verified: the clicks its rule refused are the only differences
     // from the batch truth, side-lined by the set's own module.
     assert!(out.contains("readers see it now"), "{out}");

@@ -136,7 +136,7 @@ impl Runtime {
     /// Compiles a component, checks its interface and runs its self-test.
     /// A module that fails any of this is refused.
     pub fn load(&self, bytes: &[u8]) -> Result<Module> {
-        let sha256 = hex(&Sha256::digest(bytes));
+        let sha256 = sha256_of(bytes);
         let component = Component::new(&self.engine, bytes).ctx("not a valid adtally component")?;
         let mut linker: Linker<State> = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).ctx("linking WASI")?;
@@ -215,6 +215,12 @@ impl Failure {
             Failure::Trap
         }
     }
+}
+
+/// A module's SHA-256, lower-case hex, as [`Module::sha256`] gives it and
+/// every row it computes carries.
+pub fn sha256_of(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -112,6 +112,42 @@ struct FilterRef {
     id: u32,
 }
 
+/// The module file `arg` names: a path, or the SHA-256 (64 hex digits, as
+/// rows carry it) of one of the `.wasm` files in `dir`.
+pub fn find_module(arg: &str, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let path = std::path::Path::new(arg);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let is_sha = arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_sha {
+        bail!("--module {arg}: no such file, and not a SHA-256 (64 hex digits)");
+    }
+    let wanted = arg.to_ascii_lowercase();
+    let mut seen = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the modules in {}", dir.display()))?;
+    for entry in entries {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "wasm") {
+            let sha = adtally_runtime::sha256_of(&std::fs::read(&p)?);
+            if sha == wanted {
+                return Ok(p);
+            }
+            seen.push(format!("{} {}", &sha[..12], p.display()));
+        }
+    }
+    bail!(
+        "no module with SHA-256 {wanted} in {} (there: {})",
+        dir.display(),
+        if seen.is_empty() {
+            "none".to_string()
+        } else {
+            seen.join(", ")
+        }
+    )
+}
+
 /// Replays `opts.range` of `opts.topic` through `module` under
 /// `config_json` into a new rollup set of `sink`'s database.
 pub async fn replay(
