@@ -70,6 +70,10 @@ def record_module(query, db, module, sha):
     query(f"INSERT INTO {db}.module_history (module, sha256, semantics_version) VALUES ('{module}', '{sha}', {version})")
 
 
+def table_exists(query, db, table):
+    return query(f"SELECT count() FROM system.tables WHERE database = '{db}' AND name = '{table}'").decode().strip() != "0"
+
+
 def sorting_key(query, db, table):
     return query(f"SELECT sorting_key FROM system.tables WHERE database = '{db}' AND name = '{table}'").decode().strip()
 
@@ -151,16 +155,23 @@ REBUILT_PAYLOAD = ("concat('{\"ad_id\":', toJSONString(ad_id), ',\"click_timesta
                    "if(event_id = '', '', concat(',\"event_id\":', toJSONString(event_id))), '}')")
 
 
-def rebuild(query, db, table, fill):
+def rebuild(query, db, table, fill, since=None):
     """Replaces `table` by its sql/schema.sql definition, filled by `fill`
     (an INSERT's column list and SELECT over the old table): built as
-    `*_migrating` and swapped in with one RENAME."""
+    `*_migrating` and swapped in with one RENAME. With `since` (a column of
+    the time a row was written), rows written to the old table while the
+    copy ran are copied too, after the RENAME and before the old table is
+    dropped (the new table's key replaces a row copied twice)."""
     query(f"DROP TABLE IF EXISTS {db}.{table}_migrating")
     query(f"DROP TABLE IF EXISTS {db}.{table}_before_migration")
     query(table_ddl(db, table, f"{table}_migrating"))
+    started = query("SELECT toString(now64(3, 'UTC'))").decode().strip()
     query(f"INSERT INTO {db}.{table}_migrating {fill.replace('{old}', f'{db}.{table}')}")
     query(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_migration, "
           f"{db}.{table}_migrating TO {db}.{table}")
+    if since:
+        late = f"(SELECT * FROM {db}.{table}_before_migration WHERE {since} >= toDateTime64('{started}', 3, 'UTC'))"
+        query(f"INSERT INTO {db}.{table} {fill.replace('{old}', late)}")
     query(f"DROP TABLE {db}.{table}_before_migration")
 
 
@@ -193,7 +204,14 @@ def migrate(query, db):
     gains the record's timestamp (NULL for rows before)."""
     if sorting_key(query, db, "raw_events") == "ad_id, window_start, event_key":
         rebuild(query, db, "raw_events",
-                f"({RAW_EVENTS_BY_KEY}, payload) SELECT {RAW_EVENTS_BY_KEY}, {REBUILT_PAYLOAD} FROM {{old}}")
+                f"({RAW_EVENTS_BY_KEY}, payload) SELECT {RAW_EVENTS_BY_KEY}, {REBUILT_PAYLOAD} FROM {{old}}",
+                since="ingested_at")
+        # The view that fills raw_events may write to the table it had
+        # (renamed away): sql/pipeline.sql creates it again over the new one.
+        query(f"DROP VIEW IF EXISTS {db}.raw_mv")
+    # The pipeline's per-record table gained the record time (sql/pipeline.sql).
+    if table_exists(query, db, "parsed"):
+        query(f"ALTER TABLE {db}.parsed ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER source_offset")
     query(f"ALTER TABLE {db}.batch_invalid_events ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER payload")
     if sorting_key(query, db, "snapshots") == "topic, source_partition":
         rebuild(query, db, "snapshots", "SELECT * FROM {old}")

@@ -1,5 +1,5 @@
 -- The ClickHouse-native path, on the same WASM core: records -> parse (once)
--- -> raw, invalid (batch_invalid_events) and per-minute tables. It has no watermark: it is the
+-- -> raw, invalid (batch_invalid_events), heartbeat and per-minute tables. It has no watermark: it is the
 -- batch truth the host's rollups reconcile against.
 -- {db}, {config_json} (the whole configuration, as the module reads it) and {top_n} come from the core's config.
 
@@ -46,6 +46,10 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.batch_invalid_mv TO {db}.batch_inval
 SELECT topic, source_partition, source_offset, reason, payload, record_time_ms
 FROM {db}.parsed WHERE kind = 'invalid';
 
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.batch_heartbeats_mv TO {db}.batch_heartbeats AS
+SELECT topic, source_partition, source_offset, record_time_ms, payload
+FROM {db}.parsed WHERE kind = 'heartbeat';
+
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.batch_counts_mv TO {db}.batch_minute_counts AS
 SELECT fromUnixTimestamp64Milli(window_start_ms, 'UTC') AS window_start, ad_id, arrayJoin(filter_ids) AS filter_id,
        uniqExactState(toFixedString(event_key, 32)) AS event_keys
@@ -76,7 +80,7 @@ FROM
            argMax(most_clicked_ads, (version, module_sha256)) AS ads
     FROM {db}.most_clicked_ads
     -- The rankings of the set in force for the minute (see rollup_sets).
-    WHERE rollup_set = arrayFirst(s -> update_time_minute >= s.2 AND update_time_minute < s.3, active).1
+    WHERE rollup_set = arrayFirst(s -> s.2 = topic AND update_time_minute >= s.3 AND update_time_minute < s.4, active).1
     GROUP BY window_minutes, update_time_minute, filter_id, topic, source_partition
 )
 GROUP BY window_minutes, update_time_minute, filter_id, topic

@@ -74,52 +74,58 @@ ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (ad_id, window_start, filter_id, topic, source_partition, module_sha256, rollup_set);
 
--- Which rollups readers see: for each window, the newest active replay set
--- whose range holds it, else the live stream's (''). Switching a range to
--- a replay is one insert here, so a query sees the switch whole or not at
--- all (it reads this table once); the set it replaced stays in the tables,
--- queryable through *_by_set, until `adtally replay drop`.
+-- Which rollups readers see: for each (topic, window), the newest active
+-- replay set of that topic whose range holds it, else the live stream's
+-- (''). Switching a range to a replay is one insert here, so a query sees
+-- the switch whole or not at all (it reads this table once); the set it
+-- replaced stays in the tables, queryable through *_by_set, until
+-- `adtally replay drop`.
 CREATE TABLE IF NOT EXISTS {db}.rollup_sets
 (
     rollup_set    String,                                -- the name its rows carry
     range_from    DateTime64(3, 'UTC'),                  -- the first window it holds
     range_to      DateTime64(3, 'UTC'),                  -- the first window it does not
-    topic         String,
+    topic         String,                                -- the topic it holds
     module_sha256 String,                                -- the module that computed it
     config_json   String,                                -- the core's configuration it ran with
-    state         LowCardinality(String),                -- building, ready, active, dropped
+    state         LowCardinality(String),                -- building, ready, failed, active, dropped
     revision      UInt32,                                -- the highest is the set's state
     changed_at    DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(revision)
 ORDER BY rollup_set;
 
--- The active sets, newest first: a window's set is the first whose range
--- holds it (arrayFirst), else ''.
+-- The active sets, newest first: a (topic, window)'s set is the first of
+-- its topic whose range holds it (arrayFirst), else ''.
 CREATE OR REPLACE VIEW {db}.active_rollup_sets AS
-SELECT groupArray((rollup_set, range_from, range_to)) AS sets
-FROM (SELECT rollup_set, range_from, range_to FROM {db}.rollup_sets FINAL
-      WHERE state = 'active' ORDER BY changed_at DESC, rollup_set DESC);
+SELECT arrayMap(s -> (s.1, s.2, s.3, s.4),
+                arrayReverseSort(s -> (s.5, s.1), groupArray((rollup_set, topic, range_from, range_to, changed_at)))) AS sets
+FROM {db}.rollup_sets FINAL
+WHERE state = 'active';
 
--- Every set's counts (the live stream's is '').
+-- Each (set, topic, partition)'s exact count of a cell: its highest
+-- version (of two modules' rows of one version, the greater module_sha256).
+CREATE OR REPLACE VIEW {db}.rollup_cells AS
+SELECT rollup_set, window_start, ad_id, filter_id, topic, source_partition,
+       argMax(clicks, (version, module_sha256)) AS clicks,
+       max((version, module_sha256)).2 AS counted_by
+FROM {db}.rollups
+GROUP BY rollup_set, window_start, ad_id, filter_id, topic, source_partition;
+
+-- Every set's counts (the live stream's is ''), summed over its partitions.
 CREATE OR REPLACE VIEW {db}.clicks_per_minute_by_set AS
 SELECT rollup_set, window_start, ad_id, filter_id, sum(clicks) AS clicks, groupUniqArray(counted_by) AS modules
-FROM
-(
-    SELECT rollup_set, window_start, ad_id, filter_id, topic, source_partition,
-           argMax(clicks, (version, module_sha256)) AS clicks,
-           max((version, module_sha256)).2 AS counted_by
-    FROM {db}.rollups
-    GROUP BY rollup_set, window_start, ad_id, filter_id, topic, source_partition
-)
+FROM {db}.rollup_cells
 GROUP BY rollup_set, window_start, ad_id, filter_id;
 
--- The counts readers see: each window's from the set in force for it.
+-- The counts readers see: each (topic, window)'s from the set in force for
+-- it, summed over topics and partitions.
 CREATE OR REPLACE VIEW {db}.clicks_per_minute AS
 WITH (SELECT sets FROM {db}.active_rollup_sets) AS active
-SELECT window_start, ad_id, filter_id, clicks, modules
-FROM {db}.clicks_per_minute_by_set
-WHERE rollup_set = arrayFirst(s -> window_start >= s.2 AND window_start < s.3, active).1;
+SELECT window_start, ad_id, filter_id, sum(clicks) AS clicks, groupUniqArray(counted_by) AS modules
+FROM {db}.rollup_cells
+WHERE rollup_set = arrayFirst(s -> s.2 = topic AND window_start >= s.3 AND window_start < s.4, active).1
+GROUP BY window_start, ad_id, filter_id;
 
 -- Top-N (the design's most_clicked_ads), one list per (topic, partition,
 -- module) and version, the same tie-break as rollups; lists of hosts
@@ -219,6 +225,22 @@ CREATE TABLE IF NOT EXISTS {db}.batch_invalid_events
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (topic, source_partition, source_offset);
+
+-- Heartbeat records as received, by source position: with raw_events and
+-- batch_invalid_events, every record of a partition, so that a replay sees
+-- the watermark move as the stream saw it.
+CREATE TABLE IF NOT EXISTS {db}.batch_heartbeats
+(
+    topic            LowCardinality(String),
+    source_partition UInt32,
+    source_offset    Int64,
+    record_time_ms   Nullable(Int64),
+    payload          String,
+    written_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (topic, source_partition, source_offset)
+TTL toDateTime(written_at) + INTERVAL 400 DAY DELETE;
 
 -- The batch path's per-minute counts: exact distinct event keys per
 -- (window, ad, filter), deduplicated across every partition and replay.

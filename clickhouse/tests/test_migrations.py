@@ -147,6 +147,12 @@ def test_raw_events_kept_by_key_are_rebuilt_by_position_with_payloads_the_core_r
     ch("DROP TABLE adtally.raw_events_new")
     ch("DROP TABLE adtally.batch_invalid_events")
     ch(OLD_BATCH_INVALID)
+    # The pipeline's per-record table as it was, without the record time.
+    ch("DROP TABLE adtally.parsed")
+    ch("CREATE TABLE adtally.parsed (topic String, source_partition UInt32, source_offset Int64, payload String, "
+       "kind String, reason String, event_key String, ad_id String, time_ms Int64, user_id String, ip String, "
+       "country String, event_id String, window_start_ms Int64, filter_ids Array(UInt32), semantics_version UInt32) "
+       "ENGINE = Null")
     installer.install(ch, WASM)
     key = ch("SELECT sorting_key FROM system.tables WHERE database = 'adtally' AND name = 'raw_events'")
     assert key.decode().strip() == "ad_id, window_start, event_key, topic, source_partition, source_offset"
@@ -159,6 +165,12 @@ def test_raw_events_kept_by_key_are_rebuilt_by_position_with_payloads_the_core_r
     assert again == before and before.count(b"\n") == 2
     installer.install(ch, WASM)
     assert ch("SELECT count() FROM adtally.raw_events") == b"2\n"
+    # Records keep arriving into the migrated tables, with their payloads.
+    p = '{"ad_id":"ad-3","click_timestamp":1700000120000,"user_id":"u3","ip":"10.0.0.3","country":"USA"}'
+    ch(f"INSERT INTO adtally.ingest (topic, source_partition, source_offset, record_time_ms, payload) "
+       f"VALUES ('clicks', 0, 2, 1700000121000, '{p}')")
+    assert ch("SELECT count(), countIf(payload = '" + p + "' AND record_time_ms = 1700000121000) "
+              "FROM adtally.raw_events FORMAT TSV") == b"3\t1\n"
 
 
 def test_tables_without_rollup_sets_gain_them_in_their_keys_with_their_rows(ch):

@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         set: Some(set.into()),
         switch: false,
         batch: 50_000,
+        drop_filters: false,
     };
     let alone = replay::replay(&sink, &module, "{}", &opts("bench-alone")).await?;
     println!(

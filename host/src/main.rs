@@ -70,6 +70,19 @@ enum ReplayAction {
         /// The set's name.
         set: String,
     },
+    /// Switch readers to a ready set (one written with --no-switch), once
+    /// it is verified against the batch truth again.
+    Switch {
+        #[command(flatten)]
+        ch: ClickHouseArgs,
+        /// The set's name.
+        set: String,
+    },
+    /// List the rollup sets: name, state, topic, range, module.
+    List {
+        #[command(flatten)]
+        ch: ClickHouseArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -284,6 +297,10 @@ enum Command {
         /// Records per call into a core.
         #[arg(long, default_value_t = 50_000)]
         batch: usize,
+        /// Let the set count fewer filters than the rollups readers see now
+        /// for the range (without it such a replay is refused).
+        #[arg(long)]
+        drop_filters: bool,
     },
 }
 
@@ -337,9 +354,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Replay {
-            action: Some(ReplayAction::Drop { ch, set }),
+            action: Some(action),
             ..
-        } => drop_set(&ch, &set),
+        } => replay_action(action),
         Command::Replay {
             action: None,
             ch,
@@ -352,6 +369,7 @@ fn main() -> Result<()> {
             no_switch,
             batch,
             modules_dir,
+            drop_filters,
         } => {
             let (Some(from), Some(to)) = (from, to) else {
                 bail!("replay needs --from and --to");
@@ -370,6 +388,7 @@ fn main() -> Result<()> {
                 set,
                 switch: !no_switch,
                 batch,
+                drop_filters,
             };
             let module = replay::find_module(&module, &modules_dir)?;
             replay_command(&ch, &module, &config_json, &opts)
@@ -554,13 +573,44 @@ async fn replay_command(
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn drop_set(ch: &ClickHouseArgs, set: &str) -> Result<()> {
+async fn replay_action(action: ReplayAction) -> Result<()> {
+    let (ReplayAction::Drop { ch, .. }
+    | ReplayAction::Switch { ch, .. }
+    | ReplayAction::List { ch }) = &action;
     let client = ch
         .auth()
         .apply(sink::client(&ch.clickhouse))
         .with_database(&ch.db);
-    replay::drop_set(&client, set).await?;
-    eprintln!("adtally replay: dropped set {set}");
+    match &action {
+        ReplayAction::Drop { set, .. } => {
+            replay::drop_set(&client, set).await?;
+            eprintln!("adtally replay: dropped set {set}");
+        }
+        ReplayAction::Switch { set, .. } => {
+            let v = replay::switch(&client, &ch.db, set).await?;
+            eprintln!(
+                "adtally replay: set {set} verified ({} unexplained cells) and switched in; readers see it now",
+                v.summary.unexplained
+            );
+        }
+        ReplayAction::List { .. } => {
+            println!(
+                "{:<40} {:<9} {:<16} {:<24} {:<24} module",
+                "set", "state", "topic", "from", "to"
+            );
+            for r in replay::list(&client).await? {
+                println!(
+                    "{:<40} {:<9} {:<16} {:<24} {:<24} {}",
+                    r.rollup_set,
+                    r.state,
+                    r.topic,
+                    reconcile::report::time(r.range_from),
+                    reconcile::report::time(r.range_to),
+                    &r.module_sha256[..r.module_sha256.len().min(12)]
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -505,6 +505,28 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
     );
     let (ok, report) = reconcile(&s, &["--filter", "0", "--format", "json"]);
     assert!(ok, "{}", &report[..report.len().min(2000)]);
+    // A replay that would make readers lose filter 7 is refused, before
+    // anything is written.
+    let lose = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .current_dir(root())
+        .args([
+            "replay",
+            "--clickhouse",
+            &url,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--set",
+            "without-7",
+        ])
+        .output()
+        .unwrap();
+    let says = String::from_utf8_lossy(&lose.stderr);
+    assert!(
+        !lose.status.success() && says.contains("count filters 7"),
+        "{says}"
+    );
     // Dropped: readers are back on the live counts, the set's rows gone.
     adtally(&["replay", "drop", "--clickhouse", &url, "with-filter-7"]);
     let back = query_tsv(
@@ -566,14 +588,33 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
     // --modules-dir (target/wasm by default).
     let strict = root().join("target/wasm/adtally_module_strict_users.wasm");
     let sha = adtally_runtime::sha256_of(&std::fs::read(&strict).unwrap());
-    let out = replay(&["--module", &sha, "--set", "strict-users"]);
+    // Written and verified first (--no-switch), listed as ready, then
+    // switched in (verified again).
+    let out = replay(&["--module", &sha, "--set", "strict-users", "--no-switch"]);
     // Verified: the clicks its rule refused are the only differences
     // from the batch truth, side-lined by the set's own module.
-    assert!(out.contains("readers see it now"), "{out}");
+    assert!(out.contains("not switched (--no-switch)"), "{out}");
     assert!(
         out.contains(" 0 unexplained; ") && !out.contains(" 0 side-lined"),
         "{out}"
     );
+    let list = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .args(["replay", "list", "--clickhouse", &url])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    let row = |name: &str| {
+        list.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row("strict-users ").contains(" ready ") && row("with-filter-7 ").contains(" dropped "),
+        "{list}"
+    );
+    let out = adtally(&["replay", "switch", "--clickhouse", &url, "strict-users"]);
+    assert!(out.contains("readers see it now"), "{out}");
     let refuses = |payload: &[u8]| match adtally_core::parse_record(payload, None, 0) {
         Ok(adtally_core::Record::Click(c)) => c.user_id.as_str().ends_with('7'),
         _ => false,

@@ -204,15 +204,15 @@ struct DifferenceRow {
     counted: u64,
     late: u64,
     side_lined: u64,
-    missing: u64,
     extra: u64,
 }
 
 impl DifferenceRow {
     /// Explained when the stream holds exactly what its side outputs say it
-    /// counted, and every click it did not count has a side output.
+    /// counted (every click it did not count has a side output, by the
+    /// query's definition of counted).
     fn verdict(&self) -> Verdict {
-        if self.stream == self.counted && self.missing == 0 {
+        if self.stream == self.counted {
             Verdict::Explained(Explained {
                 late: self.late,
                 side_lined: self.side_lined,
@@ -243,6 +243,18 @@ pub async fn reconcile(
     let (compare, differences) = (query::compare(db), query::differences(db));
     tracing::debug!("comparison query: {compare}");
     tracing::debug!("explanation query: {differences}");
+    // A named set is compared for its own topic; other topics' rollups are
+    // the sets in force for them.
+    let set_topic = match &opts.set {
+        Some(set) => client
+            .query("SELECT topic FROM rollup_sets FINAL WHERE rollup_set = {set:String}")
+            .param("set", set)
+            .fetch_optional::<String>()
+            .await
+            .with_context(|| format!("reading rollup set {set}"))?
+            .with_context(|| format!("no rollup set {set}"))?,
+        None => String::new(),
+    };
     let mut summary = Summary {
         batch_module: client
             .query(query::BATCH_MODULE)
@@ -263,6 +275,7 @@ pub async fn reconcile(
                 .param("filters", &filters)
                 .param("named", u8::from(opts.set.is_some()))
                 .param("set", opts.set.as_deref().unwrap_or(""))
+                .param("set_topic", &set_topic)
         };
         let c: CompareRow = bind(&compare).fetch_one().await.with_context(|| {
             format!(

@@ -9,22 +9,25 @@ const MINUTES: &str = "window_start >= fromUnixTimestamp64Milli({from:Int64}, 'U
                        AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC')";
 /// The active sets, for [`IN_FORCE`].
 const ACTIVE: &str = "(SELECT sets FROM {db}.active_rollup_sets) AS active";
-/// The rollup set compared for a row's `window_start`: the one named by
-/// `{set:String}` when `{named:UInt8}`, else the one in force for the
-/// window (see `rollup_sets`), given [`ACTIVE`] in a WITH clause.
-const IN_FORCE: &str = "if({named:UInt8}, {set:String}, \
-                        arrayFirst(s -> window_start >= s.2 AND window_start < s.3, active).1)";
+/// The rollup set compared for a row of `topic` and `window_start`: the
+/// one named by `{set:String}` for its topic `{set_topic:String}` when
+/// `{named:UInt8}`, else the one in force for the (topic, window) (see
+/// `rollup_sets`), given [`ACTIVE`] in a WITH clause.
+const IN_FORCE: &str = "if({named:UInt8} AND topic = {set_topic:String}, {set:String}, \
+                        arrayFirst(s -> s.2 = topic AND window_start >= s.3 AND window_start < s.4, active).1)";
 /// Rows of the filters compared.
 const FILTERS: &str = "(empty({filters:Array(UInt32)}) OR has({filters:Array(UInt32)}, filter_id))";
 
-/// The cells of `[from, to)`: the stream's count (the set compared, as
-/// `clicks_per_minute` reads it) and the batch truth's
-/// (`batch_clicks_per_minute`) side by side, 0 where a side has no row.
+/// The cells of `[from, to)`: the stream's count (each topic's set
+/// compared, summed as `clicks_per_minute` sums it) and the batch truth's
+/// (`batch_clicks_per_minute`) side by side, 0 where a side has no row
+/// (`join_use_nulls = 0`, set on the queries).
 fn cells(db: &str) -> String {
     format!(
         "SELECT window_start, ad_id, filter_id, s.clicks AS stream, b.clicks AS batch \
-         FROM (SELECT window_start, ad_id, filter_id, clicks FROM {db}.clicks_per_minute_by_set \
-               WHERE {MINUTES} AND {FILTERS} AND rollup_set = {IN_FORCE}) AS s \
+         FROM (SELECT window_start, ad_id, filter_id, sum(clicks) AS clicks FROM {db}.rollup_cells \
+               WHERE {MINUTES} AND {FILTERS} AND rollup_set = {IN_FORCE} \
+               GROUP BY window_start, ad_id, filter_id) AS s \
          FULL OUTER JOIN (SELECT window_start, ad_id, filter_id, clicks FROM {db}.batch_clicks_per_minute \
                           WHERE {MINUTES} AND {FILTERS}) AS b \
          USING (window_start, ad_id, filter_id)"
@@ -43,7 +46,7 @@ pub(super) fn compare(db: &str) -> String {
           WHERE {MINUTES} AND {FILTERS} AND rollup_set = {IN_FORCE}) AS stream_modules, \
          (SELECT arraySort(groupUniqArray(semantics_version)) FROM {db}.raw_events WHERE {MINUTES}) \
           AS batch_semantics_versions \
-         FROM ({})",
+         FROM ({}) SETTINGS join_use_nulls = 0",
         cells(db),
         active = ACTIVE.replace("{db}", db),
     )
@@ -59,8 +62,10 @@ pub(super) fn compare(db: &str) -> String {
 /// - `counted`: the sum over the cell's keys of the partitions that
 ///   counted each, what the stream's count must be;
 /// - `late`, `side_lined`: keys no partition counted, late or side-lined;
-/// - `missing`: keys no partition counted with no side output saying why;
 /// - `extra`: the counts beyond one of keys several partitions counted.
+///
+/// (A key with a record in neither side output counts as counted: a lost
+/// or doubled write shows as a stream count other than `counted`.)
 ///
 /// The differing cells are computed once (a materialized CTE, which
 /// `enable_materialized_cte` makes one: without it the comparison runs
@@ -71,12 +76,11 @@ pub(super) fn differences(db: &str) -> String {
         "WITH {active}, diff AS MATERIALIZED (SELECT * FROM ({cells}) WHERE stream != batch) \
          SELECT toUnixTimestamp64Milli(d.window_start) AS window_start, d.ad_id AS ad_id, d.filter_id AS filter_id, \
                 d.stream AS stream, d.batch AS batch, e.counted AS counted, e.late AS late, \
-                e.side_lined AS side_lined, e.missing AS missing, e.extra AS extra \
+                e.side_lined AS side_lined, e.extra AS extra \
          FROM diff AS d LEFT JOIN ( \
              SELECT window_start, ad_id, filter_id, sum(counted_in) AS counted, \
                     countIf(counted_in = 0 AND was_late) AS late, \
                     countIf(counted_in = 0 AND NOT was_late AND was_side_lined) AS side_lined, \
-                    countIf(counted_in = 0 AND NOT was_late AND NOT was_side_lined) AS missing, \
                     toUInt64(sum(if(counted_in > 1, counted_in - 1, 0))) AS extra \
              FROM ( \
                  SELECT window_start, ad_id, filter_id, event_key, \
@@ -88,7 +92,10 @@ pub(super) fn differences(db: &str) -> String {
                                 (SELECT topic, source_partition, source_offset, rollup_set FROM {db}.late_events \
                                  WHERE {MINUTES}) AS is_late, \
                             (topic, source_partition, source_offset, {IN_FORCE}) IN \
-                                (SELECT topic, source_partition, source_offset, rollup_set FROM {db}.invalid_events) \
+                                (SELECT topic, source_partition, source_offset, rollup_set FROM {db}.invalid_events \
+                                 WHERE (topic, source_partition, source_offset) IN \
+                                     (SELECT topic, source_partition, source_offset FROM {db}.raw_events \
+                                      WHERE {MINUTES} AND (ad_id, window_start) IN (SELECT ad_id, window_start FROM diff))) \
                                 AS is_side_lined \
                      FROM {db}.raw_events \
                      WHERE {MINUTES} AND (ad_id, window_start) IN (SELECT ad_id, window_start FROM diff) \
@@ -99,7 +106,7 @@ pub(super) fn differences(db: &str) -> String {
              GROUP BY window_start, ad_id, filter_id \
          ) AS e USING (window_start, ad_id, filter_id) \
          ORDER BY window_start, ad_id, filter_id \
-         SETTINGS enable_materialized_cte = 1",
+         SETTINGS enable_materialized_cte = 1, join_use_nulls = 0",
         cells = cells(db),
         active = ACTIVE.replace("{db}", db),
     )

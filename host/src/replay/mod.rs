@@ -1,7 +1,8 @@
 //! Replay: recalculation after a bug fix or a logic change, with the
 //! stream's own code path (Kappa). The raw records of a range (the valid
-//! clicks of `raw_events` and the invalid records of
-//! `batch_invalid_events`, each partition's in their original order) go
+//! clicks of `raw_events`, the invalid records of `batch_invalid_events`
+//! and the heartbeats of `batch_heartbeats`, each partition's in their
+//! original order) go
 //! does, into a new rollup set; the set is checked against what the cores
 //! emitted, and reconciled against the batch truth (on the filters both
 //! count: every difference must be one of the set's own side outputs, its
@@ -22,13 +23,13 @@
 
 mod sets;
 
-pub use sets::{SetState, drop_set};
+pub use sets::{SetRow, SetState, Verified, drop_set, list, switch};
 
-use crate::reconcile::{self, Range};
+use crate::reconcile::Range;
 use crate::sink::Sink;
 use adtally_core::{FilterId, Offset, Outputs, Partition, WindowStart};
 use adtally_runtime::{Module, RecordBatch};
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use clickhouse::Row;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -47,6 +48,9 @@ pub struct Options {
     pub switch: bool,
     /// Records per call into a core.
     pub batch: usize,
+    /// Allow the set to count fewer filters than the rollups readers see
+    /// now for the range (they would no longer see the others).
+    pub drop_filters: bool,
 }
 
 /// What a replay did.
@@ -104,6 +108,7 @@ struct Timing {
     out_of_orderness_ms: i64,
     allowed_lateness_ms: i64,
     watermark_quorum: u32,
+    top_n_windows: Vec<u32>,
     filters: Vec<FilterRef>,
 }
 
@@ -171,8 +176,48 @@ pub async fn replay(
     if set.is_empty() {
         bail!("a rollup set needs a name ('' is the live stream's)");
     }
+    let ours: Vec<u32> = std::iter::once(0)
+        .chain(timing.filters.iter().map(|f| f.id))
+        .collect();
+    let seen: Vec<u32> = client
+        .query(
+            "WITH (SELECT sets FROM active_rollup_sets) AS active \
+             SELECT DISTINCT filter_id FROM rollup_cells WHERE topic = {topic:String} \
+             AND window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
+             AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') \
+             AND rollup_set = arrayFirst(s -> s.2 = topic AND window_start >= s.3 AND window_start < s.4, active).1 \
+             ORDER BY filter_id",
+        )
+        .param("topic", &opts.topic)
+        .param("from", opts.range.from.0)
+        .param("to", opts.range.to.0)
+        .fetch_all()
+        .await
+        .context("reading the filters readers see now")?;
+    let dropped: Vec<String> = seen
+        .iter()
+        .filter(|f| !ours.contains(f))
+        .map(u32::to_string)
+        .collect();
+    if !dropped.is_empty() && !opts.drop_filters {
+        bail!(
+            "the rollups readers see now for this range count filters {} that this configuration does not: \
+             give --config with them, or --drop-filters to let readers lose them",
+            dropped.join(", ")
+        );
+    }
     sets::create(client, &set, opts, module.sha256(), &config).await?;
     let sink = sink.clone().into_rollup_set(&set);
+    // The rankings of the range's first minutes sum the windows before it:
+    // those are read too (their rollups are not kept).
+    let longest = timing
+        .top_n_windows
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let lookback = i64::from(longest - 1).saturating_mul(timing.window_ms);
     let spans: Vec<Span> = client
         .query(
             "SELECT source_partition, min(source_offset) AS first, max(source_offset) AS last, \
@@ -182,7 +227,7 @@ pub async fn replay(
              GROUP BY source_partition ORDER BY source_partition",
         )
         .param("topic", &opts.topic)
-        .param("from", opts.range.from.0)
+        .param("from", opts.range.from.0.saturating_sub(lookback))
         .param("to", opts.range.to.0)
         .fetch_all()
         .await
@@ -207,6 +252,10 @@ pub async fn replay(
                    UNION ALL \
                    SELECT source_offset, record_time_ms, payload FROM batch_invalid_events \
                    WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
+                   AND source_offset BETWEEN {first:Int64} AND {last:Int64} \
+                   UNION ALL \
+                   SELECT source_offset, record_time_ms, payload FROM batch_heartbeats \
+                   WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
                    AND source_offset BETWEEN {first:Int64} AND {last:Int64}) \
                  ORDER BY source_offset LIMIT 1 BY source_offset",
             )
@@ -227,7 +276,16 @@ pub async fn replay(
             }
             if batch.len() >= opts.batch || (row.is_none() && !batch.is_empty()) {
                 let out = core.push_batch(&batch, now_ms)?;
-                keep(&sink, p, out, opts.range, &mut cells, &mut report).await?;
+                keep(
+                    &sink,
+                    p,
+                    span.last,
+                    out,
+                    opts.range,
+                    &mut cells,
+                    &mut report,
+                )
+                .await?;
                 batch = RecordBatch::with_capacity(opts.batch, opts.batch * 128);
             }
             if row.is_none() {
@@ -244,7 +302,16 @@ pub async fn replay(
             beats.push(p, Offset(span.last + 1 + i), payload.as_bytes(), None)?;
         }
         let out = core.push_batch(&beats, now_ms)?;
-        keep(&sink, p, out, opts.range, &mut cells, &mut report).await?;
+        keep(
+            &sink,
+            p,
+            span.last,
+            out,
+            opts.range,
+            &mut cells,
+            &mut report,
+        )
+        .await?;
     }
     report.cells = cells.len() as u64;
     report.clicks = cells.values().map(|(_, c)| c).sum();
@@ -259,47 +326,19 @@ pub async fn replay(
         .fetch_one()
         .await
         .context("reading the replayed set back")?;
-    ensure!(
-        (stored_cells, stored_clicks) == (report.cells, report.clicks),
-        "rollup set {set} holds {stored_cells} cells and {stored_clicks} clicks, the cores emitted {} and {}: \
-         not switched (drop it with `adtally replay drop {set}`)",
-        report.cells,
-        report.clicks
-    );
+    if (stored_cells, stored_clicks) != (report.cells, report.clicks) {
+        sets::change(client, &set, SetState::Failed).await?;
+        bail!(
+            "rollup set {set} holds {stored_cells} cells and {stored_clicks} clicks, the cores emitted {} and {}: \
+             not switched (drop it with `adtally replay drop {set}`)",
+            report.cells,
+            report.clicks
+        );
+    }
+    let verified = sets::verify(client, sink.db(), &set).await?;
+    report.verified = verified.summary;
+    report.unverified_filters = verified.unverified;
     sets::change(client, &set, SetState::Ready).await?;
-    // Verified: reconciled against the batch truth, on the filters both
-    // count; a difference the set's own side outputs do not explain (its
-    // late clicks, the records its module refused) stops the switch.
-    let batch_filters: Vec<u32> = client
-        .query(
-            "SELECT DISTINCT filter_id FROM batch_minute_counts \
-             WHERE window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
-             AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') ORDER BY filter_id",
-        )
-        .param("from", opts.range.from.0)
-        .param("to", opts.range.to.0)
-        .fetch_all()
-        .await
-        .context("reading the batch truth's filters")?;
-    let ours = std::iter::once(0).chain(timing.filters.iter().map(|f| f.id));
-    let (common, unverified): (Vec<u32>, Vec<u32>) = ours.partition(|f| batch_filters.contains(f));
-    report.unverified_filters = unverified.into_iter().map(FilterId).collect();
-    let check = reconcile::Options {
-        range: opts.range,
-        filters: common.into_iter().map(FilterId).collect(),
-        chunk_minutes: 60,
-        set: Some(set.clone()),
-    };
-    report.verified =
-        reconcile::reconcile(client, sink.db(), &check, |_| Ok(()), |_, _| {}).await?;
-    ensure!(
-        report.verified.unexplained == 0,
-        "rollup set {set} differs from the batch truth in {} cells its side outputs do not explain: not switched \
-         (see `adtally reconcile --set {set} --from {} --to {}`; drop it with `adtally replay drop {set}`)",
-        report.verified.unexplained,
-        opts.range.from.0,
-        opts.range.to.0
-    );
     if opts.switch {
         sets::change(client, &set, SetState::Active).await?;
         report.switched = true;
@@ -308,11 +347,12 @@ pub async fn replay(
     Ok(report)
 }
 
-/// Writes the outputs of partition `p` that belong to `range` into the
-/// set, and counts them.
+/// Writes the outputs of partition `p` that belong to `range` (of the
+/// span's records, up to offset `last`) into the set, and counts them.
 async fn keep(
     sink: &Sink,
     p: Partition,
+    last: i64,
     mut out: Outputs,
     range: Range,
     cells: &mut HashMap<(i64, u32, u32, String), (u32, u64)>,
@@ -322,6 +362,9 @@ async fn keep(
     out.rollups.retain(|r| within(r.window_start));
     out.top_n.retain(|t| within(t.minute));
     out.late.retain(|l| within(l.window_start));
+    // Records of the span only (the end heartbeats' made-up offsets are
+    // other records' positions).
+    out.invalid.retain(|i| i.offset.0 <= last);
     for r in &out.rollups {
         let cell = cells
             .entry((

@@ -1,8 +1,11 @@
-//! Rollup sets' lifecycle in `rollup_sets`: building, ready, active,
+//! Rollup sets' lifecycle in `rollup_sets`: building, then ready (written,
+//! read back and verified against the batch truth) or failed, active,
 //! dropped. Each change is one insert of the set's row at a higher
-//! revision; readers take each window's newest active set.
+//! revision; readers take each (topic, window)'s newest active set.
 
 use super::Options;
+use crate::reconcile::{self, Range, Summary};
+use adtally_core::{FilterId, WindowStart};
 use anyhow::{Context, Result, bail};
 use clickhouse::{Client, Row};
 use serde::{Deserialize, Serialize};
@@ -12,8 +15,10 @@ use serde::{Deserialize, Serialize};
 pub enum SetState {
     /// Being written.
     Building,
-    /// Written and checked.
+    /// Written, read back and verified: it may be switched in.
     Ready,
+    /// Written, but its read-back or its verification failed.
+    Failed,
     /// Readers see it for its range.
     Active,
     /// Its rows are deleted.
@@ -25,31 +30,43 @@ impl SetState {
         match self {
             SetState::Building => "building",
             SetState::Ready => "ready",
+            SetState::Failed => "failed",
             SetState::Active => "active",
             SetState::Dropped => "dropped",
         }
     }
 }
 
-#[derive(Row, Serialize, Deserialize)]
-struct SetRow {
-    rollup_set: String,
-    range_from: i64,
-    range_to: i64,
-    topic: String,
-    module_sha256: String,
-    config_json: String,
-    state: String,
-    revision: u32,
+/// A set as `rollup_sets` records it.
+#[derive(Clone, Debug, Row, Serialize, Deserialize)]
+pub struct SetRow {
+    /// Its name.
+    pub rollup_set: String,
+    /// The first window it holds, ms.
+    pub range_from: i64,
+    /// The first window it does not.
+    pub range_to: i64,
+    /// The topic it holds.
+    pub topic: String,
+    /// The module that computed it.
+    pub module_sha256: String,
+    /// The configuration it ran with (resolved by the module).
+    pub config_json: String,
+    /// building, ready, failed, active or dropped.
+    pub state: String,
+    /// The highest is the set's state.
+    pub revision: u32,
 }
+
+const SET_COLUMNS: &str = "rollup_set, toUnixTimestamp64Milli(range_from) AS range_from, \
+     toUnixTimestamp64Milli(range_to) AS range_to, topic, module_sha256, config_json, \
+     toString(state) AS state, revision";
 
 async fn current(client: &Client, set: &str) -> Result<Option<SetRow>> {
     client
-        .query(
-            "SELECT rollup_set, toUnixTimestamp64Milli(range_from) AS range_from, \
-             toUnixTimestamp64Milli(range_to) AS range_to, topic, module_sha256, config_json, \
-             toString(state) AS state, revision FROM rollup_sets FINAL WHERE rollup_set = {set:String}",
-        )
+        .query(&format!(
+            "SELECT {SET_COLUMNS} FROM rollup_sets FINAL WHERE rollup_set = {{set:String}}"
+        ))
         .param("set", set)
         .fetch_optional()
         .await
@@ -103,6 +120,99 @@ pub(super) async fn change(client: &Client, set: &str, state: SetState) -> Resul
     row.state = state.name().into();
     row.revision += 1;
     write(client, &row).await
+}
+
+/// Every set, oldest range first.
+pub async fn list(client: &Client) -> Result<Vec<SetRow>> {
+    client
+        .query(&format!(
+            "SELECT {SET_COLUMNS} FROM rollup_sets FINAL ORDER BY range_from, rollup_set"
+        ))
+        .fetch_all()
+        .await
+        .context("listing the rollup sets")
+}
+
+/// A set's verification.
+pub struct Verified {
+    /// The set reconciled against the batch truth, on the filters both count.
+    pub summary: Summary,
+    /// The set's filters the batch truth does not count, so not verified.
+    pub unverified: Vec<FilterId>,
+}
+
+#[derive(serde::Deserialize)]
+struct Filters {
+    filters: Vec<FilterRef>,
+}
+
+#[derive(serde::Deserialize)]
+struct FilterRef {
+    id: u32,
+}
+
+/// Reconciles set `set` against the batch truth for its range, on the
+/// filters both count: every difference must be one of the set's own side
+/// outputs (its late clicks, the records its module refused). A set that
+/// fails is marked failed, and the error says how to look at it.
+pub async fn verify(client: &Client, db: &str, set: &str) -> Result<Verified> {
+    let Some(row) = current(client, set).await? else {
+        bail!("no rollup set {set}");
+    };
+    let config: Filters = serde_json::from_str(&row.config_json)
+        .with_context(|| format!("reading the filters of rollup set {set}'s configuration"))?;
+    let batch: Vec<u32> = client
+        .query(
+            "SELECT DISTINCT filter_id FROM batch_minute_counts \
+             WHERE window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
+             AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') ORDER BY filter_id",
+        )
+        .param("from", row.range_from)
+        .param("to", row.range_to)
+        .fetch_all()
+        .await
+        .context("reading the batch truth's filters")?;
+    let ours = std::iter::once(0).chain(config.filters.iter().map(|f| f.id));
+    let (common, unverified): (Vec<u32>, Vec<u32>) = ours.partition(|f| batch.contains(f));
+    let check = reconcile::Options {
+        range: Range::new(WindowStart(row.range_from), WindowStart(row.range_to))?,
+        filters: common.into_iter().map(FilterId).collect(),
+        chunk_minutes: 60,
+        set: Some(set.into()),
+    };
+    let summary = reconcile::reconcile(client, db, &check, |_| Ok(()), |_, _| {}).await?;
+    if summary.unexplained > 0 {
+        change(client, set, SetState::Failed).await?;
+        bail!(
+            "rollup set {set} differs from the batch truth in {} cells its side outputs do not explain: \
+             not switched (see `adtally reconcile --set {set} --from {} --to {}`; drop it with \
+             `adtally replay drop {set}`)",
+            summary.unexplained,
+            row.range_from,
+            row.range_to
+        );
+    }
+    Ok(Verified {
+        summary,
+        unverified: unverified.into_iter().map(FilterId).collect(),
+    })
+}
+
+/// Switches readers to set `set` for its range (one insert), once it is
+/// verified again: only a ready set (written with `--no-switch`).
+pub async fn switch(client: &Client, db: &str, set: &str) -> Result<Verified> {
+    let Some(row) = current(client, set).await? else {
+        bail!("no rollup set {set}");
+    };
+    if row.state != SetState::Ready.name() {
+        bail!(
+            "rollup set {set} is {}: only a ready set is switched in",
+            row.state
+        );
+    }
+    let verified = verify(client, db, set).await?;
+    change(client, set, SetState::Active).await?;
+    Ok(verified)
 }
 
 /// Drops rollup set `set`: readers stop seeing it at once (its windows go
