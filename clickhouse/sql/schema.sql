@@ -263,6 +263,7 @@ CREATE TABLE IF NOT EXISTS {db}.reconciliations
     range_from               DateTime64(3, 'UTC'),        -- the first minute compared
     range_to                 DateTime64(3, 'UTC'),        -- the first minute not compared
     filter_ids               Array(UInt32),               -- [] when every filter
+    rollup_set               String,                      -- the set compared (--set); '': each window's in force
     scheduled                UInt8,                       -- 1: a run of --every or --daily
     cells                    UInt64,
     equal                    UInt64,

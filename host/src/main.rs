@@ -411,7 +411,11 @@ fn main() -> Result<()> {
                 format,
                 file: output,
             };
-            let filters = filters.into_iter().map(adtally_core::FilterId).collect();
+            // One order, so that a schedule resumes whatever order they came in.
+            let mut filters: Vec<adtally_core::FilterId> =
+                filters.into_iter().map(adtally_core::FilterId).collect();
+            filters.sort();
+            filters.dedup();
             reconcile_command(
                 &ch,
                 from,

@@ -51,6 +51,7 @@ struct ReconciliationRow<'a> {
     range_from: i64,
     range_to: i64,
     filter_ids: Vec<u32>,
+    rollup_set: &'a str,
     scheduled: u8,
     cells: u64,
     equal: u64,
@@ -76,6 +77,12 @@ pub async fn once(
     scheduled: bool,
 ) -> Result<Summary> {
     let started = Instant::now();
+    // A scheduled run appends to the report; a CSV header once, at its top.
+    let header = !scheduled
+        || out
+            .file
+            .as_ref()
+            .is_none_or(|p| std::fs::metadata(p).map_or(true, |m| m.len() == 0));
     let sink: Box<dyn Write> = match &out.file {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::OpenOptions::new()
@@ -88,7 +95,7 @@ pub async fn once(
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut report = Report::new(sink, out.format, opts.range)?;
+    let mut report = Report::new(sink, out.format, opts.range, header)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -126,6 +133,7 @@ pub async fn once(
             range_from: opts.range.from.0,
             range_to: opts.range.to.0,
             filter_ids: opts.filters.iter().map(|f| f.0).collect(),
+            rollup_set: opts.set.as_deref().unwrap_or(""),
             scheduled: scheduled as u8,
             cells: summary.cells,
             equal: summary.equal,
@@ -147,6 +155,9 @@ pub async fn once(
         .context("recording the result in reconciliations")?;
     Ok(summary)
 }
+
+/// How long a scheduled run that failed waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(30);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -221,7 +232,21 @@ pub async fn every(
             chunk_minutes,
             set: None,
         };
-        let summary = once(client, db, &opts, out, true).await?;
+        // A failed run (ClickHouse away, say) is logged and tried again;
+        // the schedule never skips a period.
+        let summary = match once(client, db, &opts, out, true).await {
+            Ok(summary) => summary,
+            Err(e) => {
+                tracing::error!(
+                    "reconcile: {} to {} failed, trying again in {} s: {e:#}",
+                    report::time(from.0),
+                    report::time(to.0),
+                    RETRY.as_secs()
+                );
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
         if summary.unexplained > 0 {
             failed += 1;
             tracing::error!(

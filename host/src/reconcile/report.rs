@@ -47,15 +47,17 @@ pub struct Report<W: Write> {
 }
 
 impl<W: Write> Report<W> {
-    /// Starts a report of `range` on `out`.
-    pub fn new(mut out: W, format: Format, range: Range) -> Result<Report<W>> {
+    /// Starts a report of `range` on `out`; `header`: whether a CSV report
+    /// starts with its header line (not when appended to one that has it).
+    pub fn new(mut out: W, format: Format, range: Range, header: bool) -> Result<Report<W>> {
         match format {
             Format::Table => writeln!(
                 out,
                 "{:<24} {:<24} {:>6} {:>9} {:>9}  {:<28} {:>9}",
                 "window_start", "ad_id", "filter", "stream", "batch", "verdict", "expected"
             )?,
-            Format::Csv => writeln!(out, "{}", COLUMNS.join(","))?,
+            Format::Csv if header => writeln!(out, "{}", COLUMNS.join(","))?,
+            Format::Csv => {}
             Format::Json => write!(
                 out,
                 "{{\"range\":{{\"from\":{},\"to\":{}}},\"differences\":[",
