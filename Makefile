@@ -32,7 +32,7 @@ conformance: wasm
 
 test: setup wasm
 	@echo "make test: the Rust tests (the first build takes about 15 minutes on 2 cores; the Kafka fault tests then about 5), the ClickHouse tests, conformance on all four builds, the examples"
-	cargo test --workspace --exclude adtally-component --exclude adtally-clickhouse --exclude adtally-js
+	cargo test --workspace --exclude adtally-component --exclude adtally-component-glue --exclude adtally-module-strict-users --exclude adtally-module-trap-marker --exclude adtally-clickhouse --exclude adtally-js
 	$(ADTALLY_PYTHON) -m pytest -q clickhouse/tests
 	$(MAKE) --no-print-directory conformance
 	$(MAKE) --no-print-directory examples

@@ -165,7 +165,9 @@ def rebuild(query, db, table, fill, since=None):
     query(f"DROP TABLE IF EXISTS {db}.{table}_migrating")
     query(f"DROP TABLE IF EXISTS {db}.{table}_before_migration")
     query(table_ddl(db, table, f"{table}_migrating"))
-    started = query("SELECT toString(now64(3, 'UTC'))").decode().strip()
+    # A minute early: a row stamped just before the copy but committed after
+    # its snapshot is copied again after the RENAME (the key replaces it).
+    started = query("SELECT toString(now64(3, 'UTC') - INTERVAL 1 MINUTE)").decode().strip()
     query(f"INSERT INTO {db}.{table}_migrating {fill.replace('{old}', f'{db}.{table}')}")
     query(f"RENAME TABLE {db}.{table} TO {db}.{table}_before_migration, "
           f"{db}.{table}_migrating TO {db}.{table}")
@@ -202,6 +204,14 @@ def migrate(query, db):
     per event key and no payload: it is rebuilt keyed by source position,
     its rows' payloads rebuilt from their fields. `batch_invalid_events`
     gains the record's timestamp (NULL for rows before)."""
+    # A rebuild that stopped after its RENAME left the old table: its rows
+    # (those written during the copy among them) are copied over first.
+    if table_exists(query, db, "raw_events_before_migration") and \
+            sorting_key(query, db, "raw_events") != "ad_id, window_start, event_key":
+        query(f"INSERT INTO {db}.raw_events ({RAW_EVENTS_BY_KEY}, payload) "
+              f"SELECT {RAW_EVENTS_BY_KEY}, {REBUILT_PAYLOAD} FROM {db}.raw_events_before_migration")
+        query(f"DROP TABLE {db}.raw_events_before_migration")
+        query(f"DROP VIEW IF EXISTS {db}.raw_mv")
     if sorting_key(query, db, "raw_events") == "ad_id, window_start, event_key":
         rebuild(query, db, "raw_events",
                 f"({RAW_EVENTS_BY_KEY}, payload) SELECT {RAW_EVENTS_BY_KEY}, {REBUILT_PAYLOAD} FROM {{old}}",
@@ -213,6 +223,7 @@ def migrate(query, db):
     if table_exists(query, db, "parsed"):
         query(f"ALTER TABLE {db}.parsed ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER source_offset")
     query(f"ALTER TABLE {db}.batch_invalid_events ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER payload")
+    query(f"ALTER TABLE {db}.reconciliations ADD COLUMN IF NOT EXISTS rollup_set String AFTER filter_ids")
     if sorting_key(query, db, "snapshots") == "topic, source_partition":
         rebuild(query, db, "snapshots", "SELECT * FROM {old}")
 

@@ -160,17 +160,17 @@ def test_raw_events_kept_by_key_are_rebuilt_by_position_with_payloads_the_core_r
               "AND name = 'record_time_ms'") == b"1\n"
     # The rebuilt payloads parse back to the same clicks and keys.
     again = ch("SELECT r.key, r.ad_id, fromUnixTimestamp64Milli(r.time_ms, 'UTC'), r.user_id, r.ip, r.country, r.event_id "
-               "FROM (SELECT adtally_classify(payload, 0, 0, '{}') AS r, source_offset FROM adtally.raw_events) "
+               "FROM (SELECT adtally_classify(payload, 0, 0, '{}') AS r, source_offset FROM adtally.raw_events FINAL) "
                "ORDER BY source_offset FORMAT TSV")
     assert again == before and before.count(b"\n") == 2
     installer.install(ch, WASM)
-    assert ch("SELECT count() FROM adtally.raw_events") == b"2\n"
+    assert ch("SELECT count() FROM adtally.raw_events FINAL") == b"2\n"
     # Records keep arriving into the migrated tables, with their payloads.
     p = '{"ad_id":"ad-3","click_timestamp":1700000120000,"user_id":"u3","ip":"10.0.0.3","country":"USA"}'
     ch(f"INSERT INTO adtally.ingest (topic, source_partition, source_offset, record_time_ms, payload) "
        f"VALUES ('clicks', 0, 2, 1700000121000, '{p}')")
     assert ch("SELECT count(), countIf(payload = '" + p + "' AND record_time_ms = 1700000121000) "
-              "FROM adtally.raw_events FORMAT TSV") == b"3\t1\n"
+              "FROM adtally.raw_events FINAL FORMAT TSV") == b"3\t1\n"
 
 
 def test_tables_without_rollup_sets_gain_them_in_their_keys_with_their_rows(ch):

@@ -77,6 +77,9 @@ enum ReplayAction {
         ch: ClickHouseArgs,
         /// The set's name.
         set: String,
+        /// Let the set count fewer filters than the rollups readers see now.
+        #[arg(long)]
+        drop_filters: bool,
     },
     /// List the rollup sets: name, state, topic, range, module.
     List {
@@ -590,8 +593,10 @@ async fn replay_action(action: ReplayAction) -> Result<()> {
             replay::drop_set(&client, set).await?;
             eprintln!("adtally replay: dropped set {set}");
         }
-        ReplayAction::Switch { set, .. } => {
-            let v = replay::switch(&client, &ch.db, set).await?;
+        ReplayAction::Switch {
+            set, drop_filters, ..
+        } => {
+            let v = replay::switch(&client, &ch.db, set, *drop_filters).await?;
             eprintln!(
                 "adtally replay: set {set} verified ({} unexplained cells) and switched in; readers see it now",
                 v.summary.unexplained
@@ -646,7 +651,7 @@ async fn reconcile_command(
                 chunk_minutes,
                 set,
             };
-            let summary = reconcile::job::once(&client, &ch.db, &opts, output, false).await?;
+            let summary = reconcile::job::once(&client, &ch.db, &opts, output, false, true).await?;
             if summary.unexplained > 0 {
                 bail!("{} cells unexplained", summary.unexplained);
             }

@@ -613,6 +613,10 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
         row("strict-users ").contains(" ready ") && row("with-filter-7 ").contains(" dropped "),
         "{list}"
     );
+    assert!(
+        row("without-7 ").is_empty(),
+        "a refused replay wrote nothing:\n{list}"
+    );
     let out = adtally(&["replay", "switch", "--clickhouse", &url, "strict-users"]);
     assert!(out.contains("readers see it now"), "{out}");
     let refuses = |payload: &[u8]| match adtally_core::parse_record(payload, None, 0) {

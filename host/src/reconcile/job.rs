@@ -68,62 +68,32 @@ struct ReconciliationRow<'a> {
 }
 
 /// Reconciles `opts.range` once: the report to `out`, the summary line on
-/// standard error, the result into `reconciliations`.
+/// standard error, the result into `reconciliations`. `scheduled`: one
+/// period of a schedule, whose report is appended to `out` whole once the
+/// run succeeded (a run that failed and is tried again writes nothing
+/// twice), with a CSV header only when `header`.
 pub async fn once(
     client: &Client,
     db: &str,
     opts: &Options,
     out: &Output,
     scheduled: bool,
+    header: bool,
 ) -> Result<Summary> {
     let started = Instant::now();
-    // A scheduled run appends to the report; a CSV header once, at its top.
-    let header = !scheduled
-        || out
-            .file
-            .as_ref()
-            .is_none_or(|p| std::fs::metadata(p).map_or(true, |m| m.len() == 0));
-    let sink: Box<dyn Write> = match &out.file {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(scheduled)
-                .write(true)
-                .truncate(!scheduled)
-                .open(path)
-                .with_context(|| format!("opening the report {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
+    let (summary, held) = if scheduled {
+        compare(client, db, opts, Vec::new(), out.format, header).await?
+    } else {
+        let sink: Box<dyn Write> = match &out.file {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("opening the report {}", path.display()))?,
+            )),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        let (summary, _) = compare(client, db, opts, sink, out.format, true).await?;
+        (summary, Vec::new())
     };
-    let mut report = Report::new(sink, out.format, opts.range, header)?;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "reconcile {wide_bar} {pos}/{len} minutes, {elapsed} (eta {eta})",
-            )
-            .expect("a valid template"),
-        );
-        bar
-    });
-    let summary = super::reconcile(
-        client,
-        db,
-        opts,
-        |d| report.difference(d),
-        |done, total| match &bar {
-            Some(bar) => {
-                bar.set_length(total);
-                bar.set_position(done);
-            }
-            None => eprintln!("reconcile: {done}/{total} minutes"),
-        },
-    )
-    .await?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    report.finish(&summary)?;
     eprintln!("{}", report::line(opts.range, &summary));
     let mut insert = client
         .insert::<ReconciliationRow>("reconciliations")
@@ -153,11 +123,66 @@ pub async fn once(
         .end()
         .await
         .context("recording the result in reconciliations")?;
+    if scheduled {
+        match &out.file {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(&held))
+                .with_context(|| format!("appending to the report {}", path.display()))?,
+            None => std::io::stdout().lock().write_all(&held)?,
+        }
+    }
     Ok(summary)
 }
 
-/// How long a scheduled run that failed waits before it is tried again.
+/// The comparison itself, its report written to `sink` (given back), with
+/// progress on standard error: a bar on a terminal, else a line per chunk.
+async fn compare<W: Write>(
+    client: &Client,
+    db: &str,
+    opts: &Options,
+    sink: W,
+    format: Format,
+    header: bool,
+) -> Result<(Summary, W)> {
+    let mut report = Report::new(sink, format, opts.range, header)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "reconcile {wide_bar} {pos}/{len} minutes, {elapsed} (eta {eta})",
+            )
+            .expect("a valid template"),
+        );
+        bar
+    });
+    let summary = super::reconcile(
+        client,
+        db,
+        opts,
+        |d| report.difference(d),
+        |done, total| match &bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            None => eprintln!("reconcile: {done}/{total} minutes"),
+        },
+    )
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let sink = report.finish(&summary)?;
+    Ok((summary, sink))
+}
+
+/// How long a scheduled run that failed first waits before it is tried
+/// again, and the longest it waits.
 const RETRY: Duration = Duration::from_secs(30);
+const MAX_RETRY: Duration = Duration::from_secs(15 * 60);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -210,6 +235,12 @@ pub async fn every(
         },
     };
     let mut failed = 0;
+    let mut retry = RETRY;
+    // A CSV header once: at the top of the report file, or of the output.
+    let mut header = out
+        .file
+        .as_ref()
+        .is_none_or(|p| std::fs::metadata(p).map_or(true, |m| m.len() == 0));
     loop {
         let to = WindowStart(from.0.saturating_add(period));
         if schedule.until.is_some_and(|u| to > u) {
@@ -232,21 +263,25 @@ pub async fn every(
             chunk_minutes,
             set: None,
         };
-        // A failed run (ClickHouse away, say) is logged and tried again;
-        // the schedule never skips a period.
-        let summary = match once(client, db, &opts, out, true).await {
+        // A failed run (ClickHouse away, say) is logged and tried again,
+        // waiting twice as long each time up to MAX_RETRY; the schedule
+        // never skips a period.
+        let summary = match once(client, db, &opts, out, true, header).await {
             Ok(summary) => summary,
             Err(e) => {
                 tracing::error!(
                     "reconcile: {} to {} failed, trying again in {} s: {e:#}",
                     report::time(from.0),
                     report::time(to.0),
-                    RETRY.as_secs()
+                    retry.as_secs()
                 );
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_RETRY);
                 continue;
             }
         };
+        retry = RETRY;
+        header = false;
         if summary.unexplained > 0 {
             failed += 1;
             tracing::error!(

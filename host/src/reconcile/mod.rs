@@ -210,9 +210,11 @@ struct DifferenceRow {
 impl DifferenceRow {
     /// Explained when the stream holds exactly what its side outputs say it
     /// counted (every click it did not count has a side output, by the
-    /// query's definition of counted).
+    /// query's definition of counted), and the raw events' keys are the
+    /// batch truth's (counted once each, or side-lined).
     fn verdict(&self) -> Verdict {
-        if self.stream == self.counted {
+        let keys = (self.counted - self.extra.min(self.counted)) + self.late + self.side_lined;
+        if self.stream == self.counted && self.batch == keys {
             Verdict::Explained(Explained {
                 late: self.late,
                 side_lined: self.side_lined,
@@ -245,15 +247,18 @@ pub async fn reconcile(
     tracing::debug!("explanation query: {differences}");
     // A named set is compared for its own topic; other topics' rollups are
     // the sets in force for them.
-    let set_topic = match &opts.set {
+    let (set_topic, set_from, set_to) = match &opts.set {
         Some(set) => client
-            .query("SELECT topic FROM rollup_sets FINAL WHERE rollup_set = {set:String}")
+            .query(
+                "SELECT topic, toUnixTimestamp64Milli(range_from), toUnixTimestamp64Milli(range_to) \
+                 FROM rollup_sets FINAL WHERE rollup_set = {set:String}",
+            )
             .param("set", set)
-            .fetch_optional::<String>()
+            .fetch_optional::<(String, i64, i64)>()
             .await
             .with_context(|| format!("reading rollup set {set}"))?
             .with_context(|| format!("no rollup set {set}"))?,
-        None => String::new(),
+        None => (String::new(), 0, 0),
     };
     let mut summary = Summary {
         batch_module: client
@@ -276,6 +281,8 @@ pub async fn reconcile(
                 .param("named", u8::from(opts.set.is_some()))
                 .param("set", opts.set.as_deref().unwrap_or(""))
                 .param("set_topic", &set_topic)
+                .param("set_from", set_from)
+                .param("set_to", set_to)
         };
         let c: CompareRow = bind(&compare).fetch_one().await.with_context(|| {
             format!(

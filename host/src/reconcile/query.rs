@@ -10,10 +10,12 @@ const MINUTES: &str = "window_start >= fromUnixTimestamp64Milli({from:Int64}, 'U
 /// The active sets, for [`IN_FORCE`].
 const ACTIVE: &str = "(SELECT sets FROM {db}.active_rollup_sets) AS active";
 /// The rollup set compared for a row of `topic` and `window_start`: the
-/// one named by `{set:String}` for its topic `{set_topic:String}` when
-/// `{named:UInt8}`, else the one in force for the (topic, window) (see
+/// one named by `{set:String}` for its topic `{set_topic:String}` and range
+/// `[{set_from}, {set_to})` when `{named:UInt8}`, else the one in force for the (topic, window) (see
 /// `rollup_sets`), given [`ACTIVE`] in a WITH clause.
-const IN_FORCE: &str = "if({named:UInt8} AND topic = {set_topic:String}, {set:String}, \
+const IN_FORCE: &str = "if({named:UInt8} AND topic = {set_topic:String} \
+                        AND window_start >= fromUnixTimestamp64Milli({set_from:Int64}, 'UTC') \
+                        AND window_start < fromUnixTimestamp64Milli({set_to:Int64}, 'UTC'), {set:String}, \
                         arrayFirst(s -> s.2 = topic AND window_start >= s.3 AND window_start < s.4, active).1)";
 /// Rows of the filters compared.
 const FILTERS: &str = "(empty({filters:Array(UInt32)}) OR has({filters:Array(UInt32)}, filter_id))";

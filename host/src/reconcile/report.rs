@@ -124,8 +124,8 @@ impl<W: Write> Report<W> {
         Ok(())
     }
 
-    /// Ends the report with `summary`.
-    pub fn finish(mut self, summary: &Summary) -> Result<()> {
+    /// Ends the report with `summary`; gives back where it went.
+    pub fn finish(mut self, summary: &Summary) -> Result<W> {
         match self.format {
             Format::Table => writeln!(self.out, "{}", line(self.range, summary))?,
             Format::Csv => {}
@@ -136,7 +136,7 @@ impl<W: Write> Report<W> {
             )?,
         }
         self.out.flush()?;
-        Ok(())
+        Ok(self.out)
     }
 }
 

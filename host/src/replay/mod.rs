@@ -89,6 +89,7 @@ struct Span {
     source_partition: u32,
     first: i64,
     last: i64,
+    first_in_range: i64,
     last_click_ms: i64,
 }
 
@@ -179,180 +180,167 @@ pub async fn replay(
     let ours: Vec<u32> = std::iter::once(0)
         .chain(timing.filters.iter().map(|f| f.id))
         .collect();
-    let seen: Vec<u32> = client
-        .query(
-            "WITH (SELECT sets FROM active_rollup_sets) AS active \
-             SELECT DISTINCT filter_id FROM rollup_cells WHERE topic = {topic:String} \
-             AND window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
-             AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') \
-             AND rollup_set = arrayFirst(s -> s.2 = topic AND window_start >= s.3 AND window_start < s.4, active).1 \
-             ORDER BY filter_id",
-        )
-        .param("topic", &opts.topic)
-        .param("from", opts.range.from.0)
-        .param("to", opts.range.to.0)
-        .fetch_all()
-        .await
-        .context("reading the filters readers see now")?;
-    let dropped: Vec<String> = seen
-        .iter()
-        .filter(|f| !ours.contains(f))
-        .map(u32::to_string)
-        .collect();
-    if !dropped.is_empty() && !opts.drop_filters {
-        bail!(
-            "the rollups readers see now for this range count filters {} that this configuration does not: \
-             give --config with them, or --drop-filters to let readers lose them",
-            dropped.join(", ")
-        );
+    if !opts.drop_filters {
+        sets::refuse_dropped_filters(client, &opts.topic, opts.range, &ours).await?;
     }
     sets::create(client, &set, opts, module.sha256(), &config).await?;
-    let sink = sink.clone().into_rollup_set(&set);
-    // The rankings of the range's first minutes sum the windows before it:
-    // those are read too (their rollups are not kept).
-    let longest = timing
-        .top_n_windows
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let lookback = i64::from(longest - 1).saturating_mul(timing.window_ms);
-    let spans: Vec<Span> = client
-        .query(
-            "SELECT source_partition, min(source_offset) AS first, max(source_offset) AS last, \
-             toUnixTimestamp64Milli(max(click_ts)) AS last_click_ms FROM raw_events \
-             WHERE topic = {topic:String} AND window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
-             AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') \
-             GROUP BY source_partition ORDER BY source_partition",
-        )
-        .param("topic", &opts.topic)
-        .param("from", opts.range.from.0.saturating_sub(lookback))
-        .param("to", opts.range.to.0)
-        .fetch_all()
-        .await
-        .context("finding the partitions' spans of the range")?;
-    let mut report = Report {
-        set: set.clone(),
-        partitions: spans.len(),
-        ..Report::default()
-    };
-    // Each cell's latest (version, clicks), to check the set once written.
-    let mut cells: HashMap<(i64, u32, u32, String), (u32, u64)> = HashMap::new();
-    let now_ms = opts.range.to.0;
-    for span in &spans {
-        let p = Partition(span.source_partition);
-        let mut core = module.create(config_json)?;
-        let mut rows = client
+    // Whatever stops the replay from here on leaves the set failed (never
+    // switched in, its name kept until dropped).
+    let result: Result<Report> = async {
+        let sink = sink.clone().into_rollup_set(&set);
+        // The rankings of the range's first minutes sum the windows before it:
+        // those are read too (their rollups are not kept).
+        let longest = timing
+            .top_n_windows
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let lookback = i64::from(longest - 1).saturating_mul(timing.window_ms);
+        let spans: Vec<Span> = client
             .query(
-                "SELECT source_offset, record_time_ms, payload FROM ( \
-                   SELECT source_offset, record_time_ms, payload FROM raw_events \
-                   WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
-                   AND source_offset BETWEEN {first:Int64} AND {last:Int64} \
-                   UNION ALL \
-                   SELECT source_offset, record_time_ms, payload FROM batch_invalid_events \
-                   WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
-                   AND source_offset BETWEEN {first:Int64} AND {last:Int64} \
-                   UNION ALL \
-                   SELECT source_offset, record_time_ms, payload FROM batch_heartbeats \
-                   WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
-                   AND source_offset BETWEEN {first:Int64} AND {last:Int64}) \
-                 ORDER BY source_offset LIMIT 1 BY source_offset",
+                "SELECT source_partition, min(source_offset) AS first, max(source_offset) AS last, \
+             minIf(source_offset, window_start >= fromUnixTimestamp64Milli({range_from:Int64}, 'UTC')) AS first_in_range, \
+                 toUnixTimestamp64Milli(max(click_ts)) AS last_click_ms FROM raw_events \
+                 WHERE topic = {topic:String} AND window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
+                 AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') \
+                 GROUP BY source_partition ORDER BY source_partition",
             )
             .param("topic", &opts.topic)
-            .param("p", p.0)
-            .param("first", span.first)
-            .param("last", span.last)
-            .fetch::<RawRecord>()?;
-        let mut batch = RecordBatch::with_capacity(opts.batch, opts.batch * 128);
-        loop {
-            let row = rows
-                .next()
-                .await
-                .with_context(|| format!("reading the raw records of partition {p}"))?;
-            if let Some(r) = &row {
-                batch.push(p, Offset(r.source_offset), &r.payload, r.record_time_ms)?;
-                report.records += 1;
-            }
-            if batch.len() >= opts.batch || (row.is_none() && !batch.is_empty()) {
-                let out = core.push_batch(&batch, now_ms)?;
-                keep(
-                    &sink,
-                    p,
-                    span.last,
-                    out,
-                    opts.range,
-                    &mut cells,
-                    &mut report,
+            .param("from", opts.range.from.0.saturating_sub(lookback))
+        .param("range_from", opts.range.from.0)
+            .param("to", opts.range.to.0)
+            .fetch_all()
+            .await
+            .context("finding the partitions' spans of the range")?;
+        let mut report = Report {
+            set: set.clone(),
+            partitions: spans.len(),
+            ..Report::default()
+        };
+        // Each cell's latest (version, clicks), to check the set once written.
+        let mut cells: HashMap<(i64, u32, u32, String), (u32, u64)> = HashMap::new();
+        let now_ms = opts.range.to.0;
+        for span in &spans {
+            let p = Partition(span.source_partition);
+            let mut core = module.create(config_json)?;
+            let mut rows = client
+                .query(
+                    "SELECT source_offset, record_time_ms, payload FROM ( \
+                       SELECT source_offset, record_time_ms, payload FROM raw_events \
+                       WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
+                       AND source_offset BETWEEN {first:Int64} AND {last:Int64} \
+                       UNION ALL \
+                       SELECT source_offset, record_time_ms, payload FROM batch_invalid_events \
+                       WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
+                       AND source_offset BETWEEN {first:Int64} AND {last:Int64} \
+                       UNION ALL \
+                       SELECT source_offset, record_time_ms, payload FROM batch_heartbeats \
+                       WHERE topic = {topic:String} AND source_partition = {p:UInt32} \
+                       AND source_offset BETWEEN {first:Int64} AND {last:Int64}) \
+                     ORDER BY source_offset LIMIT 1 BY source_offset",
                 )
-                .await?;
-                batch = RecordBatch::with_capacity(opts.batch, opts.batch * 128);
+                .param("topic", &opts.topic)
+                .param("p", p.0)
+                .param("first", span.first)
+                .param("last", span.last)
+                .fetch::<RawRecord>()?;
+            let mut batch = RecordBatch::with_capacity(opts.batch, opts.batch * 128);
+            loop {
+                let row = rows
+                    .next()
+                    .await
+                    .with_context(|| format!("reading the raw records of partition {p}"))?;
+                if let Some(r) = &row {
+                    batch.push(p, Offset(r.source_offset), &r.payload, r.record_time_ms)?;
+                    report.records += 1;
+                }
+                if batch.len() >= opts.batch || (row.is_none() && !batch.is_empty()) {
+                    let out = core.push_batch(&batch, now_ms)?;
+                    keep(
+                        &sink,
+                        p,
+                        (span.first_in_range, span.last),
+                        out,
+                        opts.range,
+                        &mut cells,
+                        &mut report,
+                    )
+                    .await?;
+                    batch = RecordBatch::with_capacity(opts.batch, opts.batch * 128);
+                }
+                if row.is_none() {
+                    break;
+                }
             }
-            if row.is_none() {
-                break;
+            // The end of the input: heartbeats past the range's last window.
+            let end = span.last_click_ms.max(opts.range.to.0).saturating_add(
+                timing.window_ms + timing.out_of_orderness_ms + timing.allowed_lateness_ms + 1,
+            );
+            let mut beats = RecordBatch::with_capacity(timing.watermark_quorum as usize, 64);
+            for i in 0..i64::from(timing.watermark_quorum) {
+                let payload = format!("{{\"heartbeat_ms\": {}}}", end + i);
+                beats.push(p, Offset(span.last + 1 + i), payload.as_bytes(), None)?;
             }
+            let out = core.push_batch(&beats, now_ms)?;
+            keep(
+                &sink,
+                p,
+                (span.first_in_range, span.last),
+                out,
+                opts.range,
+                &mut cells,
+                &mut report,
+            )
+            .await?;
         }
-        // The end of the input: heartbeats past the range's last window.
-        let end = span.last_click_ms.max(opts.range.to.0).saturating_add(
-            timing.window_ms + timing.out_of_orderness_ms + timing.allowed_lateness_ms + 1,
-        );
-        let mut beats = RecordBatch::with_capacity(timing.watermark_quorum as usize, 64);
-        for i in 0..i64::from(timing.watermark_quorum) {
-            let payload = format!("{{\"heartbeat_ms\": {}}}", end + i);
-            beats.push(p, Offset(span.last + 1 + i), payload.as_bytes(), None)?;
+        report.cells = cells.len() as u64;
+        report.clicks = cells.values().map(|(_, c)| c).sum();
+        // The set as ClickHouse holds it is what the cores emitted.
+        let (stored_cells, stored_clicks): (u64, u64) = client
+            .query(
+                "SELECT count(), sum(clicks) FROM (SELECT window_start, ad_id, filter_id, source_partition, \
+                 argMax(clicks, version) AS clicks FROM rollups WHERE rollup_set = {set:String} \
+                 GROUP BY window_start, ad_id, filter_id, source_partition)",
+            )
+            .param("set", &set)
+            .fetch_one()
+            .await
+            .context("reading the replayed set back")?;
+        if (stored_cells, stored_clicks) != (report.cells, report.clicks) {
+            sets::change(client, &set, SetState::Failed).await?;
+            bail!(
+                "rollup set {set} holds {stored_cells} cells and {stored_clicks} clicks, the cores emitted {} and {}: \
+                 not switched (drop it with `adtally replay drop {set}`)",
+                report.cells,
+                report.clicks
+            );
         }
-        let out = core.push_batch(&beats, now_ms)?;
-        keep(
-            &sink,
-            p,
-            span.last,
-            out,
-            opts.range,
-            &mut cells,
-            &mut report,
-        )
-        .await?;
+        let verified = sets::verify(client, sink.db(), &set).await?;
+        report.verified = verified.summary;
+        report.unverified_filters = verified.unverified;
+        sets::change(client, &set, SetState::Ready).await?;
+        if opts.switch {
+            sets::change(client, &set, SetState::Active).await?;
+            report.switched = true;
+        }
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
     }
-    report.cells = cells.len() as u64;
-    report.clicks = cells.values().map(|(_, c)| c).sum();
-    // The set as ClickHouse holds it is what the cores emitted.
-    let (stored_cells, stored_clicks): (u64, u64) = client
-        .query(
-            "SELECT count(), sum(clicks) FROM (SELECT window_start, ad_id, filter_id, source_partition, \
-             argMax(clicks, version) AS clicks FROM rollups WHERE rollup_set = {set:String} \
-             GROUP BY window_start, ad_id, filter_id, source_partition)",
-        )
-        .param("set", &set)
-        .fetch_one()
-        .await
-        .context("reading the replayed set back")?;
-    if (stored_cells, stored_clicks) != (report.cells, report.clicks) {
-        sets::change(client, &set, SetState::Failed).await?;
-        bail!(
-            "rollup set {set} holds {stored_cells} cells and {stored_clicks} clicks, the cores emitted {} and {}: \
-             not switched (drop it with `adtally replay drop {set}`)",
-            report.cells,
-            report.clicks
-        );
+    .await;
+    if result.is_err() {
+        let _ = sets::change(client, &set, SetState::Failed).await;
     }
-    let verified = sets::verify(client, sink.db(), &set).await?;
-    report.verified = verified.summary;
-    report.unverified_filters = verified.unverified;
-    sets::change(client, &set, SetState::Ready).await?;
-    if opts.switch {
-        sets::change(client, &set, SetState::Active).await?;
-        report.switched = true;
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    result
 }
 
-/// Writes the outputs of partition `p` that belong to `range` (of the
-/// span's records, up to offset `last`) into the set, and counts them.
+/// Writes the outputs of partition `p` that belong to `range` (invalid
+/// records of offsets `first..=last`) into the set, and counts them.
 async fn keep(
     sink: &Sink,
     p: Partition,
-    last: i64,
+    (first, last): (i64, i64),
     mut out: Outputs,
     range: Range,
     cells: &mut HashMap<(i64, u32, u32, String), (u32, u64)>,
@@ -362,9 +350,10 @@ async fn keep(
     out.rollups.retain(|r| within(r.window_start));
     out.top_n.retain(|t| within(t.minute));
     out.late.retain(|l| within(l.window_start));
-    // Records of the span only (the end heartbeats' made-up offsets are
-    // other records' positions).
-    out.invalid.retain(|i| i.offset.0 <= last);
+    // Records of the range's own span only: not those read for the first
+    // rankings' earlier windows, nor the end heartbeats (their made-up
+    // offsets are other records' positions).
+    out.invalid.retain(|i| (first..=last).contains(&i.offset.0));
     for r in &out.rollups {
         let cell = cells
             .entry((

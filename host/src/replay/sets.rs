@@ -198,9 +198,50 @@ pub async fn verify(client: &Client, db: &str, set: &str) -> Result<Verified> {
     })
 }
 
+/// Refuses a set counting only the filters `ours` for `topic` and `range`
+/// when readers see others there now: switched in, it would make them lose
+/// those.
+pub async fn refuse_dropped_filters(
+    client: &Client,
+    topic: &str,
+    range: Range,
+    ours: &[u32],
+) -> Result<()> {
+    let seen: Vec<u32> = client
+        .query(
+            "WITH (SELECT sets FROM active_rollup_sets) AS active \
+             SELECT DISTINCT filter_id FROM rollup_cells WHERE topic = {topic:String} \
+             AND window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
+             AND window_start < fromUnixTimestamp64Milli({to:Int64}, 'UTC') \
+             AND rollup_set = arrayFirst(s -> s.2 = topic AND window_start >= s.3 AND window_start < s.4, active).1 \
+             ORDER BY filter_id",
+        )
+        .param("topic", topic)
+        .param("from", range.from.0)
+        .param("to", range.to.0)
+        .fetch_all()
+        .await
+        .context("reading the filters readers see now")?;
+    let dropped: Vec<String> = seen
+        .iter()
+        .filter(|f| !ours.contains(f))
+        .map(u32::to_string)
+        .collect();
+    if !dropped.is_empty() {
+        bail!(
+            "the rollups readers see now for this range count filters {} that this configuration does not: \
+             give --config with them, or --drop-filters to let readers lose them",
+            dropped.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Switches readers to set `set` for its range (one insert), once it is
-/// verified again: only a ready set (written with `--no-switch`).
-pub async fn switch(client: &Client, db: &str, set: &str) -> Result<Verified> {
+/// verified again: only a ready set (written with `--no-switch`), and,
+/// unless `drop_filters`, only one that counts every filter readers see
+/// there now.
+pub async fn switch(client: &Client, db: &str, set: &str, drop_filters: bool) -> Result<Verified> {
     let Some(row) = current(client, set).await? else {
         bail!("no rollup set {set}");
     };
@@ -209,6 +250,15 @@ pub async fn switch(client: &Client, db: &str, set: &str) -> Result<Verified> {
             "rollup set {set} is {}: only a ready set is switched in",
             row.state
         );
+    }
+    let range = Range::new(WindowStart(row.range_from), WindowStart(row.range_to))?;
+    if !drop_filters {
+        let config: Filters = serde_json::from_str(&row.config_json)
+            .with_context(|| format!("reading the filters of rollup set {set}'s configuration"))?;
+        let ours: Vec<u32> = std::iter::once(0)
+            .chain(config.filters.iter().map(|f| f.id))
+            .collect();
+        refuse_dropped_filters(client, &row.topic, range, &ours).await?;
     }
     let verified = verify(client, db, set).await?;
     change(client, set, SetState::Active).await?;
