@@ -707,6 +707,92 @@ fn replay_of_a_middle_range_changes_nothing_readers_see() {
     let _ = std::fs::remove_dir_all(&s.tmp);
 }
 
+/// Heartbeats in the middle of a partition (a producer's idle signal)
+/// move its watermark, so that clicks after them are late: a replay reads
+/// them back by position (`batch_heartbeats`) and gives the counts the
+/// stream gave, the late clicks as late.
+#[test]
+fn a_replay_moves_the_watermark_where_the_stream_saw_heartbeats() {
+    use adtally_host::generator::GenRecord;
+    let (s, mut records) = setup_live("kafka-replay-beats", 40_000, memory);
+    // Partition 0's heartbeats 3 minutes ahead of the stream, half way.
+    let at = records.len() / 2;
+    let ms = |payload: &str| {
+        payload
+            .split(", ")
+            .nth(1)
+            .and_then(|t| t.parse::<i64>().ok())
+    };
+    let now = records[..at]
+        .iter()
+        .rev()
+        .find_map(|r| ms(&r.payload))
+        .unwrap();
+    let quorum = adtally_core::Config::default().watermark_quorum as i64;
+    for i in 0..quorum {
+        let payload = format!("{{\"heartbeat_ms\": {}}}", now + 180_000 + i);
+        records.insert(
+            at,
+            GenRecord {
+                partition: 0,
+                payload,
+            },
+        );
+    }
+    produce_live(s.broker.addr(), records, 1, Duration::ZERO)
+        .join()
+        .unwrap();
+    let args = run_args(&s);
+    let run = adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let url = s.ch.url();
+    assert!(
+        query_u64(
+            &s,
+            "SELECT count() FROM adtally.batch_heartbeats WHERE source_partition = 0"
+        ) >= quorum as u64,
+        "the heartbeats are stored"
+    );
+    let late = query_u64(
+        &s,
+        "SELECT count() FROM adtally.late_events WHERE source_partition = 0",
+    );
+    assert!(late > 10, "the heartbeats made clicks late: {late}\n{run}");
+    let counts = "SELECT toUnixTimestamp64Milli(window_start), ad_id, filter_id, clicks \
+                  FROM adtally.clicks_per_minute ORDER BY 1, 2, 3 FORMAT TSV";
+    let before = query_tsv(&url, counts);
+    let range = query_tsv(
+        &url,
+        "SELECT toUnixTimestamp64Milli(min(window_start)), toUnixTimestamp64Milli(max(window_start)) + 60000 \
+         FROM adtally.raw_events FORMAT TSV",
+    );
+    let (from, to) = range.trim().split_once('\t').unwrap();
+    let out = adtally(&[
+        "replay",
+        "--clickhouse",
+        &url,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--set",
+        "beats",
+    ]);
+    assert!(out.contains("readers see it now"), "{out}");
+    assert_eq!(
+        query_tsv(&url, counts),
+        before,
+        "the replay counted what the stream side-lined as late"
+    );
+    assert_eq!(
+        query_u64(
+            &s,
+            "SELECT count() FROM adtally.late_events WHERE rollup_set = 'beats' AND source_partition = 0"
+        ),
+        late
+    );
+    let _ = std::fs::remove_dir_all(&s.tmp);
+}
+
 /// The consumer is SIGKILLed five times while records are produced and
 /// consumed; a last run finishes the stream; exact.
 #[test]

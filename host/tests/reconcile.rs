@@ -2,7 +2,8 @@
 //! ClickHouse: raw records through the batch path's views, and the
 //! stream's rollups and side outputs as a host would write them. Every
 //! kind of difference, and the late repeat of a click the stream counted
-//! (a late row that explains nothing). Needs `make setup` and `make wasm`.
+//! (a late row that explains nothing), and the repeat of a late click (a
+//! duplicate, never counted). Needs `make setup` and `make wasm`.
 
 use adtally_clickhouse_embedded::EmbeddedClickHouse;
 use std::collections::BTreeMap;
@@ -47,6 +48,10 @@ fn every_kind_of_difference_gets_its_verdict() {
         // ad-e: two clicks, which the stream counted as three.
         (0, 7, click("ad-e", 6_000, "u1")),
         (0, 8, click("ad-e", 7_000, "u2")),
+        // ad-f: a late click, and its repeat (a duplicate of it, no side
+        // output of its own).
+        (0, 9, click("ad-f", 8_000, "u1")),
+        (0, 10, click("ad-f", 8_000, "u1")),
     ];
     let rows: Vec<String> = records
         .iter()
@@ -82,7 +87,7 @@ fn every_kind_of_difference_gets_its_verdict() {
         &url,
         "INSERT INTO adtally.late_events (topic, source_partition, source_offset, event_key, ad_id, click_ts, window_start, watermark, module_sha256) \
              SELECT topic, source_partition, source_offset, event_key, ad_id, click_ts, window_start, window_start + 3600, 'm' \
-             FROM adtally.raw_events WHERE source_partition = 0 AND source_offset IN (5, 6)",
+             FROM adtally.raw_events WHERE source_partition = 0 AND source_offset IN (5, 6, 9)",
     );
     sql(
         &url,
@@ -127,6 +132,7 @@ fn every_kind_of_difference_gets_its_verdict() {
         ("ad-c", "0/1 late 0 side-lined 1 cross 0"),
         ("ad-d", "0/1 unexplained expected 1"),
         ("ad-e", "3/2 unexplained expected 2"),
+        ("ad-f", "0/1 late 1 side-lined 0 cross 0"),
     ]
     .into_iter()
     .map(|(a, v)| (a, v.to_string()))
@@ -143,9 +149,9 @@ fn every_kind_of_difference_gets_its_verdict() {
             &s["unexplained"]
         ),
         (
-            &5.into(),
+            &6.into(),
             &0.into(),
-            &1.into(),
+            &2.into(),
             &1.into(),
             &1.into(),
             &2.into()

@@ -58,8 +58,10 @@ pub(super) fn compare(db: &str) -> String {
 /// it. Each of the cell's raw records is looked up by position among the
 /// side outputs of the set compared for its window: late (`late_events`) or side-lined for its
 /// partition's state (`invalid_events`: ahead of the partition, its
-/// bounds, a quarantined record). A key the stream counted has a record
-/// that is neither, in each (topic, partition) that counted it:
+/// bounds, a quarantined record). A (topic, partition) counted a key when
+/// the first of the key's records there that it did not side-line was not
+/// late (a repeat of a late click is a duplicate of it, never counted; a
+/// side-lined click is not remembered, so a resend of it may count):
 ///
 /// - `counted`: the sum over the cell's keys of the partitions that
 ///   counted each, what the stream's count must be;
@@ -85,11 +87,16 @@ pub(super) fn differences(db: &str) -> String {
                     countIf(counted_in = 0 AND NOT was_late AND was_side_lined) AS side_lined, \
                     toUInt64(sum(if(counted_in > 1, counted_in - 1, 0))) AS extra \
              FROM ( \
-                 SELECT window_start, ad_id, filter_id, event_key, \
-                        uniqExactIf((topic, source_partition), NOT is_late AND NOT is_side_lined) AS counted_in, \
-                        max(is_late) AS was_late, max(is_side_lined) AS was_side_lined \
+                 SELECT window_start, ad_id, filter_id, event_key, countIf(counted) AS counted_in, \
+                        max(late) AS was_late, max(side_lined) AS was_side_lined \
+                 FROM ( \
+                 SELECT window_start, ad_id, filter_id, event_key, topic, source_partition, \
+                        countIf(NOT is_side_lined) > 0 \
+                            AND NOT argMinIf(is_late, source_offset, NOT is_side_lined) AS counted, \
+                        max(is_late) AS late, max(is_side_lined) AS side_lined \
                  FROM ( \
                      SELECT window_start, ad_id, arrayJoin(filter_ids) AS filter_id, event_key, topic, source_partition, \
+                            source_offset, \
                             (topic, source_partition, source_offset, {IN_FORCE}) IN \
                                 (SELECT topic, source_partition, source_offset, rollup_set FROM {db}.late_events \
                                  WHERE {MINUTES}) AS is_late, \
@@ -103,6 +110,8 @@ pub(super) fn differences(db: &str) -> String {
                      WHERE {MINUTES} AND (ad_id, window_start) IN (SELECT ad_id, window_start FROM diff) \
                  ) \
                  WHERE (ad_id, window_start, filter_id) IN (SELECT ad_id, window_start, filter_id FROM diff) \
+                 GROUP BY window_start, ad_id, filter_id, event_key, topic, source_partition \
+                 ) \
                  GROUP BY window_start, ad_id, filter_id, event_key \
              ) \
              GROUP BY window_start, ad_id, filter_id \
