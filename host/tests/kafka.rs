@@ -30,6 +30,22 @@ fn adtally(args: &[&str]) -> String {
     text
 }
 
+/// `adtally args` (from the checkout's root), which must fail: its
+/// standard error.
+fn adtally_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "adtally {args:?} succeeded:\n{stderr}"
+    );
+    stderr
+}
+
 /// The heartbeats `adtally gen` ends each partition with: a quorum of
 /// distinct times, so that every window closes.
 fn end_heartbeats() -> u64 {
@@ -507,26 +523,18 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
     assert!(ok, "{}", &report[..report.len().min(2000)]);
     // A replay that would make readers lose filter 7 is refused, before
     // anything is written.
-    let lose = Command::new(env!("CARGO_BIN_EXE_adtally"))
-        .current_dir(root())
-        .args([
-            "replay",
-            "--clickhouse",
-            &url,
-            "--from",
-            from,
-            "--to",
-            to,
-            "--set",
-            "without-7",
-        ])
-        .output()
-        .unwrap();
-    let says = String::from_utf8_lossy(&lose.stderr);
-    assert!(
-        !lose.status.success() && says.contains("count filters 7"),
-        "{says}"
-    );
+    let says = adtally_fails(&[
+        "replay",
+        "--clickhouse",
+        &url,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--set",
+        "without-7",
+    ]);
+    assert!(says.contains("count filters 7"), "{says}");
     // Dropped: readers are back on the live counts, the set's rows gone.
     adtally(&["replay", "drop", "--clickhouse", &url, "with-filter-7"]);
     let back = query_tsv(
@@ -542,46 +550,30 @@ fn replay_with_a_filter_added_equals_the_core_natively_and_switches_at_once() {
         0
     );
     // A name in use is refused.
-    let again = Command::new(env!("CARGO_BIN_EXE_adtally"))
-        .args([
-            "replay",
-            "--clickhouse",
-            &url,
-            "--from",
-            from,
-            "--to",
-            to,
-            "--set",
-            "with-filter-7",
-        ])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&again.stderr);
-    let unknown = Command::new(env!("CARGO_BIN_EXE_adtally"))
-        .current_dir(root())
-        .args([
-            "replay",
-            "--clickhouse",
-            &url,
-            "--from",
-            from,
-            "--to",
-            to,
-            "--module",
-            &"0".repeat(64),
-        ])
-        .output()
-        .unwrap();
-    let says = String::from_utf8_lossy(&unknown.stderr);
-    assert!(
-        !unknown.status.success() && says.contains("no module with SHA-256"),
-        "{says}"
-    );
-    assert!(
-        !again.status.success() && stderr.contains("exists"),
-        "{stderr}"
-    );
+    let stderr = adtally_fails(&[
+        "replay",
+        "--clickhouse",
+        &url,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--set",
+        "with-filter-7",
+    ]);
+    let says = adtally_fails(&[
+        "replay",
+        "--clickhouse",
+        &url,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--module",
+        &"0".repeat(64),
+    ]);
+    assert!(says.contains("no module with SHA-256"), "{says}");
+    assert!(stderr.contains("exists"), "{stderr}");
     // A module variant whose validation differs (tests/modules/strict-users:
     // user ids ending in 7 are invalid), a crate of its own.
     // Named by its SHA-256, as rows record it, among the modules in

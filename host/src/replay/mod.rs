@@ -101,8 +101,7 @@ struct RawRecord {
     payload: Vec<u8>,
 }
 
-/// The resolved configuration's fields a replay needs: to end its input,
-/// and which filters it counts.
+/// The resolved configuration's fields a replay needs to end its input.
 #[derive(Deserialize)]
 struct Timing {
     window_ms: i64,
@@ -110,12 +109,6 @@ struct Timing {
     allowed_lateness_ms: i64,
     watermark_quorum: u32,
     top_n_windows: Vec<u32>,
-    filters: Vec<FilterRef>,
-}
-
-#[derive(Deserialize)]
-struct FilterRef {
-    id: u32,
 }
 
 /// The module file `arg` names: a path, or the SHA-256 (64 hex digits, as
@@ -177,9 +170,7 @@ pub async fn replay(
     if set.is_empty() {
         bail!("a rollup set needs a name ('' is the live stream's)");
     }
-    let ours: Vec<u32> = std::iter::once(0)
-        .chain(timing.filters.iter().map(|f| f.id))
-        .collect();
+    let ours = sets::counted_filters(&config)?;
     if !opts.drop_filters {
         sets::refuse_dropped_filters(client, &opts.topic, opts.range, &ours).await?;
     }
@@ -256,44 +247,27 @@ pub async fn replay(
                     batch.push(p, Offset(r.source_offset), &r.payload, r.record_time_ms)?;
                     report.records += 1;
                 }
-                if batch.len() >= opts.batch || (row.is_none() && !batch.is_empty()) {
+                if row.is_none() {
+                    // The end of the input: heartbeats past the range's
+                    // last window, in the last call.
+                    let end = span.last_click_ms.max(opts.range.to.0).saturating_add(
+                        timing.window_ms + timing.out_of_orderness_ms + timing.allowed_lateness_ms + 1,
+                    );
+                    for i in 0..i64::from(timing.watermark_quorum) {
+                        let payload = format!("{{\"heartbeat_ms\": {}}}", end + i);
+                        batch.push(p, Offset(span.last + 1 + i), payload.as_bytes(), None)?;
+                    }
+                }
+                if batch.len() >= opts.batch || row.is_none() {
                     let out = core.push_batch(&batch, now_ms)?;
-                    keep(
-                        &sink,
-                        p,
-                        (span.first_in_range, span.last),
-                        out,
-                        opts.range,
-                        &mut cells,
-                        &mut report,
-                    )
-                    .await?;
+                    let kept = (span.first_in_range, span.last);
+                    keep(&sink, p, kept, out, opts.range, &mut cells, &mut report).await?;
                     batch = RecordBatch::with_capacity(opts.batch, opts.batch * 128);
                 }
                 if row.is_none() {
                     break;
                 }
             }
-            // The end of the input: heartbeats past the range's last window.
-            let end = span.last_click_ms.max(opts.range.to.0).saturating_add(
-                timing.window_ms + timing.out_of_orderness_ms + timing.allowed_lateness_ms + 1,
-            );
-            let mut beats = RecordBatch::with_capacity(timing.watermark_quorum as usize, 64);
-            for i in 0..i64::from(timing.watermark_quorum) {
-                let payload = format!("{{\"heartbeat_ms\": {}}}", end + i);
-                beats.push(p, Offset(span.last + 1 + i), payload.as_bytes(), None)?;
-            }
-            let out = core.push_batch(&beats, now_ms)?;
-            keep(
-                &sink,
-                p,
-                (span.first_in_range, span.last),
-                out,
-                opts.range,
-                &mut cells,
-                &mut report,
-            )
-            .await?;
         }
         report.cells = cells.len() as u64;
         report.clicks = cells.values().map(|(_, c)| c).sum();

@@ -141,14 +141,14 @@ pub struct Verified {
     pub unverified: Vec<FilterId>,
 }
 
-#[derive(serde::Deserialize)]
-struct Filters {
-    filters: Vec<FilterRef>,
-}
-
-#[derive(serde::Deserialize)]
-struct FilterRef {
-    id: u32,
+/// The filters a configuration counts, as the core reads it: 0 (every
+/// valid click) and its own.
+pub(super) fn counted_filters(config_json: &str) -> Result<Vec<u32>> {
+    let config = adtally_core::Config::from_json(config_json)
+        .map_err(|e| anyhow::anyhow!("a rollup set's configuration: {e}"))?;
+    Ok(std::iter::once(0)
+        .chain(config.filters.iter().map(|f| f.id))
+        .collect())
 }
 
 /// Reconciles set `set` against the batch truth for its range, on the
@@ -159,8 +159,7 @@ pub async fn verify(client: &Client, db: &str, set: &str) -> Result<Verified> {
     let Some(row) = current(client, set).await? else {
         bail!("no rollup set {set}");
     };
-    let config: Filters = serde_json::from_str(&row.config_json)
-        .with_context(|| format!("reading the filters of rollup set {set}'s configuration"))?;
+    let ours = counted_filters(&row.config_json)?;
     let batch: Vec<u32> = client
         .query(
             "SELECT DISTINCT filter_id FROM batch_minute_counts \
@@ -172,8 +171,8 @@ pub async fn verify(client: &Client, db: &str, set: &str) -> Result<Verified> {
         .fetch_all()
         .await
         .context("reading the batch truth's filters")?;
-    let ours = std::iter::once(0).chain(config.filters.iter().map(|f| f.id));
-    let (common, unverified): (Vec<u32>, Vec<u32>) = ours.partition(|f| batch.contains(f));
+    let (common, unverified): (Vec<u32>, Vec<u32>) =
+        ours.into_iter().partition(|f| batch.contains(f));
     let check = reconcile::Options {
         range: Range::new(WindowStart(row.range_from), WindowStart(row.range_to))?,
         filters: common.into_iter().map(FilterId).collect(),
@@ -253,12 +252,13 @@ pub async fn switch(client: &Client, db: &str, set: &str, drop_filters: bool) ->
     }
     let range = Range::new(WindowStart(row.range_from), WindowStart(row.range_to))?;
     if !drop_filters {
-        let config: Filters = serde_json::from_str(&row.config_json)
-            .with_context(|| format!("reading the filters of rollup set {set}'s configuration"))?;
-        let ours: Vec<u32> = std::iter::once(0)
-            .chain(config.filters.iter().map(|f| f.id))
-            .collect();
-        refuse_dropped_filters(client, &row.topic, range, &ours).await?;
+        refuse_dropped_filters(
+            client,
+            &row.topic,
+            range,
+            &counted_filters(&row.config_json)?,
+        )
+        .await?;
     }
     let verified = verify(client, db, set).await?;
     change(client, set, SetState::Active).await?;
