@@ -203,7 +203,8 @@ def migrate(query, db):
     the migration are gone, the rest are kept). `raw_events` kept one row
     per event key and no payload: it is rebuilt keyed by source position,
     its rows' payloads rebuilt from their fields. `batch_invalid_events`
-    gains the record's timestamp (NULL for rows before)."""
+    gains the record's timestamp (NULL for rows before), `consumer_offsets`
+    the watermark and module (NULL and '' before)."""
     # A rebuild that stopped after its RENAME left the old table: its rows
     # (those written during the copy among them) are copied over first.
     if table_exists(query, db, "raw_events_before_migration") and \
@@ -224,6 +225,8 @@ def migrate(query, db):
         query(f"ALTER TABLE {db}.parsed ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER source_offset")
     query(f"ALTER TABLE {db}.batch_invalid_events ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER payload")
     query(f"ALTER TABLE {db}.reconciliations ADD COLUMN IF NOT EXISTS rollup_set String AFTER filter_ids")
+    query(f"ALTER TABLE {db}.consumer_offsets ADD COLUMN IF NOT EXISTS watermark_ms Nullable(Int64) AFTER committed_at")
+    query(f"ALTER TABLE {db}.consumer_offsets ADD COLUMN IF NOT EXISTS module_sha256 LowCardinality(String) AFTER watermark_ms")
     if sorting_key(query, db, "snapshots") == "topic, source_partition":
         rebuild(query, db, "snapshots", "SELECT * FROM {old}")
 

@@ -72,12 +72,14 @@ SELECT
     filter_id,
     topic,
     adtally_merge_top_n(groupArray(ads), {top_n}) AS most_clicked_ads,
-    count() AS partitions
+    count() AS partitions,
+    groupUniqArray(module) AS modules
 FROM
 (
     WITH (SELECT sets FROM {db}.active_rollup_sets) AS active
     SELECT window_minutes, update_time_minute, filter_id, topic, source_partition,
-           argMax(most_clicked_ads, (version, module_sha256)) AS ads
+           argMax(most_clicked_ads, (version, module_sha256)) AS ads,
+           max((version, module_sha256)).2 AS module
     FROM {db}.most_clicked_ads
     -- The rankings of the set in force for the minute (see rollup_sets).
     WHERE rollup_set = arrayFirst(s -> s.2 = topic AND update_time_minute >= s.3 AND update_time_minute < s.4, active).1

@@ -166,13 +166,18 @@ CREATE TABLE IF NOT EXISTS {db}.snapshots
 ENGINE = ReplacingMergeTree(next_offset)
 ORDER BY (topic, source_partition, semantics_version);
 
--- Where each consumer stands: written only after the rows they cover were acknowledged.
+-- Where each consumer stands: written only after the rows they cover were
+-- acknowledged. With the watermark, readers know which minutes are final:
+-- a window before the core's first_open_window(W_p) of every partition
+-- never changes again (`adtally serve` caches those).
 CREATE TABLE IF NOT EXISTS {db}.consumer_offsets
 (
-    topic       String,
-    partition   UInt32,
-    next_offset Int64,                                   -- the first offset not yet covered
-    committed_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    topic         String,
+    partition     UInt32,
+    next_offset   Int64,                                 -- the first offset not yet covered
+    committed_at  DateTime64(3, 'UTC') DEFAULT now64(3),
+    watermark_ms  Nullable(Int64),                       -- W_p there, NULL before the partition has one
+    module_sha256 LowCardinality(String)                 -- the module that processed up to there
 )
 ENGINE = ReplacingMergeTree(next_offset)
 ORDER BY (topic, partition);

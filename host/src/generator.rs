@@ -55,6 +55,11 @@ pub struct GenConfig {
     pub ysb: bool,
 }
 
+/// A user's country: five of them, so that filters by country select.
+fn country_of(user: u32) -> &'static str {
+    ["USA", "DEU", "FRA", "BRA", "JPN"][user as usize % 5]
+}
+
 /// The generator's command-line flags (`adtally gen`, the demo).
 #[derive(clap::Args, Clone, Debug)]
 pub struct StreamArgs {
@@ -331,7 +336,10 @@ pub fn generate(c: GenConfig) -> Generated {
         let line = if c.ysb {
             ysb_event(ad, user, t, "view", &ip)
         } else {
-            format!("ad{ad:06}, {t}, user{user}, {ip}, USA, e{i}")
+            format!(
+                "ad{ad:06}, {t}, user{user}, {ip}, {}, e{i}",
+                country_of(user)
+            )
         };
         g.ahead += ahead as u64;
         let cell = (MINUTE.window_of(EventTime(t)).0, ad_name(ad));

@@ -1,7 +1,9 @@
 //! The adtally service's parts: sources of clicks (`generator`, `ship`, `source`),
 //! the Kafka `producer` they share,
 //! the ClickHouse `sink`, the `pipeline` that joins them, and the batch
-//! job that checks the stream against the raw events (`reconcile`).
+//! job that checks the stream against the raw events (`reconcile`), the
+//! recalculation of a range (`replay`), and the read side: the design's two
+//! questions (`query`) answered over HTTP (`serve`).
 //!
 //! This crate owns the I/O around the core: it never decides what a count
 //! is (the core does, inside the component that `adtally-runtime` runs).
@@ -14,8 +16,10 @@ pub mod generator;
 pub mod logging;
 pub mod pipeline;
 pub mod producer;
+pub mod query;
 pub mod reconcile;
 pub mod replay;
+pub mod serve;
 pub mod ship;
 pub mod sink;
 pub mod snapshot_policy;

@@ -10,12 +10,14 @@
 //! adtally run  --brokers B --clickhouse URL     # topic -> core component -> ClickHouse
 //! adtally reconcile --from T --to T             # the rollups against the batch truth
 //! adtally replay --from T --to T --module M     # recalculate a range into a new rollup set
+//! adtally serve --listen 127.0.0.1:8080         # the two APIs over HTTP
+//! adtally query count AD --from T --to T        # API 1 on the terminal
 //! ```
 
 use adtally_core::WindowStart;
 use adtally_host::connect::{ClickHouseAuth, KafkaProperties, redact_url};
 use adtally_host::snapshot_policy::SnapshotPolicy;
-use adtally_host::{generator, pipeline, producer, reconcile, replay, sink, source};
+use adtally_host::{generator, pipeline, producer, query, reconcile, replay, serve, sink, source};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -85,6 +87,103 @@ enum ReplayAction {
     List {
         #[command(flatten)]
         ch: ClickHouseArgs,
+    },
+}
+
+/// What `serve` and `query` read with: the core's configuration (its
+/// filters and precomputed windows) and the limits on requests.
+#[derive(clap::Args)]
+struct ReadArgs {
+    #[command(flatten)]
+    ch: ClickHouseArgs,
+    /// The core's configuration the rollups were computed with (JSON, as
+    /// given to `adtally run`; defaults fill gaps).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How long a ClickHouse call may take before the answer is a 503.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    clickhouse_timeout: std::time::Duration,
+    /// The longest range API 1 counts, in minutes.
+    #[arg(long, default_value_t = 31 * 1440)]
+    max_range_minutes: u32,
+}
+
+impl ReadArgs {
+    fn reader(&self) -> Result<query::Reader> {
+        let config_json = match &self.config {
+            Some(p) => {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+            }
+            None => "{}".into(),
+        };
+        let config = adtally_core::Config::from_json(&config_json)
+            .map_err(|e| anyhow::anyhow!("the core refuses the configuration: {e}"))?;
+        let limits = query::Limits {
+            max_range: self.max_range_minutes,
+            ..query::Limits::default()
+        };
+        let catalog = query::Catalog::new(config, limits)
+            .map_err(|e| anyhow::anyhow!("the core refuses the configuration: {e}"))?;
+        let client = self
+            .ch
+            .auth()
+            .apply(sink::client(&self.ch.clickhouse))
+            .with_database(&self.ch.db);
+        Ok(query::Reader::new(
+            client,
+            &self.ch.db,
+            catalog,
+            self.clickhouse_timeout,
+        ))
+    }
+}
+
+#[derive(Subcommand)]
+enum QueryAction {
+    /// API 1: the clicks of an ad in the minutes [from, to).
+    Count {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// The ad.
+        ad_id: String,
+        /// The first minute: yyyyMMddHHmm (UTC) or RFC 3339 (default: the last whole minute).
+        #[arg(long)]
+        from: Option<String>,
+        /// The first minute not counted.
+        #[arg(long)]
+        to: Option<String>,
+        /// A configured filter id (default 0: every click).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Ad-hoc: countries (comma-separated), from the raw events.
+        #[arg(long)]
+        country: Option<String>,
+        /// Ad-hoc: addresses or CIDR networks (comma-separated).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Ad-hoc: user ids (comma-separated).
+        #[arg(long)]
+        user_id: Option<String>,
+        /// The answer as the HTTP API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// API 2: the most clicked ads of the last final minutes.
+    Popular {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// How many ads.
+        #[arg(long)]
+        count: Option<String>,
+        /// Over how many minutes.
+        #[arg(long)]
+        window: Option<String>,
+        /// A configured filter id.
+        #[arg(long)]
+        filter: Option<String>,
+        /// The answer as the HTTP API's JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -213,6 +312,27 @@ enum Command {
         /// How long one call into a partition's instance may run, in ms.
         #[arg(long, default_value_t = 10_000)]
         call_deadline_ms: u64,
+    },
+    /// Answer the design's two APIs over HTTP (see /openapi.json), the
+    /// recent final minutes from memory.
+    Serve {
+        #[command(flatten)]
+        read: ReadArgs,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// How many of the last final minutes are held in memory (0: none,
+        /// every answer from ClickHouse).
+        #[arg(long, default_value_t = 60)]
+        memory_minutes: u32,
+        /// How often the watermarks and rollup sets are looked at.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        refresh: std::time::Duration,
+    },
+    /// Ask the two APIs' questions on the terminal (the same code as `serve`).
+    Query {
+        #[command(subcommand)]
+        action: QueryAction,
     },
     /// Compare the stream's per-minute rollups with the batch truth, per
     /// (minute, ad, filter), and classify every difference (late, side-lined,
@@ -396,6 +516,13 @@ fn main() -> Result<()> {
             let module = replay::find_module(&module, &modules_dir)?;
             replay_command(&ch, &module, &config_json, &opts)
         }
+        Command::Serve {
+            read,
+            listen,
+            memory_minutes,
+            refresh,
+        } => serve_command(read.reader()?, listen, memory_minutes, refresh),
+        Command::Query { action } => query_command(action),
         Command::Reconcile {
             ch,
             from,
@@ -575,6 +702,127 @@ async fn replay_command(
             "adtally replay: filters the batch truth does not count, not verified: {}",
             ids.join(", ")
         );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn serve_command(
+    reader: query::Reader,
+    listen: std::net::SocketAddr,
+    memory_minutes: u32,
+    refresh: std::time::Duration,
+) -> Result<()> {
+    let reader = if memory_minutes > 0 {
+        let index = query::Index::new(
+            query::IndexOptions {
+                minutes: memory_minutes,
+                refresh,
+            },
+            reader.catalog().window_ms(),
+        );
+        tokio::spawn(index.clone().run(reader.clone()));
+        reader.with_index(index)
+    } else {
+        reader
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    eprintln!(
+        "adtally serve: listening on http://{} (API at /v1, OpenAPI at /openapi.json)",
+        listener.local_addr()?
+    );
+    serve::serve(listener, serve::router(reader)).await
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn query_command(action: QueryAction) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    match action {
+        QueryAction::Count {
+            read,
+            ad_id,
+            from,
+            to,
+            filter,
+            country,
+            ip,
+            user_id,
+            json,
+        } => {
+            let reader = read.reader()?;
+            let params = query::CountParams {
+                from,
+                to,
+                filter,
+                country,
+                ip,
+                user_id,
+            };
+            let req = params
+                .check(&ad_id, reader.catalog(), now)
+                .map_err(|b| anyhow::anyhow!("{b}"))?;
+            let a = reader.count(&req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                println!(
+                    "{:<24} {:<24} {:<24} {:>6} {:>12}",
+                    "ad_id", "from", "to", "filter", "count"
+                );
+                println!(
+                    "{:<24} {:<24} {:<24} {:>6} {:>12}",
+                    a.ad_id, a.from, a.to, a.filter, a.count
+                );
+                println!(
+                    "source: {}; final before {}{}",
+                    serde_json::to_value(a.source)?.as_str().unwrap_or("?"),
+                    a.final_to.as_deref().unwrap_or("(nothing final yet)"),
+                    if a.complete {
+                        ""
+                    } else {
+                        "; the range is not all final"
+                    }
+                );
+            }
+        }
+        QueryAction::Popular {
+            read,
+            count,
+            window,
+            filter,
+            json,
+        } => {
+            let reader = read.reader()?;
+            let params = query::PopularParams {
+                count,
+                window,
+                filter,
+            };
+            let req = params
+                .check(reader.catalog())
+                .map_err(|b| anyhow::anyhow!("{b}"))?;
+            let a = reader.popular(&req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            } else {
+                println!("{:>4} {:<24} {:>12}", "rank", "ad_id", "clicks");
+                for (i, (ad, c)) in a.ad_ids.iter().zip(&a.counts).enumerate() {
+                    println!("{:>4} {:<24} {:>12}", i + 1, ad, c);
+                }
+                println!(
+                    "{} minutes from {} to {}, filter {}; source: {}",
+                    a.window,
+                    a.from,
+                    a.to,
+                    a.filter,
+                    serde_json::to_value(a.source)?.as_str().unwrap_or("?")
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -103,6 +103,18 @@ struct OffsetRow<'a> {
     topic: &'a str,
     partition: u32,
     next_offset: i64,
+    watermark_ms: Option<i64>,
+    module_sha256: &'a str,
+}
+
+/// Where a partition's core stands once a batch's rows are written: the
+/// offset they cover and the watermark `W_p` after them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The first offset not covered.
+    pub next_offset: Offset,
+    /// `W_p`, once the partition has one.
+    pub watermark: Option<i64>,
 }
 
 /// An event key as the 32 hex digits of a FixedString(32).
@@ -331,17 +343,20 @@ impl Sink {
         self.insert::<RecordRow>("ingest", &rows).await
     }
 
-    /// Records where the consumer stands, after the rows it covers were written.
+    /// Records where the consumer stands, after the rows it covers were
+    /// written: the offsets, and the watermarks readers take finality from.
     pub async fn write_offsets(
         &self,
-        next: &std::collections::BTreeMap<Partition, Offset>,
+        next: &std::collections::BTreeMap<Partition, Progress>,
     ) -> Result<()> {
         let rows: Vec<OffsetRow> = next
             .iter()
-            .map(|(partition, next_offset)| OffsetRow {
+            .map(|(partition, at)| OffsetRow {
                 topic: &self.topic,
                 partition: partition.0,
-                next_offset: next_offset.0,
+                next_offset: at.next_offset.0,
+                watermark_ms: at.watermark,
+                module_sha256: &self.module_sha256,
             })
             .collect();
         self.insert::<OffsetRow>("consumer_offsets", &rows).await

@@ -1907,3 +1907,6 @@ fn ship_saves_a_position_only_past_acknowledged_lines() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[path = "kafka/api.rs"]
+mod api;

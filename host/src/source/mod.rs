@@ -20,7 +20,7 @@
 //! quarantined in `invalid_events` (reason `module_trap: ...`) and skipped.
 
 use crate::connect::KafkaProperties;
-use crate::sink::Sink;
+use crate::sink::{Progress, Sink};
 use crate::snapshot_policy::SnapshotPolicy;
 use adtally_core::RawRecord;
 use adtally_core::{Offset, Partition};
@@ -397,7 +397,7 @@ pub async fn consume(
         }
         last_record = Instant::now();
         stats.first_record_at.get_or_insert(last_record);
-        let mut next: BTreeMap<Partition, Offset> = BTreeMap::new();
+        let mut next: BTreeMap<Partition, Progress> = BTreeMap::new();
         for (p, packed) in &by_partition {
             let p = *p;
             let recs: Vec<RawRecord> = packed.records();
@@ -420,7 +420,24 @@ pub async fn consume(
             };
             stats.replayed += out.replayed;
             say_over_bounds(p, core, &out);
-            next.insert(p, core.next_offset);
+            let watermark = match wasm(|| core.agg.positions()) {
+                Ok(at) => at
+                    .iter()
+                    .find(|a| a.partition == p)
+                    .and_then(|a| a.watermark),
+                Err(e) => {
+                    writer.settle(&mut stats).await?;
+                    recover_call(&mut cores, p, "positions", e, &log, &mut stats).await?;
+                    continue;
+                }
+            };
+            next.insert(
+                p,
+                Progress {
+                    next_offset: core.next_offset,
+                    watermark,
+                },
+            );
             outs.push((p, out));
         }
         stats.records += records as u64;

@@ -2,8 +2,8 @@
 //! the next batches are read.
 
 use super::ConsumeStats;
-use crate::sink::Sink;
-use adtally_core::{Offset, Partition};
+use crate::sink::{Progress, Sink};
+use adtally_core::Partition;
 use adtally_runtime::RecordBatch;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -60,7 +60,7 @@ impl Writer {
         &mut self,
         outs: Vec<(Partition, adtally_core::Outputs)>,
         raw: Vec<(Partition, RecordBatch)>,
-        next: BTreeMap<Partition, Offset>,
+        next: BTreeMap<Partition, Progress>,
         first_at: Option<Instant>,
         stats: &mut ConsumeStats,
     ) -> Result<()> {

@@ -1,9 +1,10 @@
 //! The engine's configuration and its checks.
 
+use crate::EventTime;
 use crate::dedup::MAX_HORIZON_MS;
 use crate::filter::{FilterSet, FilterSpec};
 use crate::watermark::Quorum;
-use crate::window::WindowSize;
+use crate::window::{WindowSize, WindowStart};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -138,6 +139,26 @@ impl Config {
             quorum: self.watermark_quorum,
             history: self.watermark_history,
         }
+    }
+
+    /// The first window not yet final when a partition's watermark is
+    /// `watermark` (`W_p`): every window before it has `end +
+    /// allowed_lateness_ms <= W_p`, so its rollups are written and no click
+    /// can change them (see *Watermark, firing and lateness*).
+    ///
+    /// ```
+    /// use adtally_core::{Config, WindowStart};
+    /// let c = Config::default();
+    /// assert_eq!(c.first_open_window(120_000), WindowStart(120_000));
+    /// assert_eq!(c.first_open_window(119_999), WindowStart(60_000));
+    /// let late = Config { allowed_lateness_ms: 30_000, ..Config::default() };
+    /// assert_eq!(late.first_open_window(120_000), WindowStart(60_000));
+    /// ```
+    pub fn first_open_window(&self, watermark: i64) -> WindowStart {
+        let size = WindowSize::checked(self.window_ms).unwrap_or(WindowSize::MINUTE);
+        size.window_of(EventTime(
+            watermark.saturating_sub(self.allowed_lateness_ms),
+        ))
     }
 
     /// Parses a JSON configuration (missing fields take their defaults) and checks it.

@@ -1,0 +1,291 @@
+//! The recent final minutes in memory, so that the dashboards' polling of
+//! API 1 never reaches ClickHouse.
+//!
+//! A minute is loaded once it is final at every partition's watermark (its
+//! rollups are all written and no click can change them) and kept while it
+//! is among the last `minutes` final ones. What can still change a final
+//! minute is a rollup set switched in or dropped (`adtally replay`): every
+//! change of `rollup_sets` reloads exactly the cached minutes of the
+//! changed sets' ranges. Rows a window re-emits within its allowed
+//! lateness are never cached: the window is not final until its lateness
+//! has passed.
+
+use super::read::{Finality, Ranking, Reader};
+use super::{Minutes, PopularRequest, Source, ranked};
+use adtally_core::{FilterId, WindowStart};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+type Fast<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// How much the index holds and how often it looks for changes.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexOptions {
+    /// Final minutes kept.
+    pub minutes: u32,
+    /// Time between two looks at the watermarks and the rollup sets.
+    pub refresh: Duration,
+}
+
+/// The final minutes in memory (see the module docs).
+pub struct Index {
+    options: IndexOptions,
+    window_ms: i64,
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    finality: Option<Finality>,
+    /// Minutes loaded, contiguous, ending at the first minute not final.
+    minutes: BTreeMap<WindowStart, Minute>,
+    /// Ad ids by number, and their numbers.
+    names: Vec<Arc<str>>,
+    numbers: Fast<Arc<str>, u32>,
+    /// Sets of module hashes, by number.
+    module_sets: Vec<Vec<String>>,
+    module_numbers: HashMap<Vec<String>, u32>,
+    /// The newest change of `rollup_sets` seen (ms).
+    sets_seen_ms: i64,
+    /// Rankings answered since the minutes last changed.
+    rankings: HashMap<(u32, u32, i64, u32), Ranking>,
+}
+
+#[derive(Default)]
+struct Minute {
+    /// (ad number << 32 | filter) -> (clicks, module set).
+    cells: Fast<u64, (u64, u32)>,
+}
+
+fn cell(ad: u32, filter: FilterId) -> u64 {
+    (u64::from(ad) << 32) | u64::from(filter.0)
+}
+
+impl Index {
+    /// An empty index of windows of `window_ms`; [`Index::run`] fills it.
+    pub fn new(options: IndexOptions, window_ms: i64) -> Arc<Index> {
+        Arc::new(Index {
+            options,
+            window_ms,
+            state: RwLock::new(State::default()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finality as last refreshed.
+    pub fn finality(&self) -> Option<Finality> {
+        self.read().finality.clone()
+    }
+
+    /// The minutes held: `[first, final_to)`.
+    pub fn covered(&self) -> Option<Minutes> {
+        let s = self.read();
+        let from = *s.minutes.keys().next()?;
+        let last = *s.minutes.keys().next_back()?;
+        Some(Minutes {
+            from,
+            to: WindowStart(last.0 + self.window_ms),
+        })
+    }
+
+    /// The clicks of `ad` under `filter` in `m` (within [`Index::covered`])
+    /// and the modules that computed them.
+    pub fn count(&self, ad: &str, filter: FilterId, m: Minutes) -> (u64, Vec<String>) {
+        let s = self.read();
+        let Some(&n) = s.numbers.get(ad) else {
+            return (0, Vec::new());
+        };
+        let key = cell(n, filter);
+        let (mut clicks, mut sets) = (0u64, Vec::new());
+        for (_, minute) in s.minutes.range(m.from..m.to) {
+            if let Some(&(c, set)) = minute.cells.get(&key) {
+                clicks += c;
+                if !sets.contains(&set) {
+                    sets.push(set);
+                }
+            }
+        }
+        let modules = sets
+            .into_iter()
+            .flat_map(|i| s.module_sets[i as usize].iter().cloned())
+            .collect();
+        (clicks, modules)
+    }
+
+    /// The `n` most clicked ads of `m` under `filter`, when the index holds
+    /// all of `m` (the core's ranking of the summed minutes).
+    pub(super) fn rank(&self, filter: FilterId, m: Minutes, n: u32) -> Option<Ranking> {
+        let s = self.read();
+        let covered = {
+            let first = *s.minutes.keys().next()?;
+            let end = s.finality.as_ref()?.final_to?;
+            first <= m.from && m.to <= end
+        };
+        if !covered {
+            return None;
+        }
+        let mut sums: Fast<u32, u64> = Fast::default();
+        let mut sets = Vec::new();
+        for (_, minute) in s.minutes.range(m.from..m.to) {
+            for (&key, &(c, set)) in &minute.cells {
+                if key as u32 == filter.0 {
+                    *sums.entry((key >> 32) as u32).or_default() += c;
+                    if !sets.contains(&set) {
+                        sets.push(set);
+                    }
+                }
+            }
+        }
+        let ads = sums
+            .into_iter()
+            .map(|(ad, c)| (s.names[ad as usize].to_string(), c))
+            .collect();
+        let (ads, counts) = ranked(ads, n).ok()?;
+        let mut modules: Vec<String> = sets
+            .into_iter()
+            .flat_map(|i| s.module_sets[i as usize].iter().cloned())
+            .collect();
+        modules.sort();
+        modules.dedup();
+        Some(Ranking {
+            ads,
+            counts,
+            source: Source::Memory,
+            modules,
+        })
+    }
+
+    pub(super) fn cached_popular(&self, req: &PopularRequest, m: Minutes) -> Option<Ranking> {
+        self.read()
+            .rankings
+            .get(&(req.window, req.filter.0, m.to.0, req.count))
+            .cloned()
+    }
+
+    pub(super) fn cache_popular(&self, req: &PopularRequest, m: Minutes, r: &Ranking) {
+        let mut s = self.write();
+        if s.rankings.len() > 10_000 {
+            s.rankings.clear();
+        }
+        s.rankings
+            .insert((req.window, req.filter.0, m.to.0, req.count), r.clone());
+    }
+
+    /// Refreshes for ever, every `refresh`; a failed refresh is logged and
+    /// tried again (answers meanwhile come from what is held, or ClickHouse).
+    pub async fn run(self: Arc<Index>, reader: Reader) {
+        loop {
+            if let Err(e) = self.refresh(&reader).await {
+                tracing::warn!("refreshing the final minutes in memory: {e}");
+            }
+            tokio::time::sleep(self.options.refresh).await;
+        }
+    }
+
+    /// One look: the watermarks, the rollup sets changed, and the minutes
+    /// that became final (loaded) or passed the horizon (dropped).
+    pub async fn refresh(&self, reader: &Reader) -> Result<(), super::QueryError> {
+        let finality = reader.read_finality().await?;
+        let since = self.read().sets_seen_ms;
+        let (changed, newest) = reader.sets_changed(since).await?;
+        let window = self.window_ms;
+        let Some(final_to) = finality.final_to else {
+            let mut s = self.write();
+            s.finality = Some(finality);
+            return Ok(());
+        };
+        let horizon = WindowStart(final_to.0 - i64::from(self.options.minutes) * window);
+        let (load_from, changed_any) = {
+            let mut s = self.write();
+            let before = s.minutes.len();
+            s.minutes.retain(|w, _| *w >= horizon && *w < final_to);
+            for r in &changed {
+                let drop: Vec<WindowStart> =
+                    s.minutes.range(r.from..r.to).map(|(w, _)| *w).collect();
+                for w in drop {
+                    s.minutes.remove(&w);
+                }
+            }
+            s.sets_seen_ms = newest;
+            // Kept minutes must stay contiguous up to final_to: load from
+            // the first gap on.
+            let mut at = horizon;
+            for w in s.minutes.keys() {
+                if *w != at {
+                    break;
+                }
+                at = WindowStart(at.0 + window);
+            }
+            let changed_any = s.minutes.len() != before || !changed.is_empty();
+            let drop: Vec<WindowStart> = s.minutes.range(at..).map(|(w, _)| *w).collect();
+            for w in drop {
+                s.minutes.remove(&w);
+            }
+            (at, changed_any)
+        };
+        let mut loaded = false;
+        if load_from < final_to {
+            let rows = reader
+                .cells(Minutes {
+                    from: load_from,
+                    to: final_to,
+                })
+                .await?;
+            let mut fresh: BTreeMap<WindowStart, Minute> = BTreeMap::new();
+            let mut at = load_from;
+            while at < final_to {
+                fresh.insert(at, Minute::default());
+                at = WindowStart(at.0 + window);
+            }
+            let mut s = self.write();
+            for r in rows {
+                let ad = s.number(&r.ad_id);
+                let set = s.module_set(r.modules);
+                if let Some(m) = fresh.get_mut(&WindowStart(r.window_ms)) {
+                    m.cells
+                        .insert(cell(ad, FilterId(r.filter_id)), (r.clicks, set));
+                }
+            }
+            s.minutes.append(&mut fresh);
+            loaded = true;
+        }
+        let mut s = self.write();
+        if loaded || changed_any || s.finality.as_ref().and_then(|f| f.final_to) != Some(final_to) {
+            s.rankings.clear();
+        }
+        s.finality = Some(finality);
+        Ok(())
+    }
+}
+
+impl State {
+    fn number(&mut self, ad: &str) -> u32 {
+        if let Some(&n) = self.numbers.get(ad) {
+            return n;
+        }
+        let n = self.names.len() as u32;
+        let name: Arc<str> = Arc::from(ad);
+        self.names.push(name.clone());
+        self.numbers.insert(name, n);
+        n
+    }
+
+    fn module_set(&mut self, mut modules: Vec<String>) -> u32 {
+        modules.sort();
+        if let Some(&n) = self.module_numbers.get(&modules) {
+            return n;
+        }
+        let n = self.module_sets.len() as u32;
+        self.module_sets.push(modules.clone());
+        self.module_numbers.insert(modules, n);
+        n
+    }
+}

@@ -1,0 +1,525 @@
+//! `adtally serve` against the real stack: a generated stream through Tansu
+//! and `adtally run` into the embedded ClickHouse, then the two APIs asked
+//! over HTTP with curl, every answer compared with the core run natively
+//! on the same records.
+
+use super::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+
+/// A running `adtally serve` and where it listens; stopped when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adtally"))
+        .current_dir(root())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep reading its log, so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+/// GET `path` with curl: (status, body).
+fn get(base: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .arg(format!("{base}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+fn get_json(base: &str, path: &str) -> Value {
+    let (code, body) = get(base, path);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn minute(ms: i64) -> String {
+    adtally_host::query::minute_text(adtally_core::WindowStart(ms))
+}
+
+/// The `n` best ads of `native`'s cells under `filter` in `[from, to)`,
+/// ranked by the core.
+fn native_top(
+    native: &BTreeMap<(i64, String, u32), u64>,
+    filter: u32,
+    from: i64,
+    to: i64,
+    n: usize,
+) -> (Vec<String>, Vec<u64>) {
+    let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+    for ((w, ad, f), c) in native {
+        if *f == filter && (from..to).contains(w) {
+            *sums.entry(ad.clone()).or_default() += c;
+        }
+    }
+    let ads = sums
+        .into_iter()
+        .map(|(a, c)| (adtally_core::AdId::new(&a).unwrap(), c));
+    adtally_core::topn::top_n(ads, n)
+        .into_iter()
+        .map(|r| (r.ad_id.as_str().to_string(), r.clicks))
+        .unzip()
+}
+
+fn sum(
+    native: &BTreeMap<(i64, String, u32), u64>,
+    ad: &str,
+    filter: u32,
+    from: i64,
+    to: i64,
+) -> u64 {
+    native
+        .iter()
+        .filter(|((w, a, f), _)| a == ad && *f == filter && (from..to).contains(w))
+        .map(|(_, c)| c)
+        .sum()
+}
+
+/// API 1 and API 2 over HTTP, for every configured filter kind (country,
+/// CIDR, user ids), ad-hoc country, address, CIDR and user_id filters,
+/// precomputed and other windows, and ranges inside, across and before the
+/// minutes held in memory: every answer equals the core run natively on
+/// the generated records; `adtally query` answers the same; each bad
+/// parameter gets a 400 naming it; /openapi.json lists every route with
+/// its parameters; a ClickHouse that never answers gets a 503 in bounded
+/// time.
+#[test]
+fn the_api_answers_equal_the_core_natively() {
+    let (s, records) = setup_live("kafka-api", 60_000, memory);
+    // Users of the stream, for a user_id filter.
+    let user =
+        |r: &adtally_host::generator::GenRecord| r.payload.split(", ").nth(2).map(str::to_string);
+    let users: Vec<String> = records.iter().filter_map(user).take(300).collect();
+    let one_user = users[7].clone();
+    let one_ip = records
+        .iter()
+        .find(|r| user(r).as_deref() == Some(one_user.as_str()))
+        .and_then(|r| r.payload.split(", ").nth(3).map(str::to_string))
+        .unwrap();
+    let config = serde_json::json!({"filters": [
+        {"id": 1, "name": "DE+FR", "country": ["DEU", "FR"]},
+        {"id": 2, "name": "10.0/14", "ip": ["10.0.0.0/14"]},
+        {"id": 3, "name": "300 users", "user_id": users},
+    ]});
+    let config_path = s.tmp.join("config.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    // What the ad-hoc questions should answer, as further filters of the
+    // core run natively.
+    let mut natively_config = config.clone();
+    natively_config["filters"].as_array_mut().unwrap().extend(
+        serde_json::json!([
+            {"id": 11, "country": ["JPN"]},
+            {"id": 12, "ip": [one_ip]},
+            {"id": 13, "ip": ["10.4.0.0/14"]},
+            {"id": 14, "user_id": [one_user]},
+        ])
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned(),
+    );
+    let native = natively(&records, &natively_config.to_string(), |_| true);
+    produce_live(s.broker.addr(), records.clone(), 1, Duration::ZERO)
+        .join()
+        .unwrap();
+    let mut args = run_args(&s);
+    args.extend(["--config".into(), config_path.to_str().unwrap().into()]);
+    adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let url = s.ch.url();
+    let config_arg = config_path.to_str().unwrap();
+    let server = serve(&[
+        "--clickhouse",
+        &url,
+        "--config",
+        config_arg,
+        "--memory-minutes",
+        "5",
+        "--refresh",
+        "200ms",
+    ]);
+    let base = server.base.clone();
+    let first = *native.keys().map(|(w, _, _)| w).min().unwrap();
+    let last = *native.keys().map(|(w, _, _)| w).max().unwrap();
+    // The stream's closing heartbeats make every minute with clicks final;
+    // wait until the server holds the last five.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let end = loop {
+        let p = get_json(&base, "/v1/pipeline");
+        let end = (1..=5)
+            .map(|k| last + k * 60_000)
+            .find(|e| p["final_to"] == minute(*e));
+        if let Some(end) = end {
+            let probe = get_json(
+                &base,
+                &format!(
+                    "/v1/ads/ad000001/aggregated_count?from={}&to={}",
+                    minute(end - 60_000),
+                    minute(end)
+                ),
+            );
+            if probe["source"] == "memory" {
+                assert_eq!(p["partitions"].as_array().unwrap().len(), 4, "{p}");
+                break end;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never final: {p}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // API 1: the most clicked ads and some of the rest, every filter, three
+    // ranges: the whole stream (across the memory's horizon), the last
+    // three minutes (memory alone), the first ten (rollups alone).
+    let (top, _) = native_top(&native, 0, first, end, 10);
+    let mut ads: Vec<String> = top;
+    ads.extend(["ad000500", "ad019999", "ad000037", "ad404404"].map(String::from));
+    let compact = |ms: i64| {
+        // The design's yyyyMMddHHmm form.
+        minute(ms).replace(['-', 'T', ':'], "")[..12].to_string()
+    };
+    let ranges = [
+        (first, end, "memory_and_rollups"),
+        (end - 3 * 60_000, end, "memory"),
+        (first, first + 10 * 60_000, "rollups"),
+    ];
+    let mut checked = 0;
+    for ad in &ads {
+        for filter in [0u32, 1, 2, 3] {
+            for (i, (from, to, source)) in ranges.iter().enumerate() {
+                // Both forms of minute.
+                let (f, t) = if i % 2 == 0 {
+                    (compact(*from), compact(*to))
+                } else {
+                    (minute(*from), minute(*to))
+                };
+                let a = get_json(
+                    &base,
+                    &format!("/v1/ads/{ad}/aggregated_count?from={f}&to={t}&filter={filter}"),
+                );
+                assert_eq!(
+                    a["count"].as_u64().unwrap(),
+                    sum(&native, ad, filter, *from, *to),
+                    "{ad} filter {filter} [{from}, {to}): {a}"
+                );
+                assert_eq!(a["source"], *source, "{a}");
+                assert_eq!(a["final_to"], minute(end));
+                assert_eq!(a["complete"], true);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 150);
+    // Filters select: each counts fewer clicks than filter 0, none nothing.
+    for filter in [1u32, 2, 3, 11, 12, 13, 14] {
+        let n = native
+            .iter()
+            .filter(|(k, _)| k.2 == filter)
+            .map(|(_, c)| c)
+            .sum::<u64>();
+        let all = native
+            .iter()
+            .filter(|(k, _)| k.2 == 0)
+            .map(|(_, c)| c)
+            .sum::<u64>();
+        assert!(n > 0 && n < all, "filter {filter}: {n} of {all}");
+    }
+    // The modules: the one component that ran.
+    let a = get_json(
+        &base,
+        &format!(
+            "/v1/ads/{}/aggregated_count?from={}&to={}",
+            ads[0],
+            minute(first),
+            minute(end)
+        ),
+    );
+    let modules = a["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 1, "{a}");
+    assert_eq!(modules[0].as_str().unwrap().len(), 64);
+
+    // Ad-hoc filters, from the raw events, for the ads that have such clicks.
+    let ad_hoc = [
+        ("country=JPN".to_string(), 11u32),
+        ("ip=".to_string() + &one_ip, 12),
+        ("ip=10.4.0.0/14".into(), 13),
+        ("user_id=".to_string() + &one_user, 14),
+    ];
+    for (q, filter) in &ad_hoc {
+        let mut with_clicks: Vec<&String> = native
+            .keys()
+            .filter(|k| k.2 == *filter)
+            .map(|k| &k.1)
+            .collect();
+        with_clicks.dedup();
+        with_clicks.truncate(5);
+        with_clicks.push(&ads[0]);
+        for ad in with_clicks {
+            let a = get_json(
+                &base,
+                &format!(
+                    "/v1/ads/{ad}/aggregated_count?from={}&to={}&{q}",
+                    minute(first),
+                    minute(end)
+                ),
+            );
+            assert_eq!(
+                a["count"].as_u64().unwrap(),
+                sum(&native, ad, *filter, first, end),
+                "{q} {ad}: {a}"
+            );
+            assert_eq!(a["source"], "raw_events");
+        }
+    }
+    // Configured and ad-hoc together: DE+FR clicks in 10.0/14 (both filters natively).
+    let both = {
+        let mut c = config.clone();
+        c["filters"] =
+            serde_json::json!([{"id": 21, "country": ["DEU", "FRA"], "ip": ["10.0.0.0/14"]}]);
+        natively(&records, &c.to_string(), |_| true)
+    };
+    let a = get_json(
+        &base,
+        &format!(
+            "/v1/ads/{}/aggregated_count?from={}&to={}&filter=1&ip=10.0.0.0/14",
+            ads[0],
+            minute(first),
+            minute(end)
+        ),
+    );
+    assert_eq!(
+        a["count"].as_u64().unwrap(),
+        sum(&both, &ads[0], 21, first, end),
+        "{a}"
+    );
+
+    // API 2: precomputed windows (1, 5) from top_ads, others from memory
+    // (within its five minutes) or the rollups, and more ads than the
+    // core ranks (100): each equals the core's ranking of the native cells.
+    for (window, count, source) in [
+        (1u32, 10usize, "top_ads"),
+        (5, 100, "top_ads"),
+        (3, 10, "memory"),
+        (5, 150, "memory"),
+        (7, 20, "rollups"),
+        (60, 10, "rollups"),
+    ] {
+        for filter in [0u32, 1, 2, 3] {
+            let a = get_json(
+                &base,
+                &format!("/v1/ads/popular_ads?count={count}&window={window}&filter={filter}"),
+            );
+            let from = end - i64::from(window) * 60_000;
+            let (want_ads, want_counts) = native_top(&native, filter, from, end, count);
+            let got_ads: Vec<String> = serde_json::from_value(a["ad_ids"].clone()).unwrap();
+            let got_counts: Vec<u64> = serde_json::from_value(a["counts"].clone()).unwrap();
+            assert_eq!(
+                (&got_ads, &got_counts),
+                (&want_ads, &want_counts),
+                "window {window} count {count} filter {filter}: {a}"
+            );
+            // The last final minute is past the last click (the closing
+            // heartbeats' minute): window 1 ranks nothing.
+            assert_eq!(got_ads.is_empty(), window == 1, "{a}");
+            assert_eq!(a["source"], source, "window {window} count {count}: {a}");
+            assert_eq!(a["from"], minute(from));
+            assert_eq!(a["to"], minute(end));
+        }
+    }
+
+    // `adtally query`: the same answers.
+    let cli = adtally(&[
+        "query",
+        "count",
+        &ads[0],
+        "--clickhouse",
+        &url,
+        "--config",
+        config_arg,
+        "--from",
+        &compact(first),
+        "--to",
+        &compact(end),
+        "--filter",
+        "2",
+        "--json",
+    ]);
+    let a: Value = serde_json::from_str(&cli).unwrap();
+    assert_eq!(
+        a["count"].as_u64().unwrap(),
+        sum(&native, &ads[0], 2, first, end),
+        "{cli}"
+    );
+    let table = adtally(&[
+        "query",
+        "popular",
+        "--clickhouse",
+        &url,
+        "--config",
+        config_arg,
+        "--count",
+        "3",
+        "--window",
+        "5",
+    ]);
+    let (want, _) = native_top(&native, 0, end - 5 * 60_000, end, 3);
+    for ad in &want {
+        assert!(table.contains(ad.as_str()), "{table}");
+    }
+
+    // Each bad parameter: a 400 that names it.
+    let (f, t) = (minute(first), minute(end));
+    for (path, parameter) in [
+        (
+            format!("/v1/ads/ad1/aggregated_count?from=yesterday&to={t}"),
+            "from",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from=2026-13-01T00:00:00Z&to={t}"),
+            "from",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={f}&to=99999999999999"),
+            "to",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={t}&to={f}"),
+            "from",
+        ),
+        (
+            "/v1/ads/ad1/aggregated_count?from=2026-12-01T10:00:30Z&to=2026-12-01T11:00:00Z"
+                .to_string(),
+            "from",
+        ),
+        (
+            "/v1/ads/ad1/aggregated_count?from=202001010000&to=202601010000".to_string(),
+            "to",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={f}&to={t}&filter=9"),
+            "filter",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={f}&to={t}&filter=one"),
+            "filter",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={f}&to={t}&ip=10.0.0.0/33"),
+            "ip",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={f}&to={t}&ip=10.0.0.256"),
+            "ip",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={f}&to={t}&country=Narnia"),
+            "country",
+        ),
+        (
+            format!("/v1/ads/ad1/aggregated_count?from={f}&to={t}&colour=red"),
+            "colour",
+        ),
+        (
+            format!("/v1/ads/{}/aggregated_count", "a".repeat(300)),
+            "ad_id",
+        ),
+        ("/v1/ads/ad%20one/aggregated_count".to_string(), "ad_id"),
+        ("/v1/ads/popular_ads?count=0".to_string(), "count"),
+        ("/v1/ads/popular_ads?count=1001".to_string(), "count"),
+        ("/v1/ads/popular_ads?count=ten".to_string(), "count"),
+        ("/v1/ads/popular_ads?window=0".to_string(), "window"),
+        ("/v1/ads/popular_ads?window=1441".to_string(), "window"),
+        ("/v1/ads/popular_ads?window=-5".to_string(), "window"),
+        ("/v1/ads/popular_ads?filter=4".to_string(), "filter"),
+    ] {
+        let (code, body) = get(&base, &path);
+        assert_eq!(code, 400, "{path}: {body}");
+        let b: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(b["error"], "bad_parameter", "{path}: {body}");
+        assert_eq!(b["parameter"], parameter, "{path}: {body}");
+        assert!(!b["message"].as_str().unwrap().is_empty());
+    }
+
+    // The OpenAPI document lists every route with its parameters.
+    let doc = get_json(&base, "/openapi.json");
+    let param_names = |path: &str| -> Vec<String> {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        param_names("/v1/ads/{ad_id}/aggregated_count"),
+        ["ad_id", "from", "to", "filter", "country", "ip", "user_id"]
+    );
+    assert_eq!(
+        param_names("/v1/ads/popular_ads"),
+        ["count", "window", "filter"]
+    );
+    for path in ["/v1/pipeline", "/v1/ping"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} in {doc}");
+    }
+    drop(server);
+
+    // A ClickHouse that accepts connections and never answers: a 503 once
+    // the timeout passes, never a hang.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    // Connections are held, never read, until the test ends.
+    std::thread::spawn(move || silent.incoming().collect::<Vec<_>>());
+    let stuck = serve(&[
+        "--clickhouse",
+        &silent_url,
+        "--config",
+        config_arg,
+        "--clickhouse-timeout",
+        "1s",
+        "--memory-minutes",
+        "0",
+    ]);
+    let started = std::time::Instant::now();
+    let (code, body) = get(&stuck.base, "/v1/ads/ad000001/aggregated_count");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("unavailable") && body.contains("within"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let (code, body) = get(&stuck.base, "/v1/ping");
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    drop(stuck);
+}
