@@ -1,7 +1,8 @@
 //! `adtally gen`: a realistic click stream and its expected totals.
 //!
 //! The expected totals are computed from how the stream was built, not by
-//! the core: a duplicate repeats an earlier click exactly, a late click is
+//! the core: a duplicate repeats one of the last few seconds' clicks exactly
+//! (its window still open), a late click is
 //! placed far behind the watermark (30 minutes), disorder stays within the
 //! out-of-orderness, and invalid records break one field. So every valid,
 //! non-duplicate, non-late click counts once in its minute.
@@ -289,7 +290,13 @@ pub fn generate(c: GenConfig) -> Generated {
         // Drawn for every record, so other fractions keep their streams.
         let ahead = rng.random::<f64>() < c.ahead;
         if roll < c.duplicates && !counted.is_empty() {
-            let (p, line, cell) = counted[rng.random_range(0..counted.len())].clone();
+            // A repeat of one of the last few seconds' clicks: its window
+            // is still open, so the core finds it a duplicate (the repeat
+            // of an older click can be late instead).
+            let recent = counted
+                .len()
+                .saturating_sub(c.rate_per_s.max(1) as usize * 5);
+            let (p, line, cell) = counted[rng.random_range(recent..counted.len())].clone();
             *g.raw_records.entry(cell).or_default() += 1;
             g.records.push(GenRecord {
                 partition: p,

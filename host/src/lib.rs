@@ -14,6 +14,7 @@
 pub mod connect;
 pub mod generator;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod producer;
 pub mod query;

@@ -312,6 +312,9 @@ enum Command {
         /// How long one call into a partition's instance may run, in ms.
         #[arg(long, default_value_t = 10_000)]
         call_deadline_ms: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Answer the design's two APIs over HTTP (see /openapi.json), the
     /// recent final minutes from memory.
@@ -577,7 +580,11 @@ fn main() -> Result<()> {
             kafka_config,
             max_memory_mb,
             call_deadline_ms,
+            metrics_listen,
         } => {
+            if let Some(addr) = metrics_listen {
+                adtally_host::metrics::listen(addr)?;
+            }
             let config_json = match config {
                 Some(p) => std::fs::read_to_string(&p)
                     .with_context(|| format!("reading {}", p.display()))?,
@@ -733,7 +740,8 @@ async fn serve_command(
         "adtally serve: listening on http://{} (API at /v1, OpenAPI at /openapi.json)",
         listener.local_addr()?
     );
-    serve::serve(listener, serve::router(reader)).await
+    let metrics = adtally_host::metrics::recorder()?;
+    serve::serve(listener, serve::router(reader, metrics)).await
 }
 
 #[tokio::main(flavor = "current_thread")]

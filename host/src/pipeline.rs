@@ -43,6 +43,7 @@ pub async fn run(opts: &ConsumeOptions, target: &Target<'_>) -> Result<Report> {
     let module = rt.load_file(target.module)?;
     // The configuration is checked before anything is consumed.
     module.create(target.config_json)?;
+    crate::metrics::module(module.sha256(), module.info().semantics_version);
     let sink = Sink::new(
         target.url,
         target.db,

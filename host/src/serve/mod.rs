@@ -8,6 +8,7 @@
 //! | `GET /v1/pipeline` | each partition's watermark, the first minute not final |
 //! | `GET /v1/ping` | `ok`: the server alone, no ClickHouse (a load test's ceiling) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
+//! | `GET /metrics` | Prometheus metrics (requests and latency by route and status) |
 //!
 //! A bad parameter gets a 400 whose JSON body names it ([`ErrorBody`]); a
 //! ClickHouse that fails or does not answer within the reader's timeout, a
@@ -228,8 +229,25 @@ async fn ping() -> &'static str {
 ))]
 struct ApiDoc;
 
-/// The routes and their OpenAPI document.
-pub fn router(reader: Reader) -> axum::Router {
+/// Counts each request and its time under its route's pattern (not the
+/// path: an ad id is no label).
+async fn measured(
+    matched: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    crate::metrics::request(&route, res.status().as_u16(), started.elapsed());
+    res
+}
+
+/// The routes, their OpenAPI document, and `/metrics` rendered from `metrics`.
+pub fn router(
+    reader: Reader,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> axum::Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(aggregated_count))
         .routes(routes!(popular_ads))
@@ -238,15 +256,21 @@ pub fn router(reader: Reader) -> axum::Router {
         .with_state(reader)
         .split_for_parts();
     let doc = api.to_json().unwrap_or_default();
-    router.route(
-        "/openapi.json",
-        axum::routing::get(move || async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                doc,
-            )
-        }),
-    )
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    doc,
+                )
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { metrics.render() }),
+        )
+        .route_layer(axum::middleware::from_fn(measured))
 }
 
 /// Serves `router` on `listener` until the process is stopped.

@@ -217,6 +217,7 @@ impl<'m> Cores<'m, '_> {
         core.last_snapshot = Instant::now();
         core.snapshot_offset = core.next_offset;
         core.snapshot_bytes = state.len() as u64;
+        crate::metrics::snapshot(p, state.len());
         Ok(())
     }
 }

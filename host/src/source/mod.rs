@@ -263,6 +263,7 @@ pub async fn consume(
     let context = RebalanceContext {
         topic: opts.topic.clone(),
         changes: std::sync::Mutex::new(tx),
+        high: Default::default(),
     };
     let mut config = ClientConfig::new();
     config
@@ -270,6 +271,8 @@ pub async fn consume(
         .set("group.id", &opts.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // The statistics give each partition's high watermark (the lag).
+        .set("statistics.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
         // A consumer that died hands its partitions on within these.
         .set("session.timeout.ms", SESSION_TIMEOUT_MS)
@@ -357,6 +360,10 @@ pub async fn consume(
         let now = now_ms();
         let mut outs: Vec<(Partition, adtally_core::Outputs)> = Vec::new();
         if records == 0 {
+            for (p, core) in &cores.held {
+                let lag = consumer.context().lag(*p, core.next_offset);
+                crate::metrics::partition(*p, lag, None, now);
+            }
             let mut failed = Vec::new();
             for (p, core) in cores.held.iter_mut() {
                 match wasm(|| core.agg.tick(now)) {
@@ -410,8 +417,12 @@ pub async fn consume(
             {
                 continue;
             }
+            let call = Instant::now();
             let out = match wasm(|| push(core, packed, &recs, now, &cores.quarantined)) {
-                Ok(out) => out,
+                Ok(out) => {
+                    crate::metrics::pushed(&out, call.elapsed());
+                    out
+                }
                 Err(e) => {
                     writer.settle(&mut stats).await?;
                     recover(&mut cores, p, &recs, e, &log, &mut stats).await?;
@@ -431,6 +442,8 @@ pub async fn consume(
                     continue;
                 }
             };
+            let lag = consumer.context().lag(p, core.next_offset);
+            crate::metrics::partition(p, lag, watermark, now);
             next.insert(
                 p,
                 Progress {
@@ -441,6 +454,7 @@ pub async fn consume(
             outs.push((p, out));
         }
         stats.records += records as u64;
+        crate::metrics::records(records as u64);
         for (_, out) in &outs {
             stats.rollups += out.rollups.len() as u64;
             stats.duplicates += out.duplicates;

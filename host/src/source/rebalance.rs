@@ -20,9 +20,33 @@ pub(super) enum Change {
 pub(super) struct RebalanceContext {
     pub(super) topic: String,
     pub(super) changes: std::sync::Mutex<mpsc::Sender<Change>>,
+    /// Each partition's high watermark (the offset after its last record),
+    /// from librdkafka's statistics: what the consumer lag is measured to.
+    pub(super) high: std::sync::Mutex<std::collections::BTreeMap<Partition, i64>>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl RebalanceContext {
+    /// The records of `p` from `next` on that the broker holds, if known.
+    pub(super) fn lag(&self, p: Partition, next: adtally_core::Offset) -> Option<i64> {
+        let high = self.high.lock().unwrap_or_else(|e| e.into_inner());
+        high.get(&p).map(|h| (h - next.0).max(0))
+    }
+}
+
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let mut high = self.high.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, p) in &topic.partitions {
+            // librdkafka's internal partition (-1) and unknown offsets (-1) aside.
+            if *id >= 0 && p.hi_offset >= 0 {
+                high.insert(Partition(*id as u32), p.hi_offset);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

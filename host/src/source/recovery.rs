@@ -87,6 +87,7 @@ fn take_failed<'m>(
     error: &anyhow::Error,
 ) -> Option<(PartitionCore<'m>, Failure)> {
     stats.traps += 1;
+    crate::metrics::trapped();
     Some((cores.held.remove(&p)?, Failure::of(error)))
 }
 

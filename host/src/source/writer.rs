@@ -69,10 +69,12 @@ impl Writer {
         }
         let sink = self.sink.clone();
         self.inflight.push_back(tokio::spawn(async move {
+            let started = Instant::now();
             sink.write(&outs).await?;
             sink.write_records(&raw).await?;
             // Only now, with the rows acknowledged, does the position move.
             sink.write_offsets(&next).await?;
+            crate::metrics::written(started.elapsed());
             Ok((first_at, Instant::now()))
         }));
         Ok(())

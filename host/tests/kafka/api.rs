@@ -489,6 +489,18 @@ fn the_api_answers_equal_the_core_natively() {
     for path in ["/v1/pipeline", "/v1/ping"] {
         assert!(doc["paths"][path]["get"].is_object(), "{path} in {doc}");
     }
+    // Its metrics: requests by route pattern and status.
+    let (_, text) = get(&base, "/metrics");
+    let route = "route=\"/v1/ads/{ad_id}/aggregated_count\"";
+    for status in ["200", "400"] {
+        let n = metric(
+            &text,
+            "adtally_api_requests_total",
+            &format!("{route},status=\"{status}\""),
+        );
+        assert!(n.unwrap_or(0.0) >= 10.0, "{status}:\n{text}");
+    }
+    assert!(metric(&text, "adtally_api_request_seconds_count", "popular_ads").unwrap() > 0.0);
     drop(server);
 
     // A ClickHouse that accepts connections and never answers: a 503 once
@@ -522,4 +534,109 @@ fn the_api_answers_equal_the_core_natively() {
     let (code, body) = get(&stuck.base, "/v1/ping");
     assert_eq!((code, body.as_str()), (200, "ok"));
     drop(stuck);
+}
+
+/// A port free now on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Prometheus text: the sum of every sample of `name` (all label sets)
+/// whose labels contain `with`.
+fn metric(text: &str, name: &str, with: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let bare = series.split('{').next().unwrap();
+        if bare == name && series.contains(with) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    found
+}
+
+/// `adtally run --metrics-listen` scraped as Prometheus does: once the
+/// stream is consumed, the counters of records, duplicates, late and
+/// invalid records equal the generator's figures, the lag of every
+/// partition is 0, and the watermarks, write latencies and module are there.
+#[test]
+fn the_run_metrics_equal_the_generators_figures() {
+    let s = setup_topic("kafka-metrics", memory);
+    // 100 minutes of event time: clicks late by 30 minutes come after 40.
+    let g = adtally_host::generator::generate(adtally_host::generator::GenConfig {
+        records: 60_000,
+        rate_per_s: 10,
+        ..Default::default()
+    });
+    assert!(
+        g.late > 50 && g.duplicates > 100 && g.invalid > 100,
+        "{} {} {}",
+        g.late,
+        g.duplicates,
+        g.invalid
+    );
+    let total = g.records.len() as u64;
+    let producer = produce_live(
+        s.broker.addr(),
+        g.records.clone(),
+        4,
+        Duration::from_millis(500),
+    );
+    let port = free_port();
+    let mut args = with_idle(run_args(&s), 20);
+    args.extend(["--metrics-listen".into(), format!("127.0.0.1:{port}")]);
+    let run = spawn_run(&args);
+    let scrape = || get(&format!("http://127.0.0.1:{port}"), "/metrics");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let text = loop {
+        let (code, text) = scrape();
+        let done = code == 200
+            && metric(&text, "adtally_records_total", "") == Some(total as f64)
+            && (0..4).all(|p| {
+                metric(&text, "adtally_consumer_lag", &format!("partition=\"{p}\"")) == Some(0.0)
+            });
+        if done {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never caught up ({code}):\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    producer.join().unwrap();
+    assert_eq!(
+        metric(&text, "adtally_duplicates_total", ""),
+        Some(g.duplicates as f64)
+    );
+    assert_eq!(metric(&text, "adtally_late_total", ""), Some(g.late as f64));
+    assert_eq!(
+        metric(&text, "adtally_invalid_total", ""),
+        Some(g.invalid as f64)
+    );
+    assert_eq!(
+        metric(&text, "adtally_invalid_total", "reason=\"unknown_country\""),
+        Some(g.invalid as f64),
+        "the generator's invalid records have an unknown country:\n{text}"
+    );
+    let clicks: u64 = g.expected.values().sum();
+    assert_eq!(
+        metric(&text, "adtally_clicks_emitted_total", ""),
+        Some(clicks as f64)
+    );
+    for p in 0..4 {
+        let w = metric(&text, "adtally_watermark_ms", &format!("partition=\"{p}\"")).unwrap();
+        assert!(w as i64 >= g.max_time_ms - 60_000, "partition {p}: {w}");
+    }
+    assert!(metric(&text, "adtally_write_seconds_count", "").unwrap() > 0.0);
+    assert!(metric(&text, "adtally_module_call_seconds_bucket", "le=\"+Inf\"").unwrap() > 0.0);
+    assert!(metric(&text, "adtally_snapshots_total", "").unwrap() > 0.0);
+    assert_eq!(metric(&text, "adtally_module_info", "sha256=\""), Some(1.0));
+    finish(run);
 }
