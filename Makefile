@@ -25,6 +25,7 @@ wasm:
 	cp $(CARGO_TARGET)/wasm32-wasip2/wasm/adtally_component.wasm $(WASM_DIR)/
 	cp $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_clickhouse.wasm $(WASM_DIR)/
 	wasm-bindgen --target nodejs --out-dir $(WASM_DIR)/js $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_js.wasm
+	wasm-bindgen --target web --out-dir $(WASM_DIR)/web $(CARGO_TARGET)/wasm32-unknown-unknown/wasm/adtally_js.wasm
 
 # Every vector against every build: a table of vector x build.
 conformance: wasm

@@ -5,7 +5,7 @@
 #   - wasm-bindgen-cli, the exact version of the wasm-bindgen crate
 #   - a Python virtual environment with chdb-core (embedded ClickHouse 26.9)
 #   - system tools missing from the machine: a C toolchain and make, curl,
-#     python3-venv, Node.js (apt)
+#     python3-venv, Node.js, Chromium and its WebDriver (apt)
 #   - the Tansu Kafka broker (unless ADTALLY_SKIP_TANSU=1)
 set -euo pipefail
 ADTALLY_HOME=${ADTALLY_HOME:-$HOME/.cache/adtally}
@@ -16,9 +16,10 @@ say() { echo "setup: $*"; }
 
 # System tools: a C toolchain and make (librdkafka and Tansu build from
 # source), python3-venv, curl (the tests query ClickHouse with it), Node.js
-# (the JS build's conformance run).
+# (the JS build's conformance run), Chromium and ChromeDriver (the
+# dashboard's browser test).
 missing=()
-for pair in cc:build-essential make:build-essential curl:curl node:nodejs; do
+for pair in cc:build-essential make:build-essential curl:curl node:nodejs chromium:chromium chromedriver:chromium-driver; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

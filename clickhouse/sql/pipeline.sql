@@ -61,10 +61,23 @@ SELECT window_start, ad_id, filter_id, uniqExactMerge(event_keys) AS clicks
 FROM {db}.batch_minute_counts
 GROUP BY window_start, ad_id, filter_id;
 
--- The exact top-N of each topic, per (M, minute, filter, topic): each source
--- partition's latest ranking (highest version), merged by the core's own
--- merge. Exact because a topic keyed by ad_id gives each ad one partition,
--- whichever host ranked it; the merge refuses overlapping lists.
+-- Each source partition's latest ranking (highest version) per (M,
+-- minute, filter, topic), of the set in force for the minute, and the
+-- module that ranked it (what `adtally serve`'s /v1/rankings returns).
+CREATE OR REPLACE VIEW {db}.top_ads_by_partition AS
+WITH (SELECT sets FROM {db}.active_rollup_sets) AS active
+SELECT window_minutes, update_time_minute, filter_id, topic, source_partition,
+       argMax(most_clicked_ads, (version, module_sha256)) AS ads,
+       max((version, module_sha256)).2 AS module
+FROM {db}.most_clicked_ads
+-- The rankings of the set in force for the minute (see rollup_sets).
+WHERE rollup_set = arrayFirst(s -> s.2 = topic AND update_time_minute >= s.3 AND update_time_minute < s.4, active).1
+GROUP BY window_minutes, update_time_minute, filter_id, topic, source_partition;
+
+-- The exact top-N of each topic, per (M, minute, filter, topic): the
+-- partitions' rankings merged by the core's own merge. Exact because a
+-- topic keyed by ad_id gives each ad one partition, whichever host ranked
+-- it; the merge refuses overlapping lists.
 CREATE OR REPLACE VIEW {db}.top_ads AS
 SELECT
     window_minutes,
@@ -74,17 +87,7 @@ SELECT
     adtally_merge_top_n(groupArray(ads), {top_n}) AS most_clicked_ads,
     count() AS partitions,
     groupUniqArray(module) AS modules
-FROM
-(
-    WITH (SELECT sets FROM {db}.active_rollup_sets) AS active
-    SELECT window_minutes, update_time_minute, filter_id, topic, source_partition,
-           argMax(most_clicked_ads, (version, module_sha256)) AS ads,
-           max((version, module_sha256)).2 AS module
-    FROM {db}.most_clicked_ads
-    -- The rankings of the set in force for the minute (see rollup_sets).
-    WHERE rollup_set = arrayFirst(s -> s.2 = topic AND update_time_minute >= s.3 AND update_time_minute < s.4, active).1
-    GROUP BY window_minutes, update_time_minute, filter_id, topic, source_partition
-)
+FROM {db}.top_ads_by_partition
 GROUP BY window_minutes, update_time_minute, filter_id, topic
 -- Small blocks keep each merge call inside the UDF fuel limit: a block of
 -- 64 groups of 32 partitions' rankings (100 ads each) ran out of fuel.

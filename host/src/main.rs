@@ -331,6 +331,13 @@ enum Command {
         /// How often the watermarks and rollup sets are looked at.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
         refresh: std::time::Duration,
+        /// An `adtally run` host's metrics URL (its --metrics-listen, with
+        /// /metrics), for the pipeline's health (repeatable).
+        #[arg(long, value_name = "URL")]
+        host_metrics: Vec<String>,
+        /// The core's browser build the dashboard runs (`make wasm` writes it).
+        #[arg(long, default_value = "target/wasm/web")]
+        core_js: PathBuf,
     },
     /// Ask the two APIs' questions on the terminal (the same code as `serve`).
     Query {
@@ -524,7 +531,16 @@ fn main() -> Result<()> {
             listen,
             memory_minutes,
             refresh,
-        } => serve_command(read.reader()?, listen, memory_minutes, refresh),
+            host_metrics,
+            core_js,
+        } => serve_command(
+            read.reader()?,
+            listen,
+            memory_minutes,
+            refresh,
+            host_metrics,
+            core_js,
+        ),
         Command::Query { action } => query_command(action),
         Command::Reconcile {
             ch,
@@ -719,6 +735,8 @@ async fn serve_command(
     listen: std::net::SocketAddr,
     memory_minutes: u32,
     refresh: std::time::Duration,
+    host_metrics: Vec<String>,
+    core_js: PathBuf,
 ) -> Result<()> {
     let reader = if memory_minutes > 0 {
         let index = query::Index::new(
@@ -741,7 +759,12 @@ async fn serve_command(
         listener.local_addr()?
     );
     let metrics = adtally_host::metrics::recorder()?;
-    serve::serve(listener, serve::router(reader, metrics)).await
+    let app = serve::App {
+        reader,
+        host_metrics,
+        core_js,
+    };
+    serve::serve(listener, serve::router(app, metrics)).await
 }
 
 #[tokio::main(flavor = "current_thread")]

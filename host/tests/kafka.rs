@@ -1910,3 +1910,5 @@ fn ship_saves_a_position_only_past_acknowledged_lines() {
 
 #[path = "kafka/api.rs"]
 mod api;
+#[path = "kafka/dashboard.rs"]
+mod dashboard;

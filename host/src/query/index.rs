@@ -120,6 +120,28 @@ impl Index {
         (clicks, modules)
     }
 
+    /// The clicks of `ad` under `filter` per minute of `m` that it had
+    /// any, with the modules that computed them.
+    pub fn series(
+        &self,
+        ad: &str,
+        filter: FilterId,
+        m: Minutes,
+    ) -> Vec<(WindowStart, u64, Vec<String>)> {
+        let s = self.read();
+        let Some(&n) = s.numbers.get(ad) else {
+            return Vec::new();
+        };
+        let key = cell(n, filter);
+        s.minutes
+            .range(m.from..m.to)
+            .filter_map(|(w, minute)| {
+                let &(c, set) = minute.cells.get(&key)?;
+                Some((*w, c, s.module_sets[set as usize].clone()))
+            })
+            .collect()
+    }
+
     /// The `n` most clicked ads of `m` under `filter`, when the index holds
     /// all of `m` (the core's ranking of the summed minutes).
     pub(super) fn rank(&self, filter: FilterId, m: Minutes, n: u32) -> Option<Ranking> {

@@ -267,6 +267,56 @@ pub struct PopularAnswer {
     pub modules: Vec<String>,
 }
 
+/// An ad's clicks per minute, for a chart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MinutesAnswer {
+    /// The ad.
+    pub ad_id: String,
+    /// The configured filter applied.
+    pub filter: u32,
+    /// The first minute (RFC 3339).
+    pub from: String,
+    /// The first minute after the range (RFC 3339).
+    pub to: String,
+    /// `[window start ms, clicks]` for every minute of the range, in order
+    /// (0 where the ad had none).
+    pub minutes: Vec<(i64, u64)>,
+    /// As in API 1's answer.
+    pub final_to: Option<String>,
+    /// SHA-256 of the modules that computed the rows read.
+    pub modules: Vec<String>,
+}
+
+/// Each partition's own top-N list of a minute, as the core ranked it, for
+/// a reader that merges them itself (the dashboard, with the core's
+/// browser build).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct RankingsAnswer {
+    /// The window, in minutes (one the core precomputes).
+    pub window: u32,
+    /// The configured filter.
+    pub filter: u32,
+    /// The minute ranked: the last final one (RFC 3339), `null` before any.
+    pub minute: Option<String>,
+    /// How many ads each list holds at most (the core's `top_n`).
+    pub top_n: u32,
+    /// One list per (topic, partition).
+    pub lists: Vec<PartitionRanking>,
+}
+
+/// One partition's ranking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PartitionRanking {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// `[ad_id, clicks]`, best first.
+    pub ads: Vec<(String, u64)>,
+    /// The module that ranked it.
+    pub module: String,
+}
+
 /// A minute as RFC 3339 (UTC).
 pub fn minute_text(w: WindowStart) -> String {
     crate::reconcile::report::time(w.0)

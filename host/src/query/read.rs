@@ -3,8 +3,8 @@
 
 use super::index::Index;
 use super::{
-    Catalog, CountAnswer, CountRequest, Minutes, PopularAnswer, PopularRequest, QueryError, Source,
-    minute_text, ranked,
+    Catalog, CountAnswer, CountRequest, Minutes, MinutesAnswer, PartitionRanking, PopularAnswer,
+    PopularRequest, QueryError, RankingsAnswer, Source, minute_text, ranked,
 };
 use adtally_core::{RankedAd, WindowStart, topn};
 use clickhouse::{Client, Row};
@@ -387,6 +387,126 @@ impl Reader {
             final_to: finality.final_to.map(minute_text),
             modules: r.modules,
         }
+    }
+
+    /// An ad's clicks per minute in `req`'s range (ad-hoc dimensions are
+    /// not asked of a chart: refused by the caller).
+    pub async fn minutes(&self, req: &CountRequest) -> Result<MinutesAnswer, QueryError> {
+        let finality = self.finality().await?;
+        let m = req.minutes;
+        let size = self.catalog.window_ms();
+        let mut series: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+        let mut at = m.from.0;
+        while at < m.to.0 {
+            series.insert(at, 0);
+            at += size;
+        }
+        let memory = self
+            .index
+            .as_ref()
+            .and_then(|i| i.covered())
+            .and_then(|c| intersect(m, c));
+        let mut modules = Vec::new();
+        if let (Some(index), Some(part)) = (&self.index, memory) {
+            for (w, c, mods) in index.series(req.ad.as_str(), req.filter, part) {
+                series.insert(w.0, c);
+                modules.extend(mods);
+            }
+        }
+        if memory != Some(m) {
+            #[derive(Row, Deserialize)]
+            struct MinuteRow {
+                window_ms: i64,
+                clicks: u64,
+                modules: Vec<String>,
+            }
+            let skip = memory.unwrap_or(Minutes {
+                from: WindowStart(0),
+                to: WindowStart(0),
+            });
+            let sql = format!(
+                "SELECT toUnixTimestamp64Milli(window_start) AS window_ms, sum(clicks) AS clicks, \
+                        groupUniqArrayArray(modules) AS modules \
+                 FROM {}.clicks_per_minute \
+                 WHERE ad_id = {{ad:String}} AND filter_id = {{filter:UInt32}} AND {IN_RANGE} \
+                 GROUP BY window_ms ORDER BY window_ms",
+                self.db
+            );
+            let q = self
+                .client
+                .query(&sql)
+                .param("ad", req.ad.as_str())
+                .param("filter", req.filter.0);
+            let rows: Vec<MinuteRow> = self
+                .bounded("reading the rollups", bind_range(q, m, skip).fetch_all())
+                .await?;
+            for r in rows {
+                series.insert(r.window_ms, r.clicks);
+                modules.extend(r.modules);
+            }
+        }
+        Ok(MinutesAnswer {
+            ad_id: req.ad.as_str().to_owned(),
+            filter: req.filter.0,
+            from: minute_text(m.from),
+            to: minute_text(m.to),
+            minutes: series.into_iter().collect(),
+            final_to: finality.final_to.map(minute_text),
+            modules: sorted(modules),
+        })
+    }
+
+    /// Each partition's ranking of the last final minute over `window`
+    /// minutes (a window the core precomputes), unmerged.
+    pub async fn rankings(&self, req: &PopularRequest) -> Result<RankingsAnswer, QueryError> {
+        #[derive(Row, Deserialize)]
+        struct ListRow {
+            topic: String,
+            source_partition: u32,
+            ads: Vec<(String, u64)>,
+            module: String,
+        }
+        let finality = self.finality().await?;
+        let top_n = self.catalog.config().top_n;
+        let Some(to) = finality.final_to else {
+            return Ok(RankingsAnswer {
+                window: req.window,
+                filter: req.filter.0,
+                minute: None,
+                top_n,
+                lists: Vec::new(),
+            });
+        };
+        let minute = WindowStart(to.0 - self.catalog.window_ms());
+        let sql = format!(
+            "SELECT topic, source_partition, ads, module FROM {}.top_ads_by_partition \
+             WHERE window_minutes = {{window:UInt32}} AND filter_id = {{filter:UInt32}} \
+               AND update_time_minute = fromUnixTimestamp64Milli({{minute:Int64}}, 'UTC') \
+             ORDER BY topic, source_partition",
+            self.db
+        );
+        let q = self
+            .client
+            .query(&sql)
+            .param("window", req.window)
+            .param("filter", req.filter.0)
+            .param("minute", minute.0);
+        let rows: Vec<ListRow> = self.bounded("reading the rankings", q.fetch_all()).await?;
+        Ok(RankingsAnswer {
+            window: req.window,
+            filter: req.filter.0,
+            minute: Some(minute_text(minute)),
+            top_n,
+            lists: rows
+                .into_iter()
+                .map(|r| PartitionRanking {
+                    topic: r.topic,
+                    partition: r.source_partition,
+                    ads: r.ads,
+                    module: r.module,
+                })
+                .collect(),
+        })
     }
 
     /// The cells of every minute in `m`, for the index.

@@ -5,7 +5,10 @@
 //! |---|---|
 //! | `GET /v1/ads/{ad_id}/aggregated_count?from=&to=&filter=&country=&ip=&user_id=` | API 1 ([`CountAnswer`]) |
 //! | `GET /v1/ads/popular_ads?count=&window=&filter=` | API 2 ([`PopularAnswer`]) |
-//! | `GET /v1/pipeline` | each partition's watermark, the first minute not final |
+//! | `GET /v1/ads/{ad_id}/minutes?from=&to=&filter=` | an ad's clicks per minute (the dashboard's chart) |
+//! | `GET /v1/rankings?window=&filter=` | each partition's top-N list of the last final minute, unmerged (the dashboard merges them with the core's browser build) |
+//! | `GET /v1/pipeline` | each partition's watermark, the first minute not final, the filters and windows, and each host's metrics (`--host-metrics`) |
+//! | `GET /` | the dashboard (`host/dashboard/`; the core's browser build from `--core-js`) |
 //! | `GET /v1/ping` | `ok`: the server alone, no ClickHouse (a load test's ceiling) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes |
 //! | `GET /metrics` | Prometheus metrics (requests and latency by route and status) |
@@ -15,9 +18,14 @@
 //! 503. This module owns HTTP only: what is asked and answered is the
 //! [`query`](crate::query) module's, through the same code as `adtally query`.
 
+mod dashboard;
+mod hosts;
+
+pub use hosts::{HostPartition, HostStatus};
+
 use crate::query::{
-    BadParameter, CountAnswer, CountParams, PopularAnswer, PopularParams, QueryError, Reader,
-    minute_text,
+    BadParameter, CountAnswer, CountParams, MinutesAnswer, PopularAnswer, PopularParams,
+    QueryError, RankingsAnswer, Reader, minute_text,
 };
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -44,6 +52,18 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// What the server answers with: the reader, and where the dashboard's
+/// parts are.
+#[derive(Clone)]
+pub struct App {
+    /// Answers the questions.
+    pub reader: Reader,
+    /// `/metrics` URLs of the `adtally run` hosts, for the pipeline's health.
+    pub host_metrics: Vec<String>,
+    /// The directory of the core's browser build (`make wasm`'s `target/wasm/web`).
+    pub core_js: std::path::PathBuf,
+}
+
 /// Where the pipeline stands, for dashboards.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PipelineAnswer {
@@ -51,6 +71,14 @@ pub struct PipelineAnswer {
     pub partitions: Vec<PartitionStatus>,
     /// The first minute not final in every partition (RFC 3339).
     pub final_to: Option<String>,
+    /// The filters a request may name: `[id, name]`, 0 first.
+    pub filters: Vec<(u32, String)>,
+    /// The windows the core ranks itself (API 2 reads them precomputed).
+    pub windows: Vec<u32>,
+    /// How many ads the core ranks per list.
+    pub top_n: u32,
+    /// Each `--host-metrics` host, as its metrics say.
+    pub hosts: Vec<HostStatus>,
 }
 
 /// One partition's watermark.
@@ -139,10 +167,11 @@ fn now_ms() -> i64 {
     tag = "ads"
 )]
 async fn aggregated_count(
-    State(reader): State<Reader>,
+    State(app): State<App>,
     Path(ad_id): Path<String>,
     params: Result<Query<CountParams>, QueryRejection>,
 ) -> Response {
+    let reader = &app.reader;
     let Query(params) = match params {
         Ok(p) => p,
         Err(r) => return unreadable(r),
@@ -170,9 +199,10 @@ async fn aggregated_count(
     tag = "ads"
 )]
 async fn popular_ads(
-    State(reader): State<Reader>,
+    State(app): State<App>,
     params: Result<Query<PopularParams>, QueryRejection>,
 ) -> Response {
+    let reader = &app.reader;
     let Query(params) = match params {
         Ok(p) => p,
         Err(r) => return unreadable(r),
@@ -197,9 +227,23 @@ async fn popular_ads(
     ),
     tag = "pipeline"
 )]
-async fn pipeline(State(reader): State<Reader>) -> Response {
-    match reader.finality().await {
+async fn pipeline(State(app): State<App>) -> Response {
+    let hosts = hosts::statuses(&app.host_metrics).await;
+    let config = app.reader.catalog().config();
+    let filters = std::iter::once((0, "all clicks".to_owned()))
+        .chain(config.filters.iter().map(|f| {
+            (
+                f.id,
+                f.name.clone().unwrap_or_else(|| format!("filter {}", f.id)),
+            )
+        }))
+        .collect();
+    match app.reader.finality().await {
         Ok(f) => Json(PipelineAnswer {
+            filters,
+            windows: config.top_n_windows.clone(),
+            top_n: config.top_n,
+            hosts,
             partitions: f
                 .partitions
                 .into_iter()
@@ -212,6 +256,99 @@ async fn pipeline(State(reader): State<Reader>) -> Response {
             final_to: f.final_to.map(minute_text),
         })
         .into_response(),
+        Err(e) => Refusal(e).into_response(),
+    }
+}
+
+/// An ad's clicks per minute in `[from, to)` (at most a day of minutes).
+#[utoipa::path(
+    get,
+    path = "/v1/ads/{ad_id}/minutes",
+    params(("ad_id" = String, Path, description = "The ad"), CountParams),
+    responses(
+        (status = 200, description = "The clicks per minute", body = MinutesAnswer),
+        (status = 400, description = "A parameter is wrong", body = ErrorBody),
+        (status = 503, description = "ClickHouse failed or is slow", body = ErrorBody),
+    ),
+    tag = "ads"
+)]
+async fn minutes(
+    State(app): State<App>,
+    Path(ad_id): Path<String>,
+    params: Result<Query<CountParams>, QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(r) => return unreadable(r),
+    };
+    let reader = &app.reader;
+    let req = match params.check(&ad_id, reader.catalog(), now_ms()) {
+        Ok(r) => r,
+        Err(b) => return bad(b),
+    };
+    if req.ad_hoc.is_some() {
+        let which = if params.country.is_some() {
+            "country"
+        } else if params.ip.is_some() {
+            "ip"
+        } else {
+            "user_id"
+        };
+        return bad(BadParameter::new(
+            which,
+            "",
+            "a chart is of configured filters only",
+        ));
+    }
+    let windows = (req.minutes.to.0 - req.minutes.from.0) / reader.catalog().window_ms();
+    if windows > 1440 {
+        return bad(BadParameter::new(
+            "from",
+            params.from.as_deref().unwrap_or(""),
+            format!("a chart holds at most 1440 minutes, this range {windows}"),
+        ));
+    }
+    match reader.minutes(&req).await {
+        Ok(a) => Json(a).into_response(),
+        Err(e) => Refusal(e).into_response(),
+    }
+}
+
+/// Each partition's own ranking of the last final minute, unmerged.
+#[utoipa::path(
+    get,
+    path = "/v1/rankings",
+    params(PopularParams),
+    responses(
+        (status = 200, description = "The partitions' rankings", body = RankingsAnswer),
+        (status = 400, description = "A parameter is wrong", body = ErrorBody),
+        (status = 503, description = "ClickHouse failed or is slow", body = ErrorBody),
+    ),
+    tag = "ads"
+)]
+async fn rankings(
+    State(app): State<App>,
+    params: Result<Query<PopularParams>, QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(p) => p,
+        Err(r) => return unreadable(r),
+    };
+    let reader = &app.reader;
+    let req = match params.check(reader.catalog()) {
+        Ok(r) => r,
+        Err(b) => return bad(b),
+    };
+    let windows = &reader.catalog().config().top_n_windows;
+    if !windows.contains(&req.window) {
+        return bad(BadParameter::new(
+            "window",
+            &req.window.to_string(),
+            format!("the core ranks only windows {windows:?}; /v1/ads/popular_ads ranks any"),
+        ));
+    }
+    match reader.rankings(&req).await {
+        Ok(a) => Json(a).into_response(),
         Err(e) => Refusal(e).into_response(),
     }
 }
@@ -244,17 +381,18 @@ async fn measured(
 }
 
 /// The routes, their OpenAPI document, and `/metrics` rendered from `metrics`.
-pub fn router(
-    reader: Reader,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> axum::Router {
+pub fn router(app: App, metrics: metrics_exporter_prometheus::PrometheusHandle) -> axum::Router {
+    let core_js = app.core_js.clone();
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(aggregated_count))
         .routes(routes!(popular_ads))
+        .routes(routes!(minutes))
+        .routes(routes!(rankings))
         .routes(routes!(pipeline))
         .routes(routes!(ping))
-        .with_state(reader)
+        .with_state(app)
         .split_for_parts();
+    let router = dashboard::routes(router, core_js);
     let doc = api.to_json().unwrap_or_default();
     router
         .route(

@@ -8,9 +8,9 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 
 /// A running `adtally serve` and where it listens; stopped when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    base: String,
+    pub(super) base: String,
 }
 
 impl Drop for Server {
@@ -20,7 +20,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(args: &[&str]) -> Server {
+pub(super) fn serve(args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_adtally"))
         .current_dir(root())
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -45,7 +45,7 @@ fn serve(args: &[&str]) -> Server {
 }
 
 /// GET `path` with curl: (status, body).
-fn get(base: &str, path: &str) -> (u16, String) {
+pub(super) fn get(base: &str, path: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
         .arg(format!("{base}{path}"))
@@ -56,19 +56,19 @@ fn get(base: &str, path: &str) -> (u16, String) {
     (code.parse().unwrap_or(0), body.to_string())
 }
 
-fn get_json(base: &str, path: &str) -> Value {
+pub(super) fn get_json(base: &str, path: &str) -> Value {
     let (code, body) = get(base, path);
     assert_eq!(code, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap()
 }
 
-fn minute(ms: i64) -> String {
+pub(super) fn minute(ms: i64) -> String {
     adtally_host::query::minute_text(adtally_core::WindowStart(ms))
 }
 
 /// The `n` best ads of `native`'s cells under `filter` in `[from, to)`,
 /// ranked by the core.
-fn native_top(
+pub(super) fn native_top(
     native: &BTreeMap<(i64, String, u32), u64>,
     filter: u32,
     from: i64,
@@ -90,7 +90,7 @@ fn native_top(
         .unzip()
 }
 
-fn sum(
+pub(super) fn sum(
     native: &BTreeMap<(i64, String, u32), u64>,
     ad: &str,
     filter: u32,
@@ -537,7 +537,7 @@ fn the_api_answers_equal_the_core_natively() {
 }
 
 /// A port free now on loopback.
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
