@@ -213,76 +213,89 @@ impl Index {
     }
 
     /// One look: the watermarks, the rollup sets changed, and the minutes
-    /// that became final (loaded) or passed the horizon (dropped).
+    /// that became final (loaded) or passed the horizon (dropped). The
+    /// held minutes stay contiguous: a changed set's minutes are loaded
+    /// anew and replace the old ones in one step, so no answer sees a gap.
     pub async fn refresh(&self, reader: &Reader) -> Result<(), super::QueryError> {
         let finality = reader.read_finality().await?;
         let since = self.read().sets_seen_ms;
         let (changed, newest) = reader.sets_changed(since).await?;
         let window = self.window_ms;
         let Some(final_to) = finality.final_to else {
-            let mut s = self.write();
-            s.finality = Some(finality);
+            self.write().finality = Some(finality);
             return Ok(());
         };
         let horizon = WindowStart(final_to.0 - i64::from(self.options.minutes) * window);
-        let (load_from, changed_any) = {
+        let held = {
             let mut s = self.write();
-            let before = s.minutes.len();
             s.minutes.retain(|w, _| *w >= horizon && *w < final_to);
-            for r in &changed {
-                let drop: Vec<WindowStart> =
-                    s.minutes.range(r.from..r.to).map(|(w, _)| *w).collect();
-                for w in drop {
-                    s.minutes.remove(&w);
-                }
-            }
-            s.sets_seen_ms = newest;
-            // Kept minutes must stay contiguous up to final_to: load from
-            // the first gap on.
-            let mut at = horizon;
-            for w in s.minutes.keys() {
-                if *w != at {
-                    break;
-                }
-                at = WindowStart(at.0 + window);
-            }
-            let changed_any = s.minutes.len() != before || !changed.is_empty();
-            let drop: Vec<WindowStart> = s.minutes.range(at..).map(|(w, _)| *w).collect();
-            for w in drop {
-                s.minutes.remove(&w);
-            }
-            (at, changed_any)
+            let first = s.minutes.keys().next().copied();
+            let last = s.minutes.keys().next_back().copied();
+            first.zip(last).map(|(from, last)| Minutes {
+                from,
+                to: WindowStart(last.0 + window),
+            })
         };
-        let mut loaded = false;
-        if load_from < final_to {
-            let rows = reader
-                .cells(Minutes {
-                    from: load_from,
-                    to: final_to,
-                })
-                .await?;
-            let mut fresh: BTreeMap<WindowStart, Minute> = BTreeMap::new();
-            let mut at = load_from;
-            while at < final_to {
+        // What to load: the changed sets' held minutes (to replace), and
+        // the final minutes not held yet (before and after those held).
+        let mut loads: Vec<Minutes> = Vec::new();
+        match held {
+            None => loads.push(Minutes {
+                from: horizon,
+                to: final_to,
+            }),
+            Some(h) => {
+                for r in &changed {
+                    let m = Minutes {
+                        from: r.from.max(h.from),
+                        to: r.to.min(h.to),
+                    };
+                    if m.from < m.to {
+                        loads.push(m);
+                    }
+                }
+                for m in [
+                    Minutes {
+                        from: horizon,
+                        to: h.from,
+                    },
+                    Minutes {
+                        from: h.to,
+                        to: final_to,
+                    },
+                ] {
+                    if m.from < m.to {
+                        loads.push(m);
+                    }
+                }
+            }
+        }
+        let mut fresh: BTreeMap<WindowStart, Minute> = BTreeMap::new();
+        let mut rows = Vec::new();
+        for m in &loads {
+            let mut at = m.from;
+            while at < m.to {
                 fresh.insert(at, Minute::default());
                 at = WindowStart(at.0 + window);
             }
-            let mut s = self.write();
-            for r in rows {
-                let ad = s.number(&r.ad_id);
-                let set = s.module_set(r.modules);
-                if let Some(m) = fresh.get_mut(&WindowStart(r.window_ms)) {
-                    m.cells
-                        .insert(cell(ad, FilterId(r.filter_id)), (r.clicks, set));
-                }
-            }
-            s.minutes.append(&mut fresh);
-            loaded = true;
+            rows.extend(reader.cells(*m).await?);
         }
         let mut s = self.write();
-        if loaded || changed_any || s.finality.as_ref().and_then(|f| f.final_to) != Some(final_to) {
+        for r in rows {
+            let ad = s.number(&r.ad_id);
+            let set = s.module_set(r.modules);
+            if let Some(m) = fresh.get_mut(&WindowStart(r.window_ms)) {
+                m.cells
+                    .insert(cell(ad, FilterId(r.filter_id)), (r.clicks, set));
+            }
+        }
+        let moved = s.finality.as_ref().and_then(|f| f.final_to) != Some(final_to);
+        if !fresh.is_empty() || moved {
             s.rankings.clear();
         }
+        // Replaces the reloaded minutes, adds the new ones.
+        s.minutes.append(&mut fresh);
+        s.sets_seen_ms = newest;
         s.finality = Some(finality);
         Ok(())
     }

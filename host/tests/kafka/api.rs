@@ -640,3 +640,110 @@ fn the_run_metrics_equal_the_generators_figures() {
     assert_eq!(metric(&text, "adtally_module_info", "sha256=\""), Some(1.0));
     finish(run);
 }
+
+/// The minutes `adtally serve` holds in memory follow a replay switched in
+/// and then dropped: answers for the replayed range become the replay's
+/// counts (a module variant's, tests/modules/strict-users) and then the
+/// stream's again, while minutes outside the range never change.
+#[test]
+fn a_replay_switched_in_and_dropped_reloads_exactly_its_minutes_in_memory() {
+    let (s, records) = setup_live("kafka-api-replay", 60_000, memory);
+    produce_live(s.broker.addr(), records.clone(), 1, Duration::ZERO)
+        .join()
+        .unwrap();
+    let args = run_args(&s);
+    adtally(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let url = s.ch.url();
+    let server = serve(&[
+        "--clickhouse",
+        &url,
+        "--memory-minutes",
+        "60",
+        "--refresh",
+        "200ms",
+    ]);
+    let base = server.base.clone();
+    let native = natively(&records, "{}", |_| true);
+    let refuses = |payload: &[u8]| match adtally_core::parse_record(payload, None, 0) {
+        Ok(adtally_core::Record::Click(c)) => c.user_id.as_str().ends_with('7'),
+        _ => false,
+    };
+    let strict = natively(&records, "{}", |p| !refuses(p));
+    let first = *native.keys().map(|(w, _, _)| w).min().unwrap();
+    let last = *native.keys().map(|(w, _, _)| w).max().unwrap();
+    let count = |ad: &str, from: i64, to: i64| {
+        get_json(
+            &base,
+            &format!(
+                "/v1/ads/{ad}/aggregated_count?from={}&to={}",
+                minute(from),
+                minute(to)
+            ),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let end = loop {
+        let p = get_json(&base, "/v1/pipeline");
+        let end = (1..=5)
+            .map(|k| last + k * 60_000)
+            .find(|e| p["final_to"] == minute(*e));
+        if let Some(end) = end
+            && count("ad000001", first, end)["source"] == "memory"
+        {
+            break end;
+        }
+        assert!(std::time::Instant::now() < deadline, "never held: {p}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (from, to) = (first + 5 * 60_000, first + 12 * 60_000);
+    let (top, _) = native_top(&native, 0, first, end, 5);
+    let check = |want: &BTreeMap<(i64, String, u32), u64>| -> bool {
+        top.iter().all(|ad| {
+            // The reloaded minutes replace the old in one step: memory
+            // answers throughout.
+            let inside = count(ad, from, to);
+            assert_eq!(inside["source"], "memory", "{inside}");
+            let before = count(ad, first, from)["count"].as_u64().unwrap();
+            let after = count(ad, to, end)["count"].as_u64().unwrap();
+            // Outside the replay's range: the stream's, always.
+            assert_eq!(before, sum(&native, ad, 0, first, from), "{ad} before");
+            assert_eq!(after, sum(&native, ad, 0, to, end), "{ad} after");
+            inside["source"] == "memory"
+                && inside["count"].as_u64().unwrap() == sum(want, ad, 0, from, to)
+        })
+    };
+    assert!(check(&native));
+    let until = |want: &BTreeMap<(i64, String, u32), u64>, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !check(want) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "memory never showed {what}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let module = root().join("target/wasm/adtally_module_strict_users.wasm");
+    let out = adtally(&[
+        "replay",
+        "--clickhouse",
+        &url,
+        "--from",
+        &from.to_string(),
+        "--to",
+        &to.to_string(),
+        "--module",
+        module.to_str().unwrap(),
+        "--set",
+        "strict",
+    ]);
+    assert!(out.contains("readers see it now"), "{out}");
+    until(&strict, "the replay's counts");
+    assert!(
+        top.iter()
+            .any(|ad| sum(&strict, ad, 0, from, to) < sum(&native, ad, 0, from, to)),
+        "the variant refuses some of these ads' clicks"
+    );
+    adtally(&["replay", "drop", "--clickhouse", &url, "strict"]);
+    until(&native, "the stream's counts again");
+}
