@@ -128,3 +128,28 @@ pub fn request(route: &str, status: u16, took: Duration) {
     histogram!("adtally_api_request_seconds", "route" => route.to_owned())
         .record(took.as_secs_f64());
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every metric the example Grafana dashboard plots is one this module
+    /// records (histograms through their `_bucket` series).
+    #[test]
+    fn the_grafana_example_plots_only_recorded_metrics() {
+        let dashboard = include_str!("../../examples/grafana/adtally.json");
+        let source = include_str!("metrics.rs");
+        let mut names: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("adtally_"))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert!(names.len() >= 15, "{names:?}");
+        for name in names {
+            let base = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                source.contains(&format!("\"{base}\"")),
+                "{name} is plotted but never recorded"
+            );
+        }
+    }
+}
