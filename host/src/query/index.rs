@@ -212,6 +212,27 @@ impl Index {
         }
     }
 
+    /// One minute's cells, read and numbered.
+    async fn load(&self, reader: &Reader, at: WindowStart) -> Result<Minute, super::QueryError> {
+        let rows = reader
+            .cells(Minutes {
+                from: at,
+                to: WindowStart(at.0 + self.window_ms),
+            })
+            .await?;
+        let mut minute = Minute::default();
+        minute.cells.reserve(rows.len());
+        let mut s = self.write();
+        for r in rows {
+            let ad = s.number(&r.ad_id);
+            let set = s.module_set(r.modules);
+            minute
+                .cells
+                .insert(cell(ad, FilterId(r.filter_id)), (r.clicks, set));
+        }
+        Ok(minute)
+    }
+
     /// One look: the watermarks, the rollup sets changed, and the minutes
     /// that became final (loaded) or passed the horizon (dropped). The
     /// held minutes stay contiguous: a changed set's minutes are loaded
@@ -236,65 +257,77 @@ impl Index {
                 to: WindowStart(last.0 + window),
             })
         };
-        // What to load: the changed sets' held minutes (to replace), and
-        // the final minutes not held yet (before and after those held).
-        let mut loads: Vec<Minutes> = Vec::new();
+        // What to load: the changed sets' held minutes (to replace, all at
+        // once), and the final minutes not held yet (before and after those
+        // held: added as they arrive, each next to the held ones).
+        let mut replace: Vec<Minutes> = Vec::new();
+        // (minutes, loaded newest first)
+        let mut add: Vec<(Minutes, bool)> = Vec::new();
         match held {
-            None => loads.push(Minutes {
-                from: horizon,
-                to: final_to,
-            }),
+            // The newest first: the minutes dashboards poll.
+            None => add.push((
+                Minutes {
+                    from: horizon,
+                    to: final_to,
+                },
+                true,
+            )),
             Some(h) => {
                 for r in &changed {
-                    let m = Minutes {
+                    replace.push(Minutes {
                         from: r.from.max(h.from),
                         to: r.to.min(h.to),
-                    };
-                    if m.from < m.to {
-                        loads.push(m);
-                    }
+                    });
                 }
-                for m in [
-                    Minutes {
-                        from: horizon,
-                        to: h.from,
-                    },
+                // Backwards from the first held minute, forwards from the last.
+                add.push((
                     Minutes {
                         from: h.to,
                         to: final_to,
                     },
-                ] {
-                    if m.from < m.to {
-                        loads.push(m);
-                    }
-                }
+                    false,
+                ));
+                add.push((
+                    Minutes {
+                        from: horizon,
+                        to: h.from,
+                    },
+                    true,
+                ));
             }
         }
-        let mut fresh: BTreeMap<WindowStart, Minute> = BTreeMap::new();
-        let mut rows = Vec::new();
-        for m in &loads {
+        let mut replaced: BTreeMap<WindowStart, Minute> = BTreeMap::new();
+        for m in replace.iter().filter(|m| m.from < m.to) {
             let mut at = m.from;
             while at < m.to {
-                fresh.insert(at, Minute::default());
+                replaced.insert(at, self.load(reader, at).await?);
                 at = WindowStart(at.0 + window);
             }
-            rows.extend(reader.cells(*m).await?);
         }
-        let mut s = self.write();
-        for r in rows {
-            let ad = s.number(&r.ad_id);
-            let set = s.module_set(r.modules);
-            if let Some(m) = fresh.get_mut(&WindowStart(r.window_ms)) {
-                m.cells
-                    .insert(cell(ad, FilterId(r.filter_id)), (r.clicks, set));
+        let mut loaded = !replaced.is_empty();
+        for (m, newest_first) in add.iter().filter(|(m, _)| m.from < m.to) {
+            // A minute a query, each within the reader's timeout, however
+            // many are due (a start loads all of them).
+            let mut minutes: Vec<WindowStart> = (0..)
+                .map(|k| WindowStart(m.from.0 + k * window))
+                .take_while(|w| *w < m.to)
+                .collect();
+            if *newest_first {
+                minutes.reverse();
+            }
+            for at in minutes {
+                let minute = self.load(reader, at).await?;
+                self.write().minutes.insert(at, minute);
+                loaded = true;
             }
         }
+        let mut s = self.write();
         let moved = s.finality.as_ref().and_then(|f| f.final_to) != Some(final_to);
-        if !fresh.is_empty() || moved {
+        if loaded || moved {
             s.rankings.clear();
         }
-        // Replaces the reloaded minutes, adds the new ones.
-        s.minutes.append(&mut fresh);
+        // The changed sets' minutes, replaced in one step.
+        s.minutes.append(&mut replaced);
         s.sets_seen_ms = newest;
         s.finality = Some(finality);
         Ok(())

@@ -62,7 +62,6 @@ struct RankingRow {
 /// A cell of a final minute, as the index loads it.
 #[derive(Row, Deserialize)]
 pub(super) struct CellRow {
-    pub(super) window_ms: i64,
     pub(super) ad_id: String,
     pub(super) filter_id: u32,
     pub(super) clicks: u64,
@@ -512,8 +511,7 @@ impl Reader {
     /// The cells of every minute in `m`, for the index.
     pub(super) async fn cells(&self, m: Minutes) -> Result<Vec<CellRow>, QueryError> {
         let sql = format!(
-            "SELECT toUnixTimestamp64Milli(window_start) AS window_ms, ad_id, filter_id, \
-                    clicks, modules \
+            "SELECT ad_id, filter_id, clicks, modules \
              FROM {}.clicks_per_minute WHERE {IN_RANGE}",
             self.db
         );
