@@ -769,9 +769,7 @@ async fn serve_command(
 
 #[tokio::main(flavor = "current_thread")]
 async fn query_command(action: QueryAction) -> Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = query::now_ms();
     match action {
         QueryAction::Count {
             read,

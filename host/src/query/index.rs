@@ -48,8 +48,10 @@ struct State {
     module_numbers: HashMap<Vec<String>, u32>,
     /// The newest change of `rollup_sets` seen (ms).
     sets_seen_ms: i64,
-    /// Rankings answered since the minutes last changed.
+    /// Rankings answered since the minutes last changed, and how many
+    /// times they changed (an answer computed before a change is not kept).
     rankings: HashMap<(u32, u32, i64, u32), Ranking>,
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -85,29 +87,25 @@ impl Index {
         self.read().finality.clone()
     }
 
-    /// The minutes held: `[first, final_to)`.
-    pub fn covered(&self) -> Option<Minutes> {
+    /// The part of `m` held, and `ad`'s clicks under `filter` in each of
+    /// its minutes that had any, with the modules that computed them: read
+    /// under one lock, so that a minute dropped meanwhile is in neither.
+    pub fn series(
+        &self,
+        ad: &str,
+        filter: FilterId,
+        m: Minutes,
+    ) -> Option<Held> {
         let s = self.read();
-        let from = *s.minutes.keys().next()?;
-        let last = *s.minutes.keys().next_back()?;
-        Some(Minutes {
-            from,
-            to: WindowStart(last.0 + self.window_ms),
-        })
-    }
-
-    /// The clicks of `ad` under `filter` in `m` (within [`Index::covered`])
-    /// and the modules that computed them.
-    pub fn count(&self, ad: &str, filter: FilterId, m: Minutes) -> (u64, Vec<String>) {
-        let s = self.read();
+        let part = intersect(m, held(&s, self.window_ms)?)?;
         let Some(&n) = s.numbers.get(ad) else {
-            return (0, Vec::new());
+            return Some((part, Vec::new(), Vec::new()));
         };
         let key = cell(n, filter);
-        let (mut clicks, mut sets) = (0u64, Vec::new());
-        for (_, minute) in s.minutes.range(m.from..m.to) {
+        let (mut clicks, mut sets) = (Vec::new(), Vec::new());
+        for (w, minute) in s.minutes.range(part.from..part.to) {
             if let Some(&(c, set)) = minute.cells.get(&key) {
-                clicks += c;
+                clicks.push((*w, c));
                 if !sets.contains(&set) {
                     sets.push(set);
                 }
@@ -117,41 +115,15 @@ impl Index {
             .into_iter()
             .flat_map(|i| s.module_sets[i as usize].iter().cloned())
             .collect();
-        (clicks, modules)
-    }
-
-    /// The clicks of `ad` under `filter` per minute of `m` that it had
-    /// any, with the modules that computed them.
-    pub fn series(
-        &self,
-        ad: &str,
-        filter: FilterId,
-        m: Minutes,
-    ) -> Vec<(WindowStart, u64, Vec<String>)> {
-        let s = self.read();
-        let Some(&n) = s.numbers.get(ad) else {
-            return Vec::new();
-        };
-        let key = cell(n, filter);
-        s.minutes
-            .range(m.from..m.to)
-            .filter_map(|(w, minute)| {
-                let &(c, set) = minute.cells.get(&key)?;
-                Some((*w, c, s.module_sets[set as usize].clone()))
-            })
-            .collect()
+        Some((part, clicks, modules))
     }
 
     /// The `n` most clicked ads of `m` under `filter`, when the index holds
     /// all of `m` (the core's ranking of the summed minutes).
     pub(super) fn rank(&self, filter: FilterId, m: Minutes, n: u32) -> Option<Ranking> {
         let s = self.read();
-        let covered = {
-            let first = *s.minutes.keys().next()?;
-            let end = s.finality.as_ref()?.final_to?;
-            first <= m.from && m.to <= end
-        };
-        if !covered {
+        let h = held(&s, self.window_ms)?;
+        if !(h.from <= m.from && m.to <= h.to) {
             return None;
         }
         let mut sums: Fast<u32, u64> = Fast::default();
@@ -185,15 +157,30 @@ impl Index {
         })
     }
 
-    pub(super) fn cached_popular(&self, req: &PopularRequest, m: Minutes) -> Option<Ranking> {
-        self.read()
-            .rankings
+    /// A ranking answered since the minutes last changed, or the
+    /// generation an answer computed now must be kept under.
+    pub(super) fn cached_popular(&self, req: &PopularRequest, m: Minutes) -> Result<Ranking, u64> {
+        let s = self.read();
+        s.rankings
             .get(&(req.window, req.filter.0, m.to.0, req.count))
             .cloned()
+            .ok_or(s.generation)
     }
 
-    pub(super) fn cache_popular(&self, req: &PopularRequest, m: Minutes, r: &Ranking) {
+    /// Keeps a ranking of final minutes computed in `generation`, unless
+    /// the minutes changed since.
+    pub(super) fn cache_popular(
+        &self,
+        generation: u64,
+        req: &PopularRequest,
+        m: Minutes,
+        r: &Ranking,
+    ) {
         let mut s = self.write();
+        let final_to = s.finality.as_ref().and_then(|f| f.final_to);
+        if s.generation != generation || final_to.is_none_or(|f| m.to > f) {
+            return;
+        }
         if s.rankings.len() > 10_000 {
             s.rankings.clear();
         }
@@ -323,8 +310,9 @@ impl Index {
         }
         let mut s = self.write();
         let moved = s.finality.as_ref().and_then(|f| f.final_to) != Some(final_to);
-        if loaded || moved {
+        if loaded || moved || !changed.is_empty() {
             s.rankings.clear();
+            s.generation += 1;
         }
         // The changed sets' minutes, replaced in one step.
         s.minutes.append(&mut replaced);
@@ -332,6 +320,28 @@ impl Index {
         s.finality = Some(finality);
         Ok(())
     }
+}
+
+/// What the index holds of a range for an ad: the part held, the clicks
+/// of each of its minutes that had any, and the modules that computed them.
+pub type Held = (Minutes, Vec<(WindowStart, u64)>, Vec<String>);
+
+/// The minutes held, `[first, last + 1)`.
+fn held(s: &State, window_ms: i64) -> Option<Minutes> {
+    let from = *s.minutes.keys().next()?;
+    let last = *s.minutes.keys().next_back()?;
+    Some(Minutes {
+        from,
+        to: WindowStart(last.0 + window_ms),
+    })
+}
+
+fn intersect(a: Minutes, b: Minutes) -> Option<Minutes> {
+    let m = Minutes {
+        from: a.from.max(b.from),
+        to: a.to.min(b.to),
+    };
+    (m.from < m.to).then_some(m)
 }
 
 impl State {

@@ -8,7 +8,7 @@
 //!
 //! Requests come in as text ([`CountParams`], [`PopularParams`]: the HTTP
 //! query string of `adtally serve` and the flags of `adtally query` alike)
-//! and are checked here, each refusal naming its parameter
+//! and are checked here (the chart's and the rankings' too), each refusal naming its parameter
 //! ([`BadParameter`]). Every answer says which source answered, up to which
 //! minute its data is final, and which modules computed the rows it read.
 //!
@@ -23,8 +23,8 @@ mod params;
 mod read;
 
 pub use index::{Index, IndexOptions};
-pub use params::{CountParams, PopularParams};
-pub use read::{Finality, Reader};
+pub use params::{CountParams, MinutesParams, PopularParams, RankingParams};
+pub use read::{Finality, Reader, now_ms};
 
 use adtally_core::{AdId, Config, ConfigError, FilterId, FilterSet, FilterSpec, WindowStart, topn};
 use serde::Serialize;
@@ -240,7 +240,9 @@ pub struct CountAnswer {
     pub final_to: Option<String>,
     /// Whether the whole range is final (`to <= final_to`).
     pub complete: bool,
-    /// SHA-256 of the modules that computed the rows read.
+    /// SHA-256 of the modules that computed the rows read (for
+    /// `raw_events`: the module of ClickHouse's adtally functions, which
+    /// matched the filters).
     pub modules: Vec<String>,
 }
 

@@ -30,6 +30,70 @@ pub struct CountParams {
     pub user_id: Option<String>,
 }
 
+/// The chart's parameters as given (`/v1/ads/{ad_id}/minutes`): API 1's
+/// range and configured filter.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MinutesParams {
+    /// The first minute, as in API 1 (default: `to` minus one minute).
+    pub from: Option<String>,
+    /// The first minute not shown (default: the current minute).
+    pub to: Option<String>,
+    /// A configured filter id (default 0).
+    pub filter: Option<String>,
+}
+
+impl MinutesParams {
+    /// API 1's parameters without ad-hoc dimensions.
+    pub fn count_params(&self) -> CountParams {
+        CountParams {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            filter: self.filter.clone(),
+            ..CountParams::default()
+        }
+    }
+}
+
+/// `/v1/rankings`' parameters as given.
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RankingParams {
+    /// A window the core precomputes, in minutes (default: the first).
+    pub window: Option<String>,
+    /// A configured filter id (default 0).
+    pub filter: Option<String>,
+}
+
+impl RankingParams {
+    /// Checks every parameter: the window must be one the core ranks.
+    pub fn check(&self, catalog: &Catalog) -> Result<PopularRequest, BadParameter> {
+        let windows = &catalog.config().top_n_windows;
+        let first = windows.first().copied().unwrap_or(1);
+        let window = number(
+            "window",
+            self.window.as_deref(),
+            first,
+            1,
+            catalog.limits().max_window,
+        )?;
+        if !windows.contains(&window) {
+            return Err(BadParameter::new(
+                "window",
+                self.window.as_deref().unwrap_or(""),
+                format!("the core ranks only windows {windows:?}; /v1/ads/popular_ads ranks any"),
+            ));
+        }
+        Ok(PopularRequest {
+            count: catalog.config().top_n,
+            window,
+            filter: filter(self.filter.as_deref(), catalog)?,
+        })
+    }
+}
+
 /// API 2's parameters as given.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -76,9 +140,15 @@ impl CountParams {
         let windows = (to.0 - from.0) / size.ms();
         let max = catalog.limits().max_range;
         if windows > i64::from(max) {
+            // The bound given, `to` when both were.
+            let (name, value) = match (&self.to, &self.from) {
+                (Some(t), _) => ("to", t.as_str()),
+                (None, Some(f)) => ("from", f.as_str()),
+                (None, None) => ("to", ""),
+            };
             return Err(BadParameter::new(
-                "to",
-                self.to.as_deref().unwrap_or(""),
+                name,
+                value,
                 format!(
                     "the range holds {windows} minutes, more than the {max} this server allows"
                 ),

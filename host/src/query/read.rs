@@ -68,6 +68,12 @@ pub(super) struct CellRow {
     pub(super) modules: Vec<String>,
 }
 
+/// No minutes: what `IN_RANGE` skips when nothing comes from memory.
+const NOTHING: Minutes = Minutes {
+    from: WindowStart(0),
+    to: WindowStart(0),
+};
+
 /// `[from, to)` of `window_start`, and not `[skip_from, skip_to)` (the
 /// minutes answered from memory), as bound parameters.
 const IN_RANGE: &str = "window_start >= fromUnixTimestamp64Milli({from:Int64}, 'UTC') \
@@ -123,7 +129,7 @@ impl Reader {
     /// Each partition's watermark and the first minute not final, read now.
     pub async fn read_finality(&self) -> Result<Finality, QueryError> {
         let sql = format!(
-            "SELECT topic, partition, argMax(watermark_ms, next_offset) AS watermark_ms \
+            "SELECT topic, partition, argMax(tuple(watermark_ms), next_offset).1 AS watermark_ms \
              FROM {}.consumer_offsets GROUP BY topic, partition ORDER BY topic, partition",
             self.db
         );
@@ -159,21 +165,18 @@ impl Reader {
             let (count, modules) = self.count_raw(req, spec).await?;
             (count, modules, Source::RawEvents)
         } else {
-            let memory = self
+            let held = self
                 .index
                 .as_ref()
-                .and_then(|i| i.covered())
-                .and_then(|c| intersect(m, c));
-            let (mut count, mut modules) = (0, Vec::new());
-            if let (Some(index), Some(part)) = (&self.index, memory) {
-                (count, modules) = index.count(req.ad.as_str(), req.filter, part);
-            }
+                .and_then(|i| i.series(req.ad.as_str(), req.filter, m));
+            let memory = held.as_ref().map(|h| h.0);
+            let (mut count, mut modules) = match held {
+                Some((_, clicks, modules)) => (clicks.iter().map(|c| c.1).sum(), modules),
+                None => (0, Vec::new()),
+            };
             let rest = memory != Some(m);
             if rest {
-                let skip = memory.unwrap_or(Minutes {
-                    from: WindowStart(0),
-                    to: WindowStart(0),
-                });
+                let skip = memory.unwrap_or(NOTHING);
                 let sql = format!(
                     "SELECT sum(clicks) AS clicks, groupUniqArrayArray(modules) AS modules \
                      FROM {}.clicks_per_minute \
@@ -223,11 +226,11 @@ impl Reader {
     ) -> Result<(u64, Vec<String>), QueryError> {
         let sql = format!(
             "SELECT uniqExact(event_key) AS clicks, \
-                    [ifNull((SELECT extract(create_query, 'SHA256_HASH \\'([0-9a-f]{{64}})\\'') \
-                      FROM system.functions WHERE name = 'adtally_filter_ids'), '')] AS modules \
+                    [ifNull(({}), '')] AS modules \
              FROM {}.raw_events \
              WHERE ad_id = {{ad:String}} AND {IN_RANGE} \
                AND hasAll(adtally_filter_ids({{specs:String}}, country, ip, user_id), {{both:Array(UInt32)}})",
+            crate::reconcile::BATCH_MODULE,
             self.db
         );
         // The configured filter's spec and the ad-hoc one (under an id of
@@ -252,14 +255,10 @@ impl Reader {
             .param("ad", req.ad.as_str())
             .param("specs", specs_json.as_str())
             .param("both", vec![req.filter.0, ad_hoc_id]);
-        let none = Minutes {
-            from: WindowStart(0),
-            to: WindowStart(0),
-        };
         let row: SumRow = self
             .bounded(
                 "reading the raw events",
-                bind_range(q, req.minutes, none).fetch_one(),
+                bind_range(q, req.minutes, NOTHING).fetch_one(),
             )
             .await?;
         Ok((row.clicks, row.modules))
@@ -272,15 +271,19 @@ impl Reader {
         let size = self.catalog.window_ms();
         let to = match finality.final_to {
             Some(f) => f,
-            None => WindowStart(now_ms() - now_ms().rem_euclid(size)),
+            None => adtally_core::WindowSize::checked(size)
+                .unwrap_or(adtally_core::WindowSize::MINUTE)
+                .window_of(adtally_core::EventTime(now_ms())),
         };
         let m = Minutes {
             from: WindowStart(to.0.saturating_sub(i64::from(req.window) * size)),
             to,
         };
-        if let Some(cached) = self.index.as_ref().and_then(|i| i.cached_popular(req, m)) {
-            return Ok(self.popular_answer(req, m, &finality, cached));
-        }
+        let generation = match self.index.as_ref().map(|i| i.cached_popular(req, m)) {
+            Some(Ok(cached)) => return Ok(self.popular_answer(req, m, &finality, cached)),
+            Some(Err(generation)) => generation,
+            None => 0,
+        };
         let single_topic = {
             let mut topics: Vec<&str> = finality.partitions.iter().map(|p| p.0.as_str()).collect();
             topics.dedup();
@@ -339,12 +342,8 @@ impl Reader {
                 .query(&sql)
                 .param("filter", req.filter.0)
                 .param("count", req.count);
-            let none = Minutes {
-                from: WindowStart(0),
-                to: WindowStart(0),
-            };
             let rows: Vec<AdRow> = self
-                .bounded("ranking the rollups", bind_range(q, m, none).fetch_all())
+                .bounded("ranking the rollups", bind_range(q, m, NOTHING).fetch_all())
                 .await?;
             let modules = sorted(
                 rows.iter()
@@ -363,7 +362,7 @@ impl Reader {
             }
         };
         if let Some(index) = &self.index {
-            index.cache_popular(req, m, &answer);
+            index.cache_popular(generation, req, m, &answer);
         }
         Ok(self.popular_answer(req, m, &finality, answer))
     }
@@ -400,17 +399,17 @@ impl Reader {
             series.insert(at, 0);
             at += size;
         }
-        let memory = self
+        let held = self
             .index
             .as_ref()
-            .and_then(|i| i.covered())
-            .and_then(|c| intersect(m, c));
+            .and_then(|i| i.series(req.ad.as_str(), req.filter, m));
+        let memory = held.as_ref().map(|h| h.0);
         let mut modules = Vec::new();
-        if let (Some(index), Some(part)) = (&self.index, memory) {
-            for (w, c, mods) in index.series(req.ad.as_str(), req.filter, part) {
+        if let Some((_, clicks, mods)) = held {
+            for (w, c) in clicks {
                 series.insert(w.0, c);
-                modules.extend(mods);
             }
+            modules = mods;
         }
         if memory != Some(m) {
             #[derive(Row, Deserialize)]
@@ -419,10 +418,7 @@ impl Reader {
                 clicks: u64,
                 modules: Vec<String>,
             }
-            let skip = memory.unwrap_or(Minutes {
-                from: WindowStart(0),
-                to: WindowStart(0),
-            });
+            let skip = memory.unwrap_or(NOTHING);
             let sql = format!(
                 "SELECT toUnixTimestamp64Milli(window_start) AS window_ms, sum(clicks) AS clicks, \
                         groupUniqArrayArray(modules) AS modules \
@@ -515,11 +511,7 @@ impl Reader {
              FROM {}.clicks_per_minute WHERE {IN_RANGE}",
             self.db
         );
-        let none = Minutes {
-            from: WindowStart(0),
-            to: WindowStart(0),
-        };
-        let q = bind_range(self.client.query(&sql), m, none);
+        let q = bind_range(self.client.query(&sql), m, NOTHING);
         self.bounded("loading final minutes", q.fetch_all()).await
     }
 
@@ -587,14 +579,6 @@ fn checked(list: Vec<(String, u64)>) -> Result<Vec<RankedAd>, QueryError> {
         .collect()
 }
 
-fn intersect(a: Minutes, b: Minutes) -> Option<Minutes> {
-    let m = Minutes {
-        from: a.from.max(b.from),
-        to: a.to.min(b.to),
-    };
-    (m.from < m.to).then_some(m)
-}
-
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.retain(|s| !s.is_empty());
     v.sort();
@@ -602,7 +586,8 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-pub(super) fn now_ms() -> i64 {
+/// The clock: ms since the epoch.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

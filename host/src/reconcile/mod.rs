@@ -14,6 +14,8 @@
 
 pub mod job;
 mod query;
+
+pub(crate) use query::BATCH_MODULE;
 pub mod report;
 
 use adtally_core::{FilterId, WindowStart};

@@ -125,5 +125,5 @@ pub(super) fn differences(db: &str) -> String {
 
 /// The module the ClickHouse functions (and so the batch path's views)
 /// compute with now: its SHA-256, '' when none is installed.
-pub(super) const BATCH_MODULE: &str = "SELECT extract(create_query, 'SHA256_HASH \\'([0-9a-f]{64})\\'') \
+pub(crate) const BATCH_MODULE: &str = "SELECT extract(create_query, 'SHA256_HASH \\'([0-9a-f]{64})\\'') \
      FROM system.functions WHERE name = 'adtally_classify'";

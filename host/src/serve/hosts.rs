@@ -44,26 +44,32 @@ pub struct HostPartition {
     pub watermark_delay_seconds: Option<f64>,
 }
 
-/// Every host's status, read at once.
+/// Every host's status, read at once (all within `SCRAPE_TIMEOUT`).
 pub(super) async fn statuses(urls: &[String]) -> Vec<HostStatus> {
-    let mut out = Vec::with_capacity(urls.len());
-    for url in urls {
-        let status = match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(url)).await {
-            Ok(Ok(text)) => parse(url, &text),
-            Ok(Err(e)) => HostStatus {
-                url: url.clone(),
-                error: Some(e),
-                ..HostStatus::default()
-            },
-            Err(_) => HostStatus {
-                url: url.clone(),
-                error: Some(format!("no answer within {SCRAPE_TIMEOUT:?}")),
-                ..HostStatus::default()
-            },
-        };
-        out.push(status);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, url) in urls.iter().enumerate() {
+        let url = url.clone();
+        tasks.spawn(async move { (i, status(url).await) });
     }
-    out
+    let mut out: Vec<(usize, HostStatus)> = tasks.join_all().await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, s)| s).collect()
+}
+
+async fn status(url: String) -> HostStatus {
+    match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(&url)).await {
+        Ok(Ok(text)) => parse(&url, &text),
+        Ok(Err(e)) => HostStatus {
+            url,
+            error: Some(e),
+            ..HostStatus::default()
+        },
+        Err(_) => HostStatus {
+            url,
+            error: Some(format!("no answer within {SCRAPE_TIMEOUT:?}")),
+            ..HostStatus::default()
+        },
+    }
 }
 
 async fn scrape(url: &str) -> Result<String, String> {

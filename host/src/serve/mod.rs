@@ -24,8 +24,8 @@ mod hosts;
 pub use hosts::{HostPartition, HostStatus};
 
 use crate::query::{
-    BadParameter, CountAnswer, CountParams, MinutesAnswer, PopularAnswer, PopularParams,
-    QueryError, RankingsAnswer, Reader, minute_text,
+    BadParameter, CountAnswer, CountParams, MinutesAnswer, MinutesParams, PopularAnswer,
+    PopularParams, QueryError, RankingParams, RankingsAnswer, Reader, minute_text, now_ms,
 };
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -148,12 +148,6 @@ fn unreadable(r: QueryRejection) -> Response {
     })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// API 1: the clicks of an ad in the minutes `[from, to)`.
 #[utoipa::path(
     get,
@@ -264,7 +258,7 @@ async fn pipeline(State(app): State<App>) -> Response {
 #[utoipa::path(
     get,
     path = "/v1/ads/{ad_id}/minutes",
-    params(("ad_id" = String, Path, description = "The ad"), CountParams),
+    params(("ad_id" = String, Path, description = "The ad"), MinutesParams),
     responses(
         (status = 200, description = "The clicks per minute", body = MinutesAnswer),
         (status = 400, description = "A parameter is wrong", body = ErrorBody),
@@ -275,31 +269,20 @@ async fn pipeline(State(app): State<App>) -> Response {
 async fn minutes(
     State(app): State<App>,
     Path(ad_id): Path<String>,
-    params: Result<Query<CountParams>, QueryRejection>,
+    params: Result<Query<MinutesParams>, QueryRejection>,
 ) -> Response {
     let Query(params) = match params {
         Ok(p) => p,
         Err(r) => return unreadable(r),
     };
     let reader = &app.reader;
-    let req = match params.check(&ad_id, reader.catalog(), now_ms()) {
+    let req = match params
+        .count_params()
+        .check(&ad_id, reader.catalog(), now_ms())
+    {
         Ok(r) => r,
         Err(b) => return bad(b),
     };
-    if req.ad_hoc.is_some() {
-        let which = if params.country.is_some() {
-            "country"
-        } else if params.ip.is_some() {
-            "ip"
-        } else {
-            "user_id"
-        };
-        return bad(BadParameter::new(
-            which,
-            "",
-            "a chart is of configured filters only",
-        ));
-    }
     let windows = (req.minutes.to.0 - req.minutes.from.0) / reader.catalog().window_ms();
     if windows > 1440 {
         return bad(BadParameter::new(
@@ -318,7 +301,7 @@ async fn minutes(
 #[utoipa::path(
     get,
     path = "/v1/rankings",
-    params(PopularParams),
+    params(RankingParams),
     responses(
         (status = 200, description = "The partitions' rankings", body = RankingsAnswer),
         (status = 400, description = "A parameter is wrong", body = ErrorBody),
@@ -328,7 +311,7 @@ async fn minutes(
 )]
 async fn rankings(
     State(app): State<App>,
-    params: Result<Query<PopularParams>, QueryRejection>,
+    params: Result<Query<RankingParams>, QueryRejection>,
 ) -> Response {
     let Query(params) = match params {
         Ok(p) => p,
@@ -339,14 +322,6 @@ async fn rankings(
         Ok(r) => r,
         Err(b) => return bad(b),
     };
-    let windows = &reader.catalog().config().top_n_windows;
-    if !windows.contains(&req.window) {
-        return bad(BadParameter::new(
-            "window",
-            &req.window.to_string(),
-            format!("the core ranks only windows {windows:?}; /v1/ads/popular_ads ranks any"),
-        ));
-    }
     match reader.rankings(&req).await {
         Ok(a) => Json(a).into_response(),
         Err(e) => Refusal(e).into_response(),

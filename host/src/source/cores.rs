@@ -52,6 +52,8 @@ pub(super) struct PartitionCore<'m> {
     pub(super) agg: Aggregator<'m>,
     /// The first offset not processed.
     pub(super) next_offset: Offset,
+    /// `W_p` after the last batch, once the partition has one.
+    pub(super) watermark: Option<i64>,
     pub(super) last_snapshot: Instant,
     /// Offset the state was last stored at.
     pub(super) snapshot_offset: Offset,
@@ -115,7 +117,32 @@ impl<'m> Cores<'m, '_> {
     /// starts at the log's first available offset. A snapshot that cannot
     /// be restored stops the partition, unless the operator chose where
     /// to start instead.
+    /// Opens `p`'s core (see [`Cores::open_state`]) and records where it
+    /// stands in `consumer_offsets`: a partition opened but not yet
+    /// processed, with no watermark, tells readers that nothing is final.
     pub(super) async fn open<C: ConsumerContext>(
+        &mut self,
+        p: Partition,
+        log: &Log<'_, C>,
+        stats: &mut ConsumeStats,
+    ) -> Result<PartitionCore<'m>> {
+        let mut core = self.open_state(p, log, stats).await?;
+        let watermark = wasm(|| core.agg.positions())?
+            .iter()
+            .find(|a| a.partition == p)
+            .and_then(|a| a.watermark);
+        core.watermark = watermark;
+        let at = crate::sink::Progress {
+            next_offset: core.next_offset,
+            watermark,
+        };
+        self.sink
+            .write_offsets(&std::iter::once((p, at)).collect())
+            .await?;
+        Ok(core)
+    }
+
+    async fn open_state<C: ConsumerContext>(
         &mut self,
         p: Partition,
         log: &Log<'_, C>,
@@ -150,6 +177,7 @@ impl<'m> Cores<'m, '_> {
                         suspect_record: None,
                         suspect_call: None,
                         rewind: Some(0),
+                        watermark: None,
                     };
                     skip_deleted(p, &mut core, low, stats);
                     return Ok(core);
@@ -195,6 +223,7 @@ impl<'m> Cores<'m, '_> {
             suspect_record: None,
             suspect_call: None,
             rewind: Some(0),
+            watermark: None,
         })
     }
 

@@ -298,6 +298,7 @@ pub async fn consume(
     let mut writer = Writer {
         sink: sink.clone(),
         inflight: Default::default(),
+        previous: None,
     };
     let mut last_record = Instant::now();
     let mut assigned_once = false;
@@ -362,7 +363,7 @@ pub async fn consume(
         if records == 0 {
             for (p, core) in &cores.held {
                 let lag = consumer.context().lag(*p, core.next_offset);
-                crate::metrics::partition(*p, lag, None, now);
+                crate::metrics::partition(*p, lag, core.watermark, now);
             }
             let mut failed = Vec::new();
             for (p, core) in cores.held.iter_mut() {
@@ -419,10 +420,7 @@ pub async fn consume(
             }
             let call = Instant::now();
             let out = match wasm(|| push(core, packed, &recs, now, &cores.quarantined)) {
-                Ok(out) => {
-                    crate::metrics::pushed(&out, call.elapsed());
-                    out
-                }
+                Ok(out) => out,
                 Err(e) => {
                     writer.settle(&mut stats).await?;
                     recover(&mut cores, p, &recs, e, &log, &mut stats).await?;
@@ -442,6 +440,8 @@ pub async fn consume(
                     continue;
                 }
             };
+            crate::metrics::pushed(&out, call.elapsed());
+            core.watermark = watermark;
             let lag = consumer.context().lag(p, core.next_offset);
             crate::metrics::partition(p, lag, watermark, now);
             next.insert(

@@ -12,11 +12,15 @@ use std::time::Instant;
 /// Writes batches' outputs, then the offsets they cover, while the next
 /// batches are read and aggregated: at most `WRITES_IN_FLIGHT` batches are
 /// in flight, and anything that needs every earlier row acknowledged (a
-/// snapshot, a hand-over, a restore, the exit) settles them first. Offsets
-/// may land out of order: the table keeps the highest.
+/// snapshot, a hand-over, a restore, the exit) settles them first. A
+/// batch's offsets (and the watermarks with them, which tell readers a
+/// minute is final) are written only after the batch before it wrote its
+/// own: an offset row never lands before the rows of an earlier batch.
 pub(super) struct Writer {
     pub(super) sink: Sink,
     pub(super) inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<BatchWritten>>>,
+    /// Done when the last batch started has written its offsets.
+    pub(super) previous: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// (when the batch's first record arrived, if it had records; when its
@@ -68,12 +72,22 @@ impl Writer {
             self.settle_oldest(stats).await?;
         }
         let sink = self.sink.clone();
+        let previous = self.previous.take();
+        let (done, next_waits) = tokio::sync::oneshot::channel();
+        self.previous = Some(next_waits);
         self.inflight.push_back(tokio::spawn(async move {
             let started = Instant::now();
             sink.write(&outs).await?;
             sink.write_records(&raw).await?;
-            // Only now, with the rows acknowledged, does the position move.
+            // Only now, with the rows acknowledged (this batch's, and the
+            // batch's before it), does the position move.
+            if let Some(previous) = previous {
+                previous
+                    .await
+                    .context("the batch before this one failed to write")?;
+            }
             sink.write_offsets(&next).await?;
+            let _ = done.send(());
             crate::metrics::written(started.elapsed());
             Ok((first_at, Instant::now()))
         }));

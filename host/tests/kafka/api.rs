@@ -486,6 +486,13 @@ fn the_api_answers_equal_the_core_natively() {
         param_names("/v1/ads/popular_ads"),
         ["count", "window", "filter"]
     );
+    assert_eq!(
+        param_names("/v1/ads/{ad_id}/minutes"),
+        ["ad_id", "from", "to", "filter"]
+    );
+    assert_eq!(param_names("/v1/rankings"), ["window", "filter"]);
+    let routes: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    assert_eq!(routes.len(), 6, "{routes:?}");
     for path in ["/v1/pipeline", "/v1/ping"] {
         assert!(doc["paths"][path]["get"].is_object(), "{path} in {doc}");
     }
