@@ -90,12 +90,7 @@ impl Index {
     /// The part of `m` held, and `ad`'s clicks under `filter` in each of
     /// its minutes that had any, with the modules that computed them: read
     /// under one lock, so that a minute dropped meanwhile is in neither.
-    pub fn series(
-        &self,
-        ad: &str,
-        filter: FilterId,
-        m: Minutes,
-    ) -> Option<Held> {
+    pub fn series(&self, ad: &str, filter: FilterId, m: Minutes) -> Option<Held> {
         let s = self.read();
         let part = intersect(m, held(&s, self.window_ms)?)?;
         let Some(&n) = s.numbers.get(ad) else {
