@@ -225,8 +225,8 @@ def migrate(query, db):
         query(f"ALTER TABLE {db}.parsed ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER source_offset")
     query(f"ALTER TABLE {db}.batch_invalid_events ADD COLUMN IF NOT EXISTS record_time_ms Nullable(Int64) AFTER payload")
     query(f"ALTER TABLE {db}.reconciliations ADD COLUMN IF NOT EXISTS rollup_set String AFTER filter_ids")
-    query(f"ALTER TABLE {db}.consumer_offsets ADD COLUMN IF NOT EXISTS watermark_ms Nullable(Int64) AFTER committed_at")
-    query(f"ALTER TABLE {db}.consumer_offsets ADD COLUMN IF NOT EXISTS module_sha256 LowCardinality(String) AFTER watermark_ms")
+    query(f"ALTER TABLE {db}.consumer_offsets ADD COLUMN IF NOT EXISTS watermark_ms Nullable(Int64)")
+    query(f"ALTER TABLE {db}.consumer_offsets ADD COLUMN IF NOT EXISTS module_sha256 LowCardinality(String)")
     if sorting_key(query, db, "snapshots") == "topic, source_partition":
         rebuild(query, db, "snapshots", "SELECT * FROM {old}")
 

@@ -69,6 +69,10 @@ def test_rollups_without_a_topic_get_the_topic_the_host_read(ch):
     assert ch("SELECT topic, count() FROM adtally.most_clicked_ads GROUP BY topic FORMAT TSV").decode() == "clicks\t1\n"
     counts = ch("SELECT ad_id, clicks FROM adtally.clicks_per_minute ORDER BY ad_id FORMAT TSV").decode()
     assert counts == "ad1\t7\nad2\t3\n"
+    # The offsets gained the watermark readers take finality from (NULL
+    # for the rows before) and the module.
+    assert ch("SELECT partition, next_offset, watermark_ms, module_sha256 FROM adtally.consumer_offsets "
+              "ORDER BY partition FORMAT TSV").decode() == "0\t10\t\\N\t\n1\t4\t\\N\t\n"
     # Installing again changes nothing.
     installer.install(ch, WASM)
     assert ch("SELECT count() FROM adtally.rollups FINAL").decode().strip() == "2"
