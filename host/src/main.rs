@@ -110,12 +110,7 @@ struct ReadArgs {
 
 impl ReadArgs {
     fn reader(&self) -> Result<query::Reader> {
-        let config_json = match &self.config {
-            Some(p) => {
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-            }
-            None => "{}".into(),
-        };
+        let config_json = config_json(self.config.as_deref())?;
         let config = adtally_core::Config::from_json(&config_json)
             .map_err(|e| anyhow::anyhow!("the core refuses the configuration: {e}"))?;
         let limits = query::Limits {
@@ -146,24 +141,8 @@ enum QueryAction {
         read: ReadArgs,
         /// The ad.
         ad_id: String,
-        /// The first minute: yyyyMMddHHmm (UTC) or RFC 3339 (default: the last whole minute).
-        #[arg(long)]
-        from: Option<String>,
-        /// The first minute not counted.
-        #[arg(long)]
-        to: Option<String>,
-        /// A configured filter id (default 0: every click).
-        #[arg(long)]
-        filter: Option<String>,
-        /// Ad-hoc: countries (comma-separated), from the raw events.
-        #[arg(long)]
-        country: Option<String>,
-        /// Ad-hoc: addresses or CIDR networks (comma-separated).
-        #[arg(long)]
-        ip: Option<String>,
-        /// Ad-hoc: user ids (comma-separated).
-        #[arg(long)]
-        user_id: Option<String>,
+        #[command(flatten)]
+        params: query::CountParams,
         /// The answer as the HTTP API's JSON.
         #[arg(long)]
         json: bool,
@@ -172,15 +151,8 @@ enum QueryAction {
     Popular {
         #[command(flatten)]
         read: ReadArgs,
-        /// How many ads.
-        #[arg(long)]
-        count: Option<String>,
-        /// Over how many minutes.
-        #[arg(long)]
-        window: Option<String>,
-        /// A configured filter id.
-        #[arg(long)]
-        filter: Option<String>,
+        #[command(flatten)]
+        params: query::PopularParams,
         /// The answer as the HTTP API's JSON.
         #[arg(long)]
         json: bool,
@@ -437,6 +409,14 @@ enum Command {
     },
 }
 
+/// The core's configuration in `path` (JSON), `{}` (every default) without one.
+fn config_json(path: Option<&std::path::Path>) -> Result<String> {
+    match path {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())),
+        None => Ok("{}".into()),
+    }
+}
+
 fn main() -> Result<()> {
     adtally_host::logging::init("info");
     match Cli::parse().command {
@@ -510,11 +490,7 @@ fn main() -> Result<()> {
             if batch == 0 {
                 bail!("--batch must be at least 1");
             }
-            let config_json = match config {
-                Some(p) => std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading {}", p.display()))?,
-                None => "{}".into(),
-            };
+            let config_json = config_json(config.as_deref())?;
             let opts = replay::Options {
                 topic,
                 range: reconcile::Range::new(from, to)?,
@@ -601,11 +577,7 @@ fn main() -> Result<()> {
             if let Some(addr) = metrics_listen {
                 adtally_host::metrics::listen(addr)?;
             }
-            let config_json = match config {
-                Some(p) => std::fs::read_to_string(&p)
-                    .with_context(|| format!("reading {}", p.display()))?,
-                None => "{}".into(),
-            };
+            let config_json = config_json(config.as_deref())?;
             if batch == 0 {
                 bail!("--batch must be at least 1");
             }
@@ -774,23 +746,10 @@ async fn query_command(action: QueryAction) -> Result<()> {
         QueryAction::Count {
             read,
             ad_id,
-            from,
-            to,
-            filter,
-            country,
-            ip,
-            user_id,
+            params,
             json,
         } => {
             let reader = read.reader()?;
-            let params = query::CountParams {
-                from,
-                to,
-                filter,
-                country,
-                ip,
-                user_id,
-            };
             let req = params
                 .check(&ad_id, reader.catalog(), now)
                 .map_err(|b| anyhow::anyhow!("{b}"))?;
@@ -818,19 +777,8 @@ async fn query_command(action: QueryAction) -> Result<()> {
                 );
             }
         }
-        QueryAction::Popular {
-            read,
-            count,
-            window,
-            filter,
-            json,
-        } => {
+        QueryAction::Popular { read, params, json } => {
             let reader = read.reader()?;
-            let params = query::PopularParams {
-                count,
-                window,
-                filter,
-            };
             let req = params
                 .check(reader.catalog())
                 .map_err(|b| anyhow::anyhow!("{b}"))?;

@@ -83,7 +83,13 @@ impl Catalog {
 
     /// The window length in ms.
     pub fn window_ms(&self) -> i64 {
-        self.config.window_ms
+        self.window_size().ms()
+    }
+
+    /// The window (checked with the configuration in [`Catalog::new`]).
+    pub fn window_size(&self) -> adtally_core::WindowSize {
+        adtally_core::WindowSize::checked(self.config.window_ms)
+            .unwrap_or(adtally_core::WindowSize::MINUTE)
     }
 
     /// Filter ids a request may name: 0, then the configured ones.

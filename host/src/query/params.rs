@@ -6,27 +6,33 @@ use serde::Deserialize;
 use std::time::UNIX_EPOCH;
 
 /// API 1's parameters as given (a query string, or `adtally query count`'s flags).
-#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams, clap::Args)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct CountParams {
     /// The first minute counted: `yyyyMMddHHmm` (UTC, as in the design's
     /// tables) or RFC 3339 (`2026-12-01T10:00:00Z`). Default: `to` minus
     /// one minute.
+    #[arg(long)]
     pub from: Option<String>,
     /// The first minute not counted, in the same forms. Default: the
     /// current minute (the range is then the last whole minute).
+    #[arg(long)]
     pub to: Option<String>,
     /// A configured filter id; 0 (the default) counts every click.
+    #[arg(long)]
     pub filter: Option<String>,
     /// Ad-hoc: only clicks from these countries (ISO 3166-1 alpha-2 or
     /// alpha-3, comma-separated); answered from the raw events.
+    #[arg(long)]
     pub country: Option<String>,
     /// Ad-hoc: only clicks from these addresses or CIDR networks
     /// (comma-separated); answered from the raw events.
+    #[arg(long)]
     pub ip: Option<String>,
     /// Ad-hoc: only clicks of these user ids (comma-separated); answered
     /// from the raw events.
+    #[arg(long)]
     pub user_id: Option<String>,
 }
 
@@ -95,17 +101,20 @@ impl RankingParams {
 }
 
 /// API 2's parameters as given.
-#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams, clap::Args)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PopularParams {
     /// How many ads (default 10).
+    #[arg(long)]
     pub count: Option<String>,
     /// The window M, in minutes: the last M final minutes (default 1).
     /// Sizes the core precomputes are read from its rankings, any other
     /// is ranked from the rollups.
+    #[arg(long)]
     pub window: Option<String>,
     /// A configured filter id (default 0).
+    #[arg(long)]
     pub filter: Option<String>,
 }
 
@@ -118,7 +127,7 @@ impl CountParams {
         now_ms: i64,
     ) -> Result<CountRequest, BadParameter> {
         let ad = AdId::new(ad_id).map_err(|e| BadParameter::new("ad_id", ad_id, e))?;
-        let size = window_size(catalog);
+        let size = catalog.window_size();
         let to = match &self.to {
             Some(t) => minute("to", t, size)?,
             None => size.window_of(EventTime(now_ms)),
@@ -200,10 +209,6 @@ impl PopularParams {
             filter,
         })
     }
-}
-
-fn window_size(catalog: &Catalog) -> WindowSize {
-    WindowSize::checked(catalog.window_ms()).unwrap_or(WindowSize::MINUTE)
 }
 
 fn number(

@@ -271,8 +271,9 @@ impl Reader {
         let size = self.catalog.window_ms();
         let to = match finality.final_to {
             Some(f) => f,
-            None => adtally_core::WindowSize::checked(size)
-                .unwrap_or(adtally_core::WindowSize::MINUTE)
+            None => self
+                .catalog
+                .window_size()
                 .window_of(adtally_core::EventTime(now_ms())),
         };
         let m = Minutes {

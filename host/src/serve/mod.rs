@@ -92,7 +92,27 @@ pub struct PartitionStatus {
     pub watermark: Option<String>,
 }
 
+/// Why a request got no answer: a handler's error, with `?` from each
+/// step (the query string, the parameters' check, the reader).
 struct Refusal(QueryError);
+
+impl From<QueryError> for Refusal {
+    fn from(e: QueryError) -> Refusal {
+        Refusal(e)
+    }
+}
+
+impl From<BadParameter> for Refusal {
+    fn from(b: BadParameter) -> Refusal {
+        Refusal(QueryError::Bad(b))
+    }
+}
+
+impl From<QueryRejection> for Refusal {
+    fn from(r: QueryRejection) -> Refusal {
+        unreadable(r).into()
+    }
+}
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -130,7 +150,7 @@ fn bad(b: BadParameter) -> Response {
 
 /// A query string axum could not read (an unknown parameter, a repeated
 /// one) as a 400 naming the parameter.
-fn unreadable(r: QueryRejection) -> Response {
+fn unreadable(r: QueryRejection) -> BadParameter {
     let text = r.body_text();
     let parameter = text
         .split('`')
@@ -141,11 +161,11 @@ fn unreadable(r: QueryRejection) -> Response {
     } else {
         text
     };
-    bad(BadParameter {
+    BadParameter {
         parameter,
         value: String::new(),
         message,
-    })
+    }
 }
 
 /// API 1: the clicks of an ad in the minutes `[from, to)`.
@@ -164,20 +184,9 @@ async fn aggregated_count(
     State(app): State<App>,
     Path(ad_id): Path<String>,
     params: Result<Query<CountParams>, QueryRejection>,
-) -> Response {
-    let reader = &app.reader;
-    let Query(params) = match params {
-        Ok(p) => p,
-        Err(r) => return unreadable(r),
-    };
-    let req = match params.check(&ad_id, reader.catalog(), now_ms()) {
-        Ok(r) => r,
-        Err(b) => return bad(b),
-    };
-    match reader.count(&req).await {
-        Ok(a) => Json(a).into_response(),
-        Err(e) => Refusal(e).into_response(),
-    }
+) -> Result<Json<CountAnswer>, Refusal> {
+    let req = params?.check(&ad_id, app.reader.catalog(), now_ms())?;
+    Ok(Json(app.reader.count(&req).await?))
 }
 
 /// API 2: the most clicked ads of the last `window` final minutes.
@@ -195,20 +204,9 @@ async fn aggregated_count(
 async fn popular_ads(
     State(app): State<App>,
     params: Result<Query<PopularParams>, QueryRejection>,
-) -> Response {
-    let reader = &app.reader;
-    let Query(params) = match params {
-        Ok(p) => p,
-        Err(r) => return unreadable(r),
-    };
-    let req = match params.check(reader.catalog()) {
-        Ok(r) => r,
-        Err(b) => return bad(b),
-    };
-    match reader.popular(&req).await {
-        Ok(a) => Json(a).into_response(),
-        Err(e) => Refusal(e).into_response(),
-    }
+) -> Result<Json<PopularAnswer>, Refusal> {
+    let req = params?.check(app.reader.catalog())?;
+    Ok(Json(app.reader.popular(&req).await?))
 }
 
 /// Each partition's watermark and the first minute not final.
@@ -221,7 +219,7 @@ async fn popular_ads(
     ),
     tag = "pipeline"
 )]
-async fn pipeline(State(app): State<App>) -> Response {
+async fn pipeline(State(app): State<App>) -> Result<Json<PipelineAnswer>, Refusal> {
     let hosts = hosts::statuses(&app.host_metrics).await;
     let config = app.reader.catalog().config();
     let filters = std::iter::once((0, "all clicks".to_owned()))
@@ -232,26 +230,23 @@ async fn pipeline(State(app): State<App>) -> Response {
             )
         }))
         .collect();
-    match app.reader.finality().await {
-        Ok(f) => Json(PipelineAnswer {
-            filters,
-            windows: config.top_n_windows.clone(),
-            top_n: config.top_n,
-            hosts,
-            partitions: f
-                .partitions
-                .into_iter()
-                .map(|(topic, partition, w)| PartitionStatus {
-                    topic,
-                    partition,
-                    watermark: w.map(crate::reconcile::report::time),
-                })
-                .collect(),
-            final_to: f.final_to.map(minute_text),
-        })
-        .into_response(),
-        Err(e) => Refusal(e).into_response(),
-    }
+    let f = app.reader.finality().await?;
+    Ok(Json(PipelineAnswer {
+        filters,
+        windows: config.top_n_windows.clone(),
+        top_n: config.top_n,
+        hosts,
+        partitions: f
+            .partitions
+            .into_iter()
+            .map(|(topic, partition, w)| PartitionStatus {
+                topic,
+                partition,
+                watermark: w.map(crate::reconcile::report::time),
+            })
+            .collect(),
+        final_to: f.final_to.map(minute_text),
+    }))
 }
 
 /// An ad's clicks per minute in `[from, to)` (at most a day of minutes).
@@ -270,31 +265,22 @@ async fn minutes(
     State(app): State<App>,
     Path(ad_id): Path<String>,
     params: Result<Query<MinutesParams>, QueryRejection>,
-) -> Response {
-    let Query(params) = match params {
-        Ok(p) => p,
-        Err(r) => return unreadable(r),
-    };
+) -> Result<Json<MinutesAnswer>, Refusal> {
+    let Query(params) = params?;
     let reader = &app.reader;
-    let req = match params
+    let req = params
         .count_params()
-        .check(&ad_id, reader.catalog(), now_ms())
-    {
-        Ok(r) => r,
-        Err(b) => return bad(b),
-    };
+        .check(&ad_id, reader.catalog(), now_ms())?;
     let windows = (req.minutes.to.0 - req.minutes.from.0) / reader.catalog().window_ms();
     if windows > 1440 {
-        return bad(BadParameter::new(
+        return Err(BadParameter::new(
             "from",
             params.from.as_deref().unwrap_or(""),
             format!("a chart holds at most 1440 minutes, this range {windows}"),
-        ));
+        )
+        .into());
     }
-    match reader.minutes(&req).await {
-        Ok(a) => Json(a).into_response(),
-        Err(e) => Refusal(e).into_response(),
-    }
+    Ok(Json(reader.minutes(&req).await?))
 }
 
 /// Each partition's own ranking of the last final minute, unmerged.
@@ -312,20 +298,9 @@ async fn minutes(
 async fn rankings(
     State(app): State<App>,
     params: Result<Query<RankingParams>, QueryRejection>,
-) -> Response {
-    let Query(params) = match params {
-        Ok(p) => p,
-        Err(r) => return unreadable(r),
-    };
-    let reader = &app.reader;
-    let req = match params.check(reader.catalog()) {
-        Ok(r) => r,
-        Err(b) => return bad(b),
-    };
-    match reader.rankings(&req).await {
-        Ok(a) => Json(a).into_response(),
-        Err(e) => Refusal(e).into_response(),
-    }
+) -> Result<Json<RankingsAnswer>, Refusal> {
+    let req = params?.check(app.reader.catalog())?;
+    Ok(Json(app.reader.rankings(&req).await?))
 }
 
 /// The server alone: no ClickHouse, no state.

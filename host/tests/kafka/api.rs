@@ -62,6 +62,35 @@ pub(super) fn get_json(base: &str, path: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Waits (bounded) until the server calls final the minutes up to a few
+/// past `last` (the stream's closing heartbeats' minute) and answers
+/// `[probe_from(end), end)` from memory; returns `end`, the first minute
+/// not final.
+pub(super) fn wait_held(base: &str, last: i64, probe_from: impl Fn(i64) -> i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = get_json(base, "/v1/pipeline");
+        let end = (1..=5)
+            .map(|k| last + k * 60_000)
+            .find(|e| p["final_to"] == minute(*e));
+        if let Some(end) = end {
+            let probe = get_json(
+                base,
+                &format!(
+                    "/v1/ads/ad000001/aggregated_count?from={}&to={}",
+                    minute(probe_from(end)),
+                    minute(end)
+                ),
+            );
+            if probe["source"] == "memory" {
+                return end;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "never held: {p}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub(super) fn minute(ms: i64) -> String {
     adtally_host::query::minute_text(adtally_core::WindowStart(ms))
 }
@@ -172,29 +201,9 @@ fn the_api_answers_equal_the_core_natively() {
     let last = *native.keys().map(|(w, _, _)| w).max().unwrap();
     // The stream's closing heartbeats make every minute with clicks final;
     // wait until the server holds the last five.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let end = loop {
-        let p = get_json(&base, "/v1/pipeline");
-        let end = (1..=5)
-            .map(|k| last + k * 60_000)
-            .find(|e| p["final_to"] == minute(*e));
-        if let Some(end) = end {
-            let probe = get_json(
-                &base,
-                &format!(
-                    "/v1/ads/ad000001/aggregated_count?from={}&to={}",
-                    minute(end - 60_000),
-                    minute(end)
-                ),
-            );
-            if probe["source"] == "memory" {
-                assert_eq!(p["partitions"].as_array().unwrap().len(), 4, "{p}");
-                break end;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "never final: {p}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let end = wait_held(&base, last, |end| end - 60_000);
+    let p = get_json(&base, "/v1/pipeline");
+    assert_eq!(p["partitions"].as_array().unwrap().len(), 4, "{p}");
 
     // API 1: the most clicked ads and some of the rest, every filter, three
     // ranges: the whole stream (across the memory's horizon), the last
@@ -688,20 +697,7 @@ fn a_replay_switched_in_and_dropped_reloads_exactly_its_minutes_in_memory() {
             ),
         )
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let end = loop {
-        let p = get_json(&base, "/v1/pipeline");
-        let end = (1..=5)
-            .map(|k| last + k * 60_000)
-            .find(|e| p["final_to"] == minute(*e));
-        if let Some(end) = end
-            && count("ad000001", first, end)["source"] == "memory"
-        {
-            break end;
-        }
-        assert!(std::time::Instant::now() < deadline, "never held: {p}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let end = wait_held(&base, last, |_| first);
     let (from, to) = (first + 5 * 60_000, first + 12 * 60_000);
     let (top, _) = native_top(&native, 0, first, end, 5);
     let check = |want: &BTreeMap<(i64, String, u32), u64>| -> bool {

@@ -2,7 +2,7 @@
 //! `chromium-driver`, through WebDriver) against the real stack: Tansu,
 //! `adtally run` with its metrics, the embedded ClickHouse, `adtally serve`.
 
-use super::api::{free_port, get_json, minute, native_top, serve, sum};
+use super::api::{free_port, native_top, serve, sum, wait_held};
 use super::*;
 use fantoccini::{ClientBuilder, Locator};
 
@@ -80,18 +80,7 @@ fn the_dashboard_shows_the_expected_ads_and_counts() {
         "10",
     ]);
     let last = *native.keys().map(|(w, _, _)| w).max().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let end = loop {
-        let p = get_json(&server.base, "/v1/pipeline");
-        if let Some(end) = (1..=5)
-            .map(|k| last + k * 60_000)
-            .find(|e| p["final_to"] == minute(*e))
-        {
-            break end;
-        }
-        assert!(std::time::Instant::now() < deadline, "never final: {p}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let end = wait_held(&server.base, last, |end| end - 60_000);
     let (want_ads, want_counts) = native_top(&native, 1, end - 5 * 60_000, end, 10);
     let chart_ad = want_ads[0].clone();
     let chart_total = sum(&native, &chart_ad, 1, end - 60 * 60_000, end);
